@@ -1,0 +1,50 @@
+# The few targets a person needs. Everything installs into .venv from the hashed lock file.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+export DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/denorm
+export REDIS_URL    ?= redis://127.0.0.1:6379/0
+
+.PHONY: help install run test lint typecheck pytest bench loadtest fmt lock clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(BIN)/denorm: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	@touch $@
+
+install: $(BIN)/denorm  ## create .venv with the locked dependencies
+
+run: install  ## migrate, seed the tiny dataset, start the API and the refresher
+	$(BIN)/denorm migrate --create-database
+	$(BIN)/denorm seed --scale tiny
+	scripts/run-demo.sh
+
+test: lint typecheck pytest  ## ruff, mypy and pytest against the real Postgres and Redis
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: install  ## benchmarks (see bench/README.md for sizes)
+	$(BIN)/python -m bench.seed_speed
+
+fmt: install  ## format and fix imports
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+lock:  ## re-pin every dependency into requirements.lock
+	uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

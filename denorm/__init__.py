@@ -1,0 +1,1 @@
+"""Shared core of the denorm services: settings, connections, auth, migrations and datasets."""

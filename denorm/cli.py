@@ -1,0 +1,121 @@
+"""`denorm`: the one command behind every service and tool of the project."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from denorm.config import get_settings
+from denorm.logs import configure_logging
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from denorm.migrate import MigrationError, ensure_database, migrate
+
+    settings = get_settings()
+    try:
+        if args.create_database and ensure_database(settings.database_url):
+            print("created the database")
+        migrate(settings.database_url, dry_run=args.dry_run)
+    except MigrationError as exc:
+        print(f"migrate: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_seed(args: argparse.Namespace) -> int:
+    from denorm.seed import SCALES, seed
+
+    settings = get_settings()
+    scale = SCALES[args.scale].times(args.factor)
+    seed(settings.database_url, scale, seed=args.seed, jobs=args.jobs, truncate=not args.no_truncate)
+    return 0
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "services.api.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from denorm.auth import mint_token
+
+    print(mint_token(args.user, get_settings().jwt_secret, ttl_seconds=args.ttl))
+    return 0
+
+
+def _not_yet(issue: int) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        print(f"denorm {args.command}: not yet built (see issue {issue})", file=sys.stderr)
+        return 2
+
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="denorm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("migrate", help="apply pending migrations to DATABASE_URL")
+    p.add_argument("--dry-run", action="store_true", help="list what would be applied, apply nothing")
+    p.add_argument(
+        "--create-database", action="store_true", help="create the database first when it is missing"
+    )
+    p.set_defaults(handler=_cmd_migrate)
+
+    from denorm.seed import SCALES
+
+    p = sub.add_parser("seed", help="fill the source tables with a generated dataset")
+    p.add_argument("--scale", choices=list(SCALES), default="tiny")
+    p.add_argument("--seed", type=int, default=42, help="the same seed gives the same dataset")
+    p.add_argument("--factor", type=float, default=1.0, help="multiply every row count (2 for 2x)")
+    p.add_argument("--jobs", type=int, default=2, help="parallel database sessions for the large tables")
+    p.add_argument("--no-truncate", action="store_true", help="keep existing rows (ids may then collide)")
+    p.set_defaults(handler=_cmd_seed)
+
+    p = sub.add_parser("api", help="serve the HTTP API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(handler=_cmd_api)
+
+    p = sub.add_parser("refresher", help="run the materialized-view refresh worker until SIGTERM")
+    p.set_defaults(handler=_not_yet(4))
+
+    p = sub.add_parser("reconcile", help="check every read model against the source tables")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="only report drift")
+    mode.add_argument("--repair", action="store_true", help="repair the drift found")
+    p.set_defaults(handler=_not_yet(6))
+
+    p = sub.add_parser("token", help="print a JWT for a user, signed with JWT_SECRET")
+    p.add_argument("--user", type=int, required=True)
+    p.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    p.set_defaults(handler=_cmd_token)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    handler: Handler = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

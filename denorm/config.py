@@ -1,0 +1,50 @@
+"""Settings for every service, read once from the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "dev-secret-change-me-0123456789abcdef"
+
+
+class Settings(BaseSettings):
+    """Configuration from the environment; the defaults suit a developer machine."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    environment: str = Field(default="development", description="development, test or production")
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/denorm"
+    # Reads may go to a replica; writes and the refresh queue always use database_url.
+    database_read_url: str | None = None
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Every Redis key starts with this, so that tests and tenants can share one server.
+    redis_key_prefix: str = "denorm:"
+    jwt_secret: str = DEV_JWT_SECRET
+    log_level: str = "INFO"
+    log_format: str = Field(default="json", description="json or console")
+    db_pool_min_size: int = 2
+    db_pool_max_size: int = 10
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: str) -> str:
+        if len(value) < 32:
+            raise ValueError("JWT_SECRET must be at least 32 characters")
+        return value
+
+    def check_production_safety(self) -> None:
+        """Refuse the development secret anywhere but development and test."""
+        if self.environment not in ("development", "test") and self.jwt_secret == DEV_JWT_SECRET:
+            raise RuntimeError("JWT_SECRET is the development placeholder; set a real secret")
+
+    @property
+    def read_url(self) -> str:
+        return self.database_read_url or self.database_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""The three deployable services (api, refresher, reconciler), built on the shared `denorm` core."""

@@ -1,0 +1,1 @@
+"""The read API: FastAPI on uvicorn over the read models."""

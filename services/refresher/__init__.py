@@ -1,0 +1,1 @@
+"""The refresher: drains the materialized-view refresh queue."""
