@@ -18,6 +18,7 @@ from pathlib import Path
 import psycopg
 import sqlparse
 from psycopg import sql
+from psycopg.rows import TupleRow
 
 from db import MIGRATIONS_DIR
 
@@ -106,8 +107,10 @@ def ensure_database(url: str) -> bool:
             return False
         try:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-        except psycopg.errors.DuplicateDatabase:
-            return False  # another replica created it first
+        except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+            # Another replica created it first. Past the existence check above, Postgres reports that
+            # race as a unique violation on pg_database's name index, not as DuplicateDatabase.
+            return False
         return True
 
 
@@ -125,11 +128,10 @@ def migrate(
         # Session-level lock: held across the per-migration transactions and released on close,
         # even if this process dies, so replicas starting together queue up behind one another.
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
-        conn.execute(_CREATE_TABLE)
-        applied = {
-            row[0]: (row[1], row[2])
-            for row in conn.execute("SELECT version, name, checksum FROM schema_migrations")
-        }
+        # A dry run writes nothing, not even the bookkeeping table, so it also works read-only.
+        if not dry_run:
+            conn.execute(_CREATE_TABLE)
+        applied = _read_applied(conn)
         _check_applied(migrations, applied)
         pending = [m for m in migrations if m.version not in applied]
         result.already_applied = len(applied)
@@ -149,6 +151,15 @@ def migrate(
             echo(f"applied {m.label} in {elapsed_ms} ms")
             result.applied.append(m.label)
     return result
+
+
+def _read_applied(conn: psycopg.Connection[TupleRow]) -> dict[int, tuple[str, str]]:
+    """Version -> (name, checksum) of the recorded migrations; none when the table is absent."""
+    row = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    if row is None or not row[0]:
+        return {}
+    rows = conn.execute("SELECT version, name, checksum FROM schema_migrations").fetchall()
+    return {version: (name, checksum) for version, name, checksum in rows}
 
 
 def _check_applied(migrations: list[Migration], applied: dict[int, tuple[str, str]]) -> None:

@@ -1,0 +1,165 @@
+"""The test harness: real Postgres and real Redis, each test in its own database and key space.
+
+A migrated template database is built once per session; every test that asks for ``database_url``
+gets a fresh copy of it (``CREATE DATABASE ... TEMPLATE``), dropped with ``WITH (FORCE)`` afterwards.
+Redis is shared, so each test gets a unique key prefix and its keys are deleted at teardown.
+
+Nothing here is mocked. When Postgres or Redis cannot be reached the whole session stops with an
+error: a suite that silently skips its database tests proves nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+import redis
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import TupleRow
+
+from denorm.config import Settings
+from denorm.migrate import migrate
+
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+CONNECT_TIMEOUT_SECONDS = 5
+
+AdminConnection = psycopg.Connection[TupleRow]
+
+
+def database_url_for(dbname: str, base: str = TEST_DATABASE_URL) -> str:
+    """``base`` pointing at another database; a URL stays a URL, a key=value conninfo stays one."""
+    parts = urlsplit(base)
+    if parts.scheme in ("postgres", "postgresql"):
+        return urlunsplit(parts._replace(path=f"/{dbname}"))
+    return make_conninfo(base, dbname=dbname)
+
+
+def unique_name(kind: str) -> str:
+    """A database name no other test or session uses: lower case, well under 63 bytes."""
+    return f"{kind}_{os.getpid()}_{uuid.uuid4().hex[:12]}"
+
+
+def create_database(admin: AdminConnection, dbname: str, template: str = "template0") -> None:
+    admin.execute(
+        sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(dbname), sql.Identifier(template))
+    )
+
+
+def drop_database(admin: AdminConnection, dbname: str) -> None:
+    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
+@pytest.fixture(scope="session")
+def services_available() -> None:
+    """Stop the whole run, loudly, when Postgres or Redis cannot be reached: never skip."""
+    try:
+        psycopg.connect(TEST_DATABASE_URL, connect_timeout=CONNECT_TIMEOUT_SECONDS).close()
+    except psycopg.OperationalError as exc:
+        pytest.exit(f"Postgres is not reachable at TEST_DATABASE_URL={TEST_DATABASE_URL!r}: {exc}", 1)
+    client = redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.exit(f"Redis is not reachable at TEST_REDIS_URL={TEST_REDIS_URL!r}: {exc}", 1)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def admin_conn(services_available: None) -> Iterator[AdminConnection]:
+    """An autocommit connection to the maintenance database; creates and drops the test databases."""
+    with psycopg.connect(TEST_DATABASE_URL, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="session")
+def template_database(admin_conn: AdminConnection) -> Iterator[str]:
+    """The name of a database migrated once per session, the template every test database copies."""
+    name = unique_name("denorm_tpl")
+    create_database(admin_conn, name)
+    try:
+        migrate(database_url_for(name), echo=lambda _message: None)
+        # Nobody may connect to it any more: a stray session would make every CREATE ... TEMPLATE fail.
+        admin_conn.execute(
+            sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(name))
+        )
+        yield name
+    finally:
+        drop_database(admin_conn, name)
+
+
+@pytest.fixture
+def database_url(admin_conn: AdminConnection, template_database: str) -> Iterator[str]:
+    """A fresh, fully migrated database for this test only."""
+    name = unique_name("test")
+    create_database(admin_conn, name, template=template_database)
+    try:
+        yield database_url_for(name)
+    finally:
+        drop_database(admin_conn, name)
+
+
+@pytest.fixture
+def empty_database_url(admin_conn: AdminConnection) -> Iterator[str]:
+    """A fresh database with nothing in it, not even schema_migrations."""
+    name = unique_name("test")
+    create_database(admin_conn, name)
+    try:
+        yield database_url_for(name)
+    finally:
+        drop_database(admin_conn, name)
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection[TupleRow]]:
+    """An autocommit connection to this test's migrated database."""
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def redis_prefix(services_available: None) -> Iterator[str]:
+    """A key prefix no other test uses; every key under it is deleted when the test ends."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    yield prefix
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{prefix}*", count=500):
+            batch.append(key)
+            if len(batch) >= 500:
+                client.delete(*batch)
+                batch.clear()
+        if batch:
+            client.delete(*batch)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def redis_client(redis_prefix: str) -> Iterator[redis.Redis]:
+    """A synchronous client on the test Redis; use keys that start with ``redis_prefix``."""
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def settings(database_url: str, redis_prefix: str) -> Settings:
+    """Settings for this test's database and Redis key space, whatever the environment says."""
+    return Settings(
+        database_url=database_url,
+        database_read_url=None,
+        redis_url=TEST_REDIS_URL,
+        redis_key_prefix=redis_prefix,
+        environment="test",
+    )

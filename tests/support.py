@@ -1,0 +1,52 @@
+"""Helpers the test modules share: running the real `denorm` command, and small catalog queries."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import psycopg
+from psycopg.rows import TupleRow
+
+Connection = psycopg.Connection[TupleRow]
+
+_CONSOLE_SCRIPT = Path(sys.executable).with_name("denorm")
+# The installed console script when there is one (it is what people run), else the module.
+DENORM: tuple[str, ...] = (
+    (str(_CONSOLE_SCRIPT),) if _CONSOLE_SCRIPT.is_file() else (sys.executable, "-m", "denorm.cli")
+)
+
+
+def cli_env(**overrides: str) -> dict[str, str]:
+    """The environment for a `denorm` child process: ours, plus the given variables."""
+    env = dict(os.environ)
+    env.update(overrides)
+    return env
+
+
+def run_denorm(
+    args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*DENORM, *args],
+        env=env if env is not None else cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def table_exists(conn: Connection, name: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()
+    return row is not None and bool(row[0])
+
+
+def applied_versions(conn: Connection) -> list[int]:
+    """The versions recorded in schema_migrations, duplicates included; [] when it does not exist."""
+    if not table_exists(conn, "schema_migrations"):
+        return []
+    return [int(row[0]) for row in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
