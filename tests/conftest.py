@@ -124,6 +124,24 @@ def conn(database_url: str) -> Iterator[psycopg.Connection[TupleRow]]:
         yield connection
 
 
+def delete_keys_with_prefix(client: redis.Redis, prefix: str) -> int:
+    """SCAN + DEL every key that starts with ``prefix``; how many were deleted."""
+    deleted = 0
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=f"{_glob_escape(prefix)}*", count=500):
+        batch.append(key)
+        if len(batch) >= 500:
+            deleted += client.delete(*batch)
+            batch.clear()
+    if batch:
+        deleted += client.delete(*batch)
+    return deleted
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
 @pytest.fixture
 def redis_prefix(services_available: None) -> Iterator[str]:
     """A key prefix no other test uses; every key under it is deleted when the test ends."""
@@ -131,14 +149,7 @@ def redis_prefix(services_available: None) -> Iterator[str]:
     yield prefix
     client = redis.Redis.from_url(TEST_REDIS_URL)
     try:
-        batch: list[bytes] = []
-        for key in client.scan_iter(match=f"{prefix}*", count=500):
-            batch.append(key)
-            if len(batch) >= 500:
-                client.delete(*batch)
-                batch.clear()
-        if batch:
-            client.delete(*batch)
+        delete_keys_with_prefix(client, prefix)
     finally:
         client.close()
 
