@@ -16,11 +16,14 @@ def conninfo(url: str, application: str) -> str:
     return make_conninfo(url, application_name=f"{APPLICATION_NAME}-{application}")
 
 
-async def open_pool(url: str, application: str, min_size: int, max_size: int) -> AsyncConnectionPool[
-    AsyncConnection[TupleRow]
-]:
+async def open_pool(
+    url: str, application: str, min_size: int, max_size: int
+) -> AsyncConnectionPool[AsyncConnection[TupleRow]]:
     pool: AsyncConnectionPool[AsyncConnection[TupleRow]] = AsyncConnectionPool(
-        conninfo(url, application), min_size=min_size, max_size=max_size, open=False,
+        conninfo(url, application),
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
         kwargs={"autocommit": True},
     )
     await pool.open(wait=False)

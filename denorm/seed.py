@@ -117,7 +117,10 @@ class Step:
             bounds = [round(self.items * j / parts) for j in range(parts + 1)]
         else:
             # Cut where the cumulative share (r/n)^a crosses j/parts, so each chunk has similar rows.
-            bounds = [min(self.items, math.ceil(self.items * (j / parts) ** (1 / self.law))) for j in range(parts + 1)]
+            bounds = [
+                min(self.items, math.ceil(self.items * (j / parts) ** (1 / self.law)))
+                for j in range(parts + 1)
+            ]
         out = []
         for j in range(parts):
             lo, hi = bounds[j] + 1, bounds[j + 1]
@@ -205,8 +208,12 @@ def seed(
             admin.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY CASCADE").format(_table_list()))
         admin.execute((SEED_DIR / "functions.sql").read_bytes())
         with ConnectionPool(
-            conninfo(url, "seed"), min_size=jobs, max_size=jobs, configure=_configure,
-            kwargs={"autocommit": True}, open=True,
+            conninfo(url, "seed"),
+            min_size=jobs,
+            max_size=jobs,
+            configure=_configure,
+            kwargs={"autocommit": True},
+            open=True,
         ) as pool:
 
             def run(chunk: Chunk) -> Chunk:
@@ -222,8 +229,13 @@ def seed(
                         done_rows += chunk.rows
                         elapsed = time.perf_counter() - started
                         log.info(
-                            "seed progress", phase=number, table=chunk.table, lo=chunk.lo, hi=chunk.hi,
-                            percent=round(100 * done_rows / total_rows, 1), elapsed_s=round(elapsed, 1),
+                            "seed progress",
+                            phase=number,
+                            table=chunk.table,
+                            lo=chunk.lo,
+                            hi=chunk.hi,
+                            percent=round(100 * done_rows / total_rows, 1),
+                            elapsed_s=round(elapsed, 1),
                         )
                         report(f"{100 * done_rows / total_rows:5.1f}%  {chunk.table} {chunk.lo}..{chunk.hi}")
         _finish(admin)

@@ -7,11 +7,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import ORJSONResponse
 
 from denorm.cache import open_redis
 from denorm.config import Settings, get_settings
 from denorm.pg import open_pool
+from services.api.responses import JSONBytes
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.redis.aclose()
             await app.state.pool.close()
 
-    app = FastAPI(title="denorm read API", default_response_class=ORJSONResponse, lifespan=lifespan)
+    app = FastAPI(title="denorm read API", default_response_class=JSONBytes, lifespan=lifespan)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["operations"])
-    async def readyz() -> ORJSONResponse:
+    async def readyz() -> JSONBytes:
         """Readiness: Postgres reachable and migrated; Redis reported, never fatal."""
         body: dict[str, Any] = {"postgres": "ok", "schema": "ok", "redis": "ok"}
         status = 200
@@ -57,6 +57,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except Exception as exc:  # Redis is optional: report it, stay ready
             body["redis"] = f"degraded: {type(exc).__name__}"
         body["status"] = "ready" if status == 200 else "not ready"
-        return ORJSONResponse(body, status_code=status)
+        return JSONBytes(body, status_code=status)
 
     return app

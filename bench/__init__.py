@@ -1,0 +1,1 @@
+"""Benchmarks: each runs on a generated dataset of stated size and prints what it measured."""

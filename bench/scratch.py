@@ -1,0 +1,31 @@
+"""A scratch database for one benchmark run: created, migrated, and dropped afterwards."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from denorm.migrate import migrate
+
+ADMIN_URL = os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@contextmanager
+def scratch_database(prefix: str = "bench", keep: bool = False) -> Iterator[str]:
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_conninfo(ADMIN_URL, dbname=name)
+    try:
+        migrate(url, echo=lambda _m: None)
+        yield url
+    finally:
+        if not keep:
+            with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

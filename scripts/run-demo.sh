@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Start the refresher in the background and the API in the foreground; Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+HOST=${API_HOST:-127.0.0.1}
+PORT=${API_PORT:-8000}
+
+refresher_pid=
+cleanup() { [[ -n "$refresher_pid" ]] && kill -TERM "$refresher_pid" 2>/dev/null; wait || true; }
+trap cleanup EXIT
+
+"$BIN/denorm" refresher &
+refresher_pid=$!
+
+cat <<MSG
+
+  denorm demo on the tiny dataset ($DATABASE_URL)
+    API docs:   http://$HOST:$PORT/docs
+    health:     http://$HOST:$PORT/healthz   readiness: http://$HOST:$PORT/readyz
+    a token:    $BIN/denorm token --user 1
+  Ctrl-C stops the API and the refresher.
+
+MSG
+"$BIN/denorm" api --host "$HOST" --port "$PORT"
