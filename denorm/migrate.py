@@ -38,6 +38,13 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
+_INVALID_INDEXES = """
+SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT i.indisvalid AND n.nspname = current_schema()
+"""
+
+
 class MigrationError(RuntimeError):
     """A migration cannot be applied safely; nothing further was applied."""
 
@@ -120,14 +127,29 @@ def migrate(
     dry_run: bool = False,
     directory: Path = MIGRATIONS_DIR,
     echo: Callable[[str], None] = print,
+    lock_wait_seconds: float = 600,
 ) -> MigrateResult:
     """Apply every pending migration; with ``dry_run`` only list them."""
     migrations = discover(directory)
     result = MigrateResult()
-    with psycopg.connect(url, autocommit=True) as conn:
+    try:
+        conn = psycopg.connect(url, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise MigrationError(f"cannot connect to the database: {exc}") from exc
+    with conn:
         # Session-level lock: held across the per-migration transactions and released on close,
         # even if this process dies, so replicas starting together queue up behind one another.
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        # A replica gives up after lock_wait_seconds rather than hang behind a stuck migration.
+        conn.execute(
+            sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(lock_wait_seconds * 1000)}ms"))
+        )
+        try:
+            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        except psycopg.errors.LockNotAvailable as exc:
+            raise MigrationError(
+                f"another migration has held the migration lock for over {lock_wait_seconds:g} s"
+            ) from exc
+        conn.execute("SET lock_timeout = 0")
         # A dry run writes nothing, not even the bookkeeping table, so it also works read-only.
         if not dry_run:
             conn.execute(_CREATE_TABLE)
@@ -193,6 +215,13 @@ def _apply(conn: psycopg.Connection[tuple[object, ...]], m: Migration, started: 
         else:
             for statement in m.statements():
                 conn.execute(statement.encode("utf-8"))
+            # A failed CREATE INDEX CONCURRENTLY leaves an invalid index that IF NOT EXISTS would then
+            # skip on the next run: refuse to record the migration while any index is invalid.
+            invalid = [row[0] for row in conn.execute(_INVALID_INDEXES)]
+            if invalid:
+                raise MigrationError(
+                    f"migration {m.label} left invalid indexes {invalid}; drop them and run again"
+                )
             _record(conn, m, started)
     except psycopg.Error as exc:
         raise MigrationError(f"migration {m.label} failed: {exc}") from exc

@@ -612,3 +612,24 @@ def test_unindexed_foreign_key_check_can_fail(conn: Connection) -> None:
     conn.execute("CREATE INDEX audit_user_note_idx ON audit (user_id, note)")
     conn.execute("CREATE INDEX audit_project_nn_idx ON audit (project_id) WHERE project_id IS NOT NULL")
     assert unindexed_foreign_keys(conn) == []
+
+
+def test_failed_concurrent_index_is_never_recorded_as_applied(
+    conn: Connection, migrations_copy: Path
+) -> None:
+    """A failed CREATE UNIQUE INDEX CONCURRENTLY leaves an invalid index that IF NOT EXISTS would skip."""
+    alice, bob = make_user(conn, "alice"), make_user(conn, "bob")
+    make_project(conn, alice, "same title")
+    make_project(conn, bob, "same title")
+    url = str(conn.info.dsn)
+    (migrations_copy / "9001_unique_titles.sql").write_text(
+        "-- migrate:no-transaction\n"
+        "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS projects_title_key ON projects (title);\n"
+    )
+    with pytest.raises(MigrationError, match="9001_unique_titles failed"):
+        migrate(url, directory=migrations_copy, echo=quiet)
+    assert _index_valid(conn, "projects_title_key") is False
+    # The rerun's IF NOT EXISTS skips the broken index: the runner must notice and refuse.
+    with pytest.raises(MigrationError, match="invalid indexes"):
+        migrate(url, directory=migrations_copy, echo=quiet)
+    assert applied_versions(conn) == ALL_VERSIONS
