@@ -23,7 +23,8 @@ CREATE TABLE projects (
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX projects_owner_id_idx ON projects (owner_id);
+-- (owner_id, id): the projects a user owns, index-only, for the dashboard's received counts.
+CREATE INDEX projects_owner_id_idx ON projects (owner_id, id);
 
 CREATE TABLE project_upvotes (
     user_id    bigint      NOT NULL REFERENCES users (id) ON DELETE CASCADE,
@@ -99,7 +100,8 @@ CREATE TABLE messages (
     read_at      timestamptz,
     CONSTRAINT messages_no_self_message CHECK (sender_id <> recipient_id)
 );
-CREATE INDEX messages_sender_id_idx ON messages (sender_id);
+-- Leads with sender_id for the foreign key, and serves "the latest message between a and b".
+CREATE INDEX messages_pair_idx ON messages (sender_id, recipient_id, created_at, id);
 CREATE INDEX messages_recipient_id_idx ON messages (recipient_id);
 
 CREATE TABLE intro_requests (
