@@ -270,15 +270,18 @@ LEFT JOIN LATERAL (
 WHERE coalesce(b.message_count, 0) + coalesce(d.messages, 0) > 0;
 
 -- ---------------------------------------------------------------------------------------------
--- Change functions: given the old and new rows of one statement (as arrays of the table's row
--- type, empty for the side an event lacks), append one aggregated delta row per touched key.
+-- Triggers. Each source table has one statement body below, written against {changes}: the rows
+-- of the statement, each with a sign (-1 for an old row, +1 for a new one). rm_install_triggers
+-- turns a body into three statement-level trigger functions (INSERT, DELETE, UPDATE), each reading
+-- its transition tables directly, so a body is written once and a statement costs a few aggregated
+-- inserts however many rows it touched.
 
-CREATE FUNCTION rm_users_changed(old_rows users[], new_rows users[]) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    -- Gone users (deleted, or an id changed): drop their rows, both directions of conversations.
+-- Everything kept for these users, in both directions of their conversations: used when a user
+-- goes, and when a user id comes (back), so nothing of an earlier holder of the id survives.
+CREATE FUNCTION rm_forget_users(ids bigint[]) RETURNS void
+LANGUAGE sql AS $$
     WITH gone AS (
-        SELECT id FROM unnest(old_rows) EXCEPT SELECT id FROM unnest(new_rows)
+        SELECT unnest(ids) AS id
     ), mine AS (
         SELECT user_id, other_user_id FROM conversation_base WHERE user_id IN (SELECT id FROM gone)
         UNION
@@ -295,148 +298,55 @@ BEGIN
         DELETE FROM user_stat_deltas d USING gone g WHERE d.user_id = g.id
     )
     DELETE FROM user_stats_base b USING gone g WHERE b.user_id = g.id;
+$$;
 
-    -- New users (inserted, or an id changed): a zero row, and nothing left from an earlier holder of the id.
-    WITH born AS (
-        SELECT id FROM unnest(new_rows) EXCEPT SELECT id FROM unnest(old_rows)
-    ), stale AS (
-        DELETE FROM user_stat_deltas d USING born b WHERE d.user_id = b.id
-    )
-    INSERT INTO user_stats_base (user_id) SELECT id FROM born
-    ON CONFLICT (user_id) DO UPDATE SET
-        project_count = 0, upvotes_given = 0, unread_messages = 0, chains_joined = 0,
-        sent_pending = 0, sent_accepted = 0, sent_declined = 0,
-        received_pending = 0, received_accepted = 0, received_declined = 0, updated_at = now();
-END $$;
-
-CREATE FUNCTION rm_projects_changed(old_rows projects[], new_rows projects[]) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
+CREATE FUNCTION rm_forget_projects(ids bigint[]) RETURNS void
+LANGUAGE sql AS $$
     WITH gone AS (
-        SELECT id FROM unnest(old_rows) EXCEPT SELECT id FROM unnest(new_rows)
+        SELECT unnest(ids) AS id
     ), deltas_gone AS (
         DELETE FROM project_counter_deltas d USING gone g WHERE d.project_id = g.id
     )
     DELETE FROM project_counters_base b USING gone g WHERE b.project_id = g.id;
+$$;
 
-    WITH born AS (
-        SELECT id FROM unnest(new_rows) EXCEPT SELECT id FROM unnest(old_rows)
-    ), stale AS (
-        DELETE FROM project_counter_deltas d USING born b WHERE d.project_id = b.id
-    )
-    INSERT INTO project_counters_base (project_id) SELECT id FROM born
-    ON CONFLICT (project_id) DO UPDATE SET upvote_count = 0, comment_count = 0, updated_at = now();
-
-    -- project_count per owner; an update that keeps the owner nets to zero and writes nothing.
-    INSERT INTO user_stat_deltas (user_id, project_count)
-    SELECT owner_id, sum(sign)
-    FROM (SELECT owner_id, -1 AS sign FROM unnest(old_rows)
-          UNION ALL
-          SELECT owner_id, 1 FROM unnest(new_rows)) c
-    GROUP BY owner_id HAVING sum(sign) <> 0
-    ORDER BY owner_id;
-END $$;
-
-CREATE FUNCTION rm_project_upvotes_changed(old_rows project_upvotes[], new_rows project_upvotes[])
-RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION rm_install_triggers(source regclass, body text) RETURNS void
+LANGUAGE plpgsql AS $install$
+DECLARE
+    t text := source::text;
+    event text;
+    src text;
+    guard text;
 BEGIN
-    INSERT INTO project_counter_deltas (project_id, upvotes)
-    SELECT project_id, sum(sign)
-    FROM (SELECT project_id, -1 AS sign FROM unnest(old_rows)
-          UNION ALL
-          SELECT project_id, 1 FROM unnest(new_rows)) c
-    GROUP BY project_id HAVING sum(sign) <> 0
-    ORDER BY project_id;
-
-    INSERT INTO user_stat_deltas (user_id, upvotes_given)
-    SELECT user_id, sum(sign)
-    FROM (SELECT user_id, -1 AS sign FROM unnest(old_rows)
-          UNION ALL
-          SELECT user_id, 1 FROM unnest(new_rows)) c
-    GROUP BY user_id HAVING sum(sign) <> 0
-    ORDER BY user_id;
-END $$;
-
-CREATE FUNCTION rm_project_comments_changed(old_rows project_comments[], new_rows project_comments[])
-RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO project_counter_deltas (project_id, comments)
-    SELECT project_id, sum(sign)
-    FROM (SELECT project_id, -1 AS sign FROM unnest(old_rows)
-          UNION ALL
-          SELECT project_id, 1 FROM unnest(new_rows)) c
-    GROUP BY project_id HAVING sum(sign) <> 0
-    ORDER BY project_id;
-END $$;
-
-CREATE FUNCTION rm_chain_members_changed(old_rows chain_members[], new_rows chain_members[])
-RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO user_stat_deltas (user_id, chains_joined)
-    SELECT user_id, sum(sign)
-    FROM (SELECT user_id, -1 AS sign FROM unnest(old_rows)
-          UNION ALL
-          SELECT user_id, 1 FROM unnest(new_rows)) c
-    GROUP BY user_id HAVING sum(sign) <> 0
-    ORDER BY user_id;
-END $$;
-
-CREATE FUNCTION rm_messages_changed(old_rows messages[], new_rows messages[])
-RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    -- Both directions of every touched pair. Rows are kept even when they net to zero (an edited
-    -- body or timestamp may change which message is the latest): the row itself marks the pair dirty.
-    INSERT INTO conversation_deltas (user_id, other_user_id, messages, unread)
-    SELECT user_id, other_user_id, sum(sign), sum(sign * unread)
-    FROM (SELECT m.sender_id AS user_id, m.recipient_id AS other_user_id, -1 AS sign, 0 AS unread
-          FROM unnest(old_rows) m
-          UNION ALL
-          SELECT m.recipient_id, m.sender_id, -1, (m.read_at IS NULL)::int FROM unnest(old_rows) m
-          UNION ALL
-          SELECT m.sender_id, m.recipient_id, 1, 0 FROM unnest(new_rows) m
-          UNION ALL
-          SELECT m.recipient_id, m.sender_id, 1, (m.read_at IS NULL)::int FROM unnest(new_rows) m) c
-    GROUP BY user_id, other_user_id
-    ORDER BY user_id, other_user_id;
-
-    INSERT INTO user_stat_deltas (user_id, unread_messages)
-    SELECT recipient_id, sum(sign)
-    FROM (SELECT recipient_id, -1 AS sign FROM unnest(old_rows) WHERE read_at IS NULL
-          UNION ALL
-          SELECT recipient_id, 1 FROM unnest(new_rows) WHERE read_at IS NULL) c
-    GROUP BY recipient_id HAVING sum(sign) <> 0
-    ORDER BY recipient_id;
-END $$;
-
-CREATE FUNCTION rm_intro_requests_changed(old_rows intro_requests[], new_rows intro_requests[])
-RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO user_stat_deltas (user_id, sent_pending, sent_accepted, sent_declined,
-                                  received_pending, received_accepted, received_declined)
-    SELECT * FROM (
-        SELECT user_id,
-               coalesce(sum(sign) FILTER (WHERE sent AND status = 'pending'), 0)      AS sp,
-               coalesce(sum(sign) FILTER (WHERE sent AND status = 'accepted'), 0)     AS sa,
-               coalesce(sum(sign) FILTER (WHERE sent AND status = 'declined'), 0)     AS sd,
-               coalesce(sum(sign) FILTER (WHERE NOT sent AND status = 'pending'), 0)  AS rp,
-               coalesce(sum(sign) FILTER (WHERE NOT sent AND status = 'accepted'), 0) AS ra,
-               coalesce(sum(sign) FILTER (WHERE NOT sent AND status = 'declined'), 0) AS rd
-        FROM (SELECT r.requester_id AS user_id, true AS sent, r.status, -1 AS sign FROM unnest(old_rows) r
-              UNION ALL
-              SELECT r.target_id, false, r.status, -1 FROM unnest(old_rows) r
-              UNION ALL
-              SELECT r.requester_id, true, r.status, 1 FROM unnest(new_rows) r
-              UNION ALL
-              SELECT r.target_id, false, r.status, 1 FROM unnest(new_rows) r) c
-        GROUP BY user_id
-    ) t
-    WHERE (sp, sa, sd, rp, ra, rd) <> (0, 0, 0, 0, 0, 0)
-    ORDER BY user_id;
-END $$;
-
--- ---------------------------------------------------------------------------------------------
--- Triggers: one statement-level trigger per event and table, each handing its transition tables
--- to the change function above. Generated in a loop so that the seven tables stay alike.
+    FOREACH event IN ARRAY ARRAY['insert', 'delete', 'update'] LOOP
+        IF event = 'insert' THEN
+            src := '(SELECT 1 AS sign, n.* FROM new_rows n)';
+            guard := 'IF NOT EXISTS (SELECT FROM new_rows) THEN RETURN NULL; END IF;';
+        ELSIF event = 'delete' THEN
+            src := '(SELECT -1 AS sign, o.* FROM old_rows o)';
+            guard := 'IF NOT EXISTS (SELECT FROM old_rows) THEN RETURN NULL; END IF;';
+        ELSE
+            src := '(SELECT -1 AS sign, o.* FROM old_rows o UNION ALL SELECT 1 AS sign, n.* FROM new_rows n)';
+            guard := '';
+        END IF;
+        EXECUTE format($f$
+            CREATE FUNCTION %1$I() RETURNS trigger LANGUAGE plpgsql AS $body$
+            BEGIN
+                %2$s
+                %3$s
+                RETURN NULL;
+            END $body$ $f$, format('rm_%s_%s', t, event), guard, replace(body, '{changes}', src));
+        EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s REFERENCING %s FOR EACH STATEMENT EXECUTE FUNCTION %I()',
+                       format('trg_%s_%s', t, event), upper(event), source,
+                       CASE event WHEN 'insert' THEN 'NEW TABLE AS new_rows'
+                                  WHEN 'delete' THEN 'OLD TABLE AS old_rows'
+                                  ELSE 'OLD TABLE AS old_rows NEW TABLE AS new_rows' END,
+                       format('rm_%s_%s', t, event));
+    END LOOP;
+    -- TRUNCATE fires no row or statement triggers of the other kinds: rebuild from what is left.
+    EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION rm_source_truncated()',
+                   format('trg_%s_truncate', t), source);
+END $install$;
 
 CREATE FUNCTION rebuild_read_models() RETURNS void
 LANGUAGE plpgsql AS $$
@@ -460,7 +370,6 @@ BEGIN
     FROM message_conversations_truth;
 END $$;
 
--- TRUNCATE fires no row or statement triggers of its own kind: rebuild from what is left.
 CREATE FUNCTION rm_source_truncated() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -468,36 +377,75 @@ BEGIN
     RETURN NULL;
 END $$;
 
-DO $do$
-DECLARE
-    t text;
-BEGIN
-    FOREACH t IN ARRAY ARRAY['users', 'projects', 'project_upvotes', 'project_comments', 'chain_members',
-                             'messages', 'intro_requests']
-    LOOP
-        EXECUTE format($f$
-            CREATE FUNCTION %1$I() RETURNS trigger LANGUAGE plpgsql AS $body$
-            BEGIN
-                IF TG_OP = 'INSERT' THEN
-                    PERFORM %2$I('{}', ARRAY(SELECT ROW(n.*)::%3$I FROM new_rows n));
-                ELSIF TG_OP = 'DELETE' THEN
-                    PERFORM %2$I(ARRAY(SELECT ROW(o.*)::%3$I FROM old_rows o), '{}');
-                ELSE
-                    PERFORM %2$I(ARRAY(SELECT ROW(o.*)::%3$I FROM old_rows o),
-                               ARRAY(SELECT ROW(n.*)::%3$I FROM new_rows n));
-                END IF;
-                RETURN NULL;
-            END $body$ $f$, 'rm_' || t || '_trigger', 'rm_' || t || '_changed', t);
-        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %I REFERENCING NEW TABLE AS new_rows '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION %I()', 'trg_' || t || '_insert', t, 'rm_' || t || '_trigger');
-        EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %I REFERENCING OLD TABLE AS old_rows '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION %I()', 'trg_' || t || '_delete', t, 'rm_' || t || '_trigger');
-        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %I REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION %I()', 'trg_' || t || '_update', t, 'rm_' || t || '_trigger');
-        EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %I FOR EACH STATEMENT EXECUTE FUNCTION rm_source_truncated()',
-                       'trg_' || t || '_truncate', t);
-    END LOOP;
-END $do$;
+-- A user or project whose id appears only among the old rows is gone; only among the new, born.
+SELECT rm_install_triggers('users', $body$
+    PERFORM rm_forget_users(ARRAY(
+        SELECT id FROM {changes} c GROUP BY id HAVING bool_and(sign < 0) OR bool_and(sign > 0)));
+    INSERT INTO user_stats_base (user_id)
+    SELECT id FROM {changes} c GROUP BY id HAVING bool_and(sign > 0);
+$body$);
+
+SELECT rm_install_triggers('projects', $body$
+    PERFORM rm_forget_projects(ARRAY(
+        SELECT id FROM {changes} c GROUP BY id HAVING bool_and(sign < 0) OR bool_and(sign > 0)));
+    INSERT INTO project_counters_base (project_id)
+    SELECT id FROM {changes} c GROUP BY id HAVING bool_and(sign > 0);
+    -- An update that keeps the owner nets to zero and writes nothing.
+    INSERT INTO user_stat_deltas (user_id, project_count)
+    SELECT owner_id, sum(sign) FROM {changes} c GROUP BY owner_id HAVING sum(sign) <> 0;
+$body$);
+
+SELECT rm_install_triggers('project_upvotes', $body$
+    INSERT INTO project_counter_deltas (project_id, upvotes)
+    SELECT project_id, sum(sign) FROM {changes} c GROUP BY project_id HAVING sum(sign) <> 0;
+    INSERT INTO user_stat_deltas (user_id, upvotes_given)
+    SELECT user_id, sum(sign) FROM {changes} c GROUP BY user_id HAVING sum(sign) <> 0;
+$body$);
+
+SELECT rm_install_triggers('project_comments', $body$
+    INSERT INTO project_counter_deltas (project_id, comments)
+    SELECT project_id, sum(sign) FROM {changes} c GROUP BY project_id HAVING sum(sign) <> 0;
+$body$);
+
+SELECT rm_install_triggers('chain_members', $body$
+    INSERT INTO user_stat_deltas (user_id, chains_joined)
+    SELECT user_id, sum(sign) FROM {changes} c GROUP BY user_id HAVING sum(sign) <> 0;
+$body$);
+
+-- Both directions of every touched pair. Rows are kept even when they net to zero: an edited body
+-- or timestamp may change which message is the latest, and the row marks the pair dirty.
+SELECT rm_install_triggers('messages', $body$
+    INSERT INTO conversation_deltas (user_id, other_user_id, messages, unread)
+    SELECT user_id, other_user_id, sum(sign), sum(sign * unread)
+    FROM (SELECT sender_id AS user_id, recipient_id AS other_user_id, sign, 0 AS unread FROM {changes} c
+          UNION ALL
+          SELECT recipient_id, sender_id, sign, (read_at IS NULL)::int FROM {changes} c) s
+    GROUP BY user_id, other_user_id;
+    INSERT INTO user_stat_deltas (user_id, unread_messages)
+    SELECT recipient_id, sum(sign) FROM {changes} c WHERE read_at IS NULL
+    GROUP BY recipient_id HAVING sum(sign) <> 0;
+$body$);
+
+SELECT rm_install_triggers('intro_requests', $body$
+    INSERT INTO user_stat_deltas (user_id, sent_pending, sent_accepted, sent_declined,
+                                  received_pending, received_accepted, received_declined)
+    SELECT * FROM (
+        SELECT user_id,
+               coalesce(sum(sign) FILTER (WHERE sent AND status = 'pending'), 0)      AS sp,
+               coalesce(sum(sign) FILTER (WHERE sent AND status = 'accepted'), 0)     AS sa,
+               coalesce(sum(sign) FILTER (WHERE sent AND status = 'declined'), 0)     AS sd,
+               coalesce(sum(sign) FILTER (WHERE NOT sent AND status = 'pending'), 0)  AS rp,
+               coalesce(sum(sign) FILTER (WHERE NOT sent AND status = 'accepted'), 0) AS ra,
+               coalesce(sum(sign) FILTER (WHERE NOT sent AND status = 'declined'), 0) AS rd
+        FROM (SELECT requester_id AS user_id, true AS sent, status, sign FROM {changes} c
+              UNION ALL
+              SELECT target_id, false, status, sign FROM {changes} c) s
+        GROUP BY user_id
+    ) t
+    WHERE (sp, sa, sd, rp, ra, rd) <> (0, 0, 0, 0, 0, 0);
+$body$);
+
+DROP FUNCTION rm_install_triggers(regclass, text);
 
 -- ---------------------------------------------------------------------------------------------
 -- The fold: move pending deltas into the base tables, at most max_keys keys per model per call.
