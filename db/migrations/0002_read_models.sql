@@ -180,7 +180,7 @@ SELECT b.project_id,
        greatest(b.updated_at, d.updated_at)      AS updated_at
 FROM project_counters_base b
 LEFT JOIN LATERAL (
-    SELECT sum(x.upvotes) AS upvotes, sum(x.comments) AS comments, max(x.created_at) AS updated_at
+    SELECT sum(x.upvotes)::bigint AS upvotes, sum(x.comments)::bigint AS comments, max(x.created_at) AS updated_at
     FROM project_counter_deltas x WHERE x.project_id = b.project_id
 ) d ON true;
 
@@ -200,11 +200,11 @@ SELECT b.user_id,
        greatest(b.updated_at, d.updated_at)                   AS updated_at
 FROM user_stats_base b
 LEFT JOIN LATERAL (
-    SELECT sum(x.project_count) AS project_count, sum(x.upvotes_given) AS upvotes_given,
-           sum(x.unread_messages) AS unread_messages, sum(x.chains_joined) AS chains_joined,
-           sum(x.sent_pending) AS sent_pending, sum(x.sent_accepted) AS sent_accepted,
-           sum(x.sent_declined) AS sent_declined, sum(x.received_pending) AS received_pending,
-           sum(x.received_accepted) AS received_accepted, sum(x.received_declined) AS received_declined,
+    SELECT sum(x.project_count)::bigint AS project_count, sum(x.upvotes_given)::bigint AS upvotes_given,
+           sum(x.unread_messages)::bigint AS unread_messages, sum(x.chains_joined)::bigint AS chains_joined,
+           sum(x.sent_pending)::bigint AS sent_pending, sum(x.sent_accepted)::bigint AS sent_accepted,
+           sum(x.sent_declined)::bigint AS sent_declined, sum(x.received_pending)::bigint AS received_pending,
+           sum(x.received_accepted)::bigint AS received_accepted, sum(x.received_declined)::bigint AS received_declined,
            max(x.created_at) AS updated_at
     FROM user_stat_deltas x WHERE x.user_id = b.user_id
 ) d ON true;
@@ -223,7 +223,7 @@ SELECT s.user_id,
        greatest(s.updated_at, r.updated_at) AS updated_at
 FROM user_stats s
 LEFT JOIN LATERAL (
-    SELECT sum(c.upvote_count) AS upvotes_received, sum(c.comment_count) AS comments_received,
+    SELECT sum(c.upvote_count)::bigint AS upvotes_received, sum(c.comment_count)::bigint AS comments_received,
            max(c.updated_at) AS updated_at
     FROM projects p JOIN project_counters c ON c.project_id = p.id
     WHERE p.owner_id = s.user_id
@@ -250,7 +250,7 @@ FROM (
 ) k
 LEFT JOIN conversation_base b ON b.user_id = k.user_id AND b.other_user_id = k.other_user_id
 LEFT JOIN LATERAL (
-    SELECT count(*) AS n, sum(x.messages) AS messages, sum(x.unread) AS unread
+    SELECT count(*) AS n, sum(x.messages)::bigint AS messages, sum(x.unread)::bigint AS unread
     FROM conversation_deltas x WHERE x.user_id = k.user_id AND x.other_user_id = k.other_user_id
 ) d ON true
 LEFT JOIN LATERAL (
@@ -468,6 +468,9 @@ BEGIN
     IF NOT pg_try_advisory_xact_lock(7305798357383151617) THEN
         RETURN;
     END IF;
+    -- Row locks are never waited for (SKIP LOCKED); a table lock (a TRUNCATE rebuilding the read
+    -- models) is waited for briefly, then the fold gives up and the next call tries again.
+    SET LOCAL lock_timeout = '2s';
 
     -- project counters
     SELECT coalesce(array_agg(id), '{}') INTO ids FROM (
@@ -489,7 +492,10 @@ BEGIN
     SELECT 'project_counters', count(*), coalesce(sum(n), 0) INTO model, keys_folded, deltas_folded FROM agg;
     RETURN NEXT;
     -- Deltas of projects deleted for good (a cascade can write them after the project's own cleanup).
-    DELETE FROM project_counter_deltas d WHERE NOT EXISTS (SELECT 1 FROM projects p WHERE p.id = d.project_id);
+    DELETE FROM project_counter_deltas WHERE ctid IN (
+        SELECT d.ctid FROM project_counter_deltas d
+        WHERE NOT EXISTS (SELECT 1 FROM projects p WHERE p.id = d.project_id)
+        FOR UPDATE SKIP LOCKED);
 
     -- user stats
     SELECT coalesce(array_agg(id), '{}') INTO ids FROM (
@@ -524,7 +530,10 @@ BEGIN
     )
     SELECT 'user_stats', count(*), coalesce(sum(n), 0) INTO model, keys_folded, deltas_folded FROM agg;
     RETURN NEXT;
-    DELETE FROM user_stat_deltas d WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = d.user_id);
+    DELETE FROM user_stat_deltas WHERE ctid IN (
+        SELECT d.ctid FROM user_stat_deltas d
+        WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = d.user_id)
+        FOR UPDATE SKIP LOCKED);
 
     -- conversations: both directions of a pair fold together, and only when both users are locked.
     SELECT coalesce(array_agg(a), '{}'), coalesce(array_agg(b), '{}') INTO ca, cb FROM (
@@ -577,7 +586,8 @@ BEGIN
     )
     SELECT 'conversations', count(*), coalesce(sum(n), 0) INTO model, keys_folded, deltas_folded FROM agg;
     RETURN NEXT;
-    DELETE FROM conversation_base WHERE message_count <= 0;
+    DELETE FROM conversation_base WHERE ctid IN (
+        SELECT ctid FROM conversation_base WHERE message_count <= 0 FOR UPDATE SKIP LOCKED);
     -- Pairs with a user deleted for good: nothing of them may remain, in either direction.
     WITH gone AS (
         SELECT c.a, c.b FROM unnest(ca, cb) AS c(a, b)
@@ -586,11 +596,15 @@ BEGIN
     ), dirs AS (
         SELECT a AS user_id, b AS other_user_id FROM gone UNION ALL SELECT b, a FROM gone
     ), base_gone AS (
-        DELETE FROM conversation_base x USING dirs p
-        WHERE x.user_id = p.user_id AND x.other_user_id = p.other_user_id
+        DELETE FROM conversation_base WHERE ctid IN (
+            SELECT x.ctid FROM conversation_base x JOIN dirs p
+                ON x.user_id = p.user_id AND x.other_user_id = p.other_user_id
+            FOR UPDATE OF x SKIP LOCKED)
     )
-    DELETE FROM conversation_deltas x USING dirs p
-    WHERE x.user_id = p.user_id AND x.other_user_id = p.other_user_id;
+    DELETE FROM conversation_deltas WHERE ctid IN (
+        SELECT x.ctid FROM conversation_deltas x JOIN dirs p
+            ON x.user_id = p.user_id AND x.other_user_id = p.other_user_id
+        FOR UPDATE OF x SKIP LOCKED);
 END $$;
 
 -- Backfill: build every read model from the data already here.

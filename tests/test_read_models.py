@@ -1,0 +1,247 @@
+"""Phase-1 read models: equal to their definition after any writes, from any writer, at every commit."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from denorm.readmodels import READ_MODELS, all_drift
+from denorm.seed import fold_all
+from tests.workload import (
+    CHAINS,
+    MULTI,
+    PROJECTS,
+    SINGLE,
+    STRUCTURAL,
+    USERS,
+    Op,
+    random_program,
+    reset,
+    run_concurrently,
+)
+
+Connection = psycopg.Connection[Any]
+
+
+def assert_exact(conn: Connection, when: str) -> None:
+    problems = [d for d in all_drift(conn) if not d.clean]
+    assert not problems, f"read models drifted {when}: " + "; ".join(
+        f"{d.model}: extra {d.extra[:5]} missing {d.missing[:5]}" for d in problems
+    )
+
+
+def ledger_rows(conn: Connection) -> int:
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM user_stat_deltas) + (SELECT count(*) FROM project_counter_deltas)"
+        " + (SELECT count(*) FROM conversation_deltas)"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def check_everything(conn: Connection) -> None:
+    """Exact with the deltas pending, exact once they are folded, and nothing left in the ledgers."""
+    assert_exact(conn, "with deltas pending")
+    fold_all(conn)
+    assert_exact(conn, "after the fold")
+    assert ledger_rows(conn) == 0
+
+
+@pytest.fixture
+def populated(conn: Connection, database_url: str) -> Connection:
+    reset(database_url)
+    return conn
+
+
+def one(conn: Connection, query: str, params: tuple[Any, ...] = ()) -> Any:
+    row = conn.execute(query.encode(), params).fetchone()
+    assert row is not None
+    return row[0] if len(row) == 1 else row
+
+
+# --- the comparison itself can fail ------------------------------------------------------------
+
+
+def test_drift_is_seen_when_a_base_row_is_edited_by_hand(populated: Connection) -> None:
+    fold_all(populated)
+    populated.execute("UPDATE user_stats_base SET upvotes_given = upvotes_given + 1 WHERE user_id = 2")
+    populated.execute("DELETE FROM conversation_base WHERE user_id = 1")
+    drifts = {d.model: d for d in all_drift(populated)}
+    assert [r[0] for r in drifts["user_dashboard_stats"].extra] == [2]
+    assert {r[0] for r in drifts["message_conversations_denorm"].missing} == {1}
+    assert drifts["project_counters"].clean and drifts["intro_request_stats"].clean
+
+
+# --- the cases the contract names ------------------------------------------------------------
+
+
+def test_deleting_a_user_cascades_through_every_read_model(populated: Connection) -> None:
+    populated.execute("DELETE FROM users WHERE id = 1")
+    assert one(populated, "SELECT count(*) FROM user_dashboard_stats WHERE user_id = 1") == 0
+    assert one(populated, "SELECT count(*) FROM message_conversations_denorm WHERE 1 IN (user_id, other_user_id)") == 0
+    check_everything(populated)
+
+
+def test_deleting_a_project_with_votes_and_comments(populated: Connection) -> None:
+    owner = one(populated, "SELECT owner_id FROM projects WHERE id = 1")
+    before = one(populated, "SELECT upvotes_received FROM user_dashboard_stats WHERE user_id = %s", (owner,))
+    votes = one(populated, "SELECT count(*) FROM project_upvotes WHERE project_id = 1")
+    assert votes > 0
+    populated.execute("DELETE FROM projects WHERE id = 1")
+    after = one(populated, "SELECT upvotes_received FROM user_dashboard_stats WHERE user_id = %s", (owner,))
+    assert after == before - votes
+    check_everything(populated)
+
+
+def test_a_project_changing_owner_moves_its_counts(populated: Connection) -> None:
+    votes = one(populated, "SELECT upvote_count FROM project_counters WHERE project_id = 2")
+    old = one(populated, "SELECT owner_id FROM projects WHERE id = 2")
+    populated.execute("UPDATE projects SET owner_id = 6 WHERE id = 2")
+    assert one(populated, "SELECT upvotes_received FROM user_dashboard_stats WHERE user_id = 6") == votes
+    assert old != 6
+    check_everything(populated)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE messages SET read_at = now() WHERE recipient_id = 2",
+        "UPDATE messages SET read_at = NULL WHERE recipient_id = 2",
+        # the last message of a conversation deleted, edited, moved back in time, re-addressed
+        "DELETE FROM messages WHERE id = (SELECT max(id) FROM messages)",
+        "UPDATE messages SET body = 'edited' WHERE id = (SELECT max(id) FROM messages)",
+        "UPDATE messages SET created_at = created_at - interval '1 day' WHERE id = (SELECT max(id) FROM messages)",
+        "UPDATE messages SET recipient_id = 6 WHERE id = (SELECT max(id) FROM messages) AND sender_id <> 6",
+        "DELETE FROM messages",
+    ],
+)
+def test_message_changes(populated: Connection, statement: str) -> None:
+    fold_all(populated)  # so the change lands on folded base rows, not on pending deltas
+    populated.execute(statement.encode())
+    check_everything(populated)
+
+
+def test_the_preview_is_the_first_120_characters_of_the_latest_message(populated: Connection) -> None:
+    populated.execute("INSERT INTO messages (sender_id, recipient_id, body) VALUES (5, 6, %s)", ("y" * 300,))
+    for _ in range(2):  # live (pending) and folded
+        preview = one(
+            populated,
+            "SELECT last_message_preview FROM message_conversations_denorm WHERE user_id = 6 AND other_user_id = 5",
+        )
+        assert preview == "y" * 120
+        fold_all(populated)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE intro_requests SET status = 'accepted', responded_at = now() WHERE status = 'pending'",
+        "UPDATE intro_requests SET status = 'pending', responded_at = NULL WHERE status <> 'pending'",
+        "DELETE FROM intro_requests WHERE status = 'accepted'",
+        "UPDATE intro_requests SET target_id = 6 WHERE requester_id <> 6",
+    ],
+)
+def test_intro_request_changes(populated: Connection, statement: str) -> None:
+    populated.execute(statement.encode())
+    check_everything(populated)
+
+
+def test_a_reused_user_id_starts_from_zero(populated: Connection) -> None:
+    populated.execute("DELETE FROM users WHERE id = 2")
+    populated.execute("INSERT INTO users (id, username, display_name) VALUES (2, 'again', 'Again')")
+    row = one(
+        populated,
+        "SELECT project_count, upvotes_given, unread_messages FROM user_dashboard_stats WHERE user_id = 2",
+    )
+    assert row == (0, 0, 0)
+    check_everything(populated)
+
+
+def test_truncate_rebuilds(populated: Connection) -> None:
+    populated.execute("TRUNCATE project_upvotes")
+    populated.execute("TRUNCATE messages")
+    assert one(populated, "SELECT sum(upvote_count) FROM project_counters") == 0
+    check_everything(populated)
+
+
+def test_a_second_fold_at_once_does_nothing(populated: Connection, database_url: str) -> None:
+    with psycopg.connect(database_url) as holder:
+        holder.execute("SELECT * FROM fold_read_model_deltas()")  # holds the fold lock, uncommitted
+        rows = populated.execute("SELECT * FROM fold_read_model_deltas()").fetchall()
+        assert rows == []
+    check_everything(populated)
+
+
+# --- random sequences from several connections at once -----------------------------------------
+
+ops = st.builds(
+    Op,
+    kind=st.sampled_from([*SINGLE, "multi"]),
+    params=st.fixed_dictionaries(
+        {
+            "u": st.integers(1, USERS),
+            "v": st.integers(1, USERS),
+            "w": st.integers(1, USERS),
+            "p": st.integers(1, PROJECTS),
+            "c": st.integers(1, CHAINS),
+            "dt": st.integers(-5, 5),
+            "body": st.sampled_from(["hi", "x" * 130]),
+            "status": st.sampled_from(["accepted", "declined"]),
+            "k": st.sampled_from([1, 3, 1000]),
+        }
+    ),
+)
+structural_ops = st.builds(Op, kind=st.sampled_from([*STRUCTURAL, *SINGLE]), params=ops.map(lambda o: o.params))
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.data_too_large,
+    ],
+)
+@given(
+    structural=st.lists(structural_ops, min_size=3, max_size=20),
+    others=st.lists(st.lists(ops, min_size=3, max_size=25), min_size=3, max_size=3),
+)
+def test_random_concurrent_writes_keep_every_read_model_exact(
+    database_url: str, conn: Connection, structural: list[Op], others: list[list[Op]]
+) -> None:
+    reset(database_url)
+    outcomes = run_concurrently(database_url, [structural, *others])
+    errors = [e for o in outcomes for e in o.errors]
+    assert not errors, errors
+    assert sum(o.deadlocks for o in outcomes) == 0
+    check_everything(conn)
+
+
+def test_many_writers_never_deadlock_and_stay_exact(database_url: str, conn: Connection) -> None:
+    """A longer, wider run than the property test: 8 connections, 250 operations each."""
+    rng = random.Random(20261125)
+    for _round in range(3):
+        reset(database_url)
+        programs = [random_program(rng, 250, structural=(i == 0)) for i in range(8)]
+        outcomes = run_concurrently(database_url, programs)
+        assert [e for o in outcomes for e in o.errors] == []
+        assert sum(o.deadlocks for o in outcomes) == 0
+        assert sum(o.done for o in outcomes) > 1000  # most statements really ran
+        check_everything(conn)
+
+
+def test_workload_kinds_are_all_known() -> None:
+    assert set(MULTI) <= set(SINGLE)
+    assert not set(SINGLE) & set(STRUCTURAL)
+    assert {m.name for m in READ_MODELS} == {
+        "user_dashboard_stats",
+        "intro_request_stats",
+        "message_conversations_denorm",
+        "project_counters",
+    }
