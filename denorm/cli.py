@@ -72,9 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("migrate", help="apply pending migrations to DATABASE_URL")
     p.add_argument("--dry-run", action="store_true", help="list what would be applied, apply nothing")
-    p.add_argument(
-        "--create-database", action="store_true", help="create the database first when it is missing"
-    )
+    p.add_argument("--create-database", action="store_true", help="create the database first when it is missing")
     p.set_defaults(handler=_cmd_migrate)
 
     from denorm.seed import SCALES

@@ -140,9 +140,7 @@ def migrate(
         # Session-level lock: held across the per-migration transactions and released on close,
         # even if this process dies, so replicas starting together queue up behind one another.
         # A replica gives up after lock_wait_seconds rather than hang behind a stuck migration.
-        conn.execute(
-            sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(lock_wait_seconds * 1000)}ms"))
-        )
+        conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(lock_wait_seconds * 1000)}ms")))
         try:
             conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         except psycopg.errors.LockNotAvailable as exc:
@@ -219,9 +217,7 @@ def _apply(conn: psycopg.Connection[tuple[object, ...]], m: Migration, started: 
             # skip on the next run: refuse to record the migration while any index is invalid.
             invalid = [row[0] for row in conn.execute(_INVALID_INDEXES)]
             if invalid:
-                raise MigrationError(
-                    f"migration {m.label} left invalid indexes {invalid}; drop them and run again"
-                )
+                raise MigrationError(f"migration {m.label} left invalid indexes {invalid}; drop them and run again")
             _record(conn, m, started)
     except psycopg.Error as exc:
         raise MigrationError(f"migration {m.label} failed: {exc}") from exc

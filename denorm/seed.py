@@ -117,10 +117,7 @@ class Step:
             bounds = [round(self.items * j / parts) for j in range(parts + 1)]
         else:
             # Cut where the cumulative share (r/n)^a crosses j/parts, so each chunk has similar rows.
-            bounds = [
-                min(self.items, math.ceil(self.items * (j / parts) ** (1 / self.law)))
-                for j in range(parts + 1)
-            ]
+            bounds = [min(self.items, math.ceil(self.items * (j / parts) ** (1 / self.law))) for j in range(parts + 1)]
         out = []
         for j in range(parts):
             lo, hi = bounds[j] + 1, bounds[j + 1]

@@ -47,9 +47,7 @@ def unique_name(kind: str) -> str:
 
 
 def create_database(admin: AdminConnection, dbname: str, template: str = "template0") -> None:
-    admin.execute(
-        sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(dbname), sql.Identifier(template))
-    )
+    admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(dbname), sql.Identifier(template)))
 
 
 def drop_database(admin: AdminConnection, dbname: str) -> None:
@@ -87,9 +85,7 @@ def template_database(admin_conn: AdminConnection) -> Iterator[str]:
     try:
         migrate(database_url_for(name), echo=lambda _message: None)
         # Nobody may connect to it any more: a stray session would make every CREATE ... TEMPLATE fail.
-        admin_conn.execute(
-            sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(name))
-        )
+        admin_conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
         yield name
     finally:
         drop_database(admin_conn, name)

@@ -15,9 +15,7 @@ Connection = psycopg.Connection[TupleRow]
 
 _CONSOLE_SCRIPT = Path(sys.executable).with_name("denorm")
 # The installed console script when there is one (it is what people run), else the module.
-DENORM: tuple[str, ...] = (
-    (str(_CONSOLE_SCRIPT),) if _CONSOLE_SCRIPT.is_file() else (sys.executable, "-m", "denorm.cli")
-)
+DENORM: tuple[str, ...] = (str(_CONSOLE_SCRIPT),) if _CONSOLE_SCRIPT.is_file() else (sys.executable, "-m", "denorm.cli")
 
 
 def cli_env(**overrides: str) -> dict[str, str]:

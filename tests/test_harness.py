@@ -36,9 +36,7 @@ def test_empty_database_has_nothing(empty_database_url: str) -> None:
         assert not table_exists(conn, "users")
 
 
-def test_settings_point_at_this_tests_services(
-    settings: Settings, database_url: str, redis_prefix: str
-) -> None:
+def test_settings_point_at_this_tests_services(settings: Settings, database_url: str, redis_prefix: str) -> None:
     assert settings.database_url == database_url
     assert settings.read_url == database_url
     assert settings.redis_url == TEST_REDIS_URL

@@ -261,9 +261,7 @@ def test_cli_reports_a_failing_migration_without_a_traceback(empty_database_url:
 @pytest.mark.parametrize(
     "filename", ["2_short_version.sql", "0002_CamelCase.sql", "0002-dashed.sql", "0002_.sql", "00002_x.sql"]
 )
-def test_misnamed_migration_file_is_an_error(
-    empty_database_url: str, migrations_copy: Path, filename: str
-) -> None:
+def test_misnamed_migration_file_is_an_error(empty_database_url: str, migrations_copy: Path, filename: str) -> None:
     (migrations_copy / filename).write_text("CREATE TABLE misnamed (id integer);\n")
 
     with pytest.raises(MigrationError, match=r"NNNN_snake_case\.sql"):
@@ -338,15 +336,11 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS projects_title_idx
 
 def _index_valid(conn: Connection, name: str) -> bool | None:
     """pg_index.indisvalid of the index, None when there is no such index."""
-    row = conn.execute(
-        "SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)", (name,)
-    ).fetchone()
+    row = conn.execute("SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)", (name,)).fetchone()
     return None if row is None else bool(row[0])
 
 
-def test_no_transaction_migration_builds_valid_concurrent_indexes(
-    database_url: str, migrations_copy: Path
-) -> None:
+def test_no_transaction_migration_builds_valid_concurrent_indexes(database_url: str, migrations_copy: Path) -> None:
     (migrations_copy / "9001_concurrent_indexes.sql").write_text(CONCURRENT_INDEXES)
 
     messages: list[str] = []
@@ -474,8 +468,7 @@ def test_deleting_a_user_cascades_to_what_they_own_and_did(conn: Connection) -> 
         (alice, bobs_project, bob, alices_project, bob, bobs_project),
     )
     conn.execute(
-        "INSERT INTO messages (sender_id, recipient_id, body)"
-        " VALUES (%s, %s, 'a'), (%s, %s, 'b'), (%s, %s, 'c')",
+        "INSERT INTO messages (sender_id, recipient_id, body) VALUES (%s, %s, 'a'), (%s, %s, 'b'), (%s, %s, 'c')",
         (alice, bob, bob, alice, carol, bob),
     )
     conn.execute(
@@ -483,22 +476,19 @@ def test_deleting_a_user_cascades_to_what_they_own_and_did(conn: Connection) -> 
         (bobs_project, alice, alices_project, bob),
     )
     conn.execute(
-        "INSERT INTO intro_requests (requester_id, target_id, project_id)"
-        " VALUES (%s, %s, NULL), (%s, %s, %s)",
+        "INSERT INTO intro_requests (requester_id, target_id, project_id) VALUES (%s, %s, NULL), (%s, %s, %s)",
         (alice, bob, carol, bob, alices_project),
     )
 
     conn.execute("DELETE FROM users WHERE id = %s", (alice,))
 
     assert count(conn, "SELECT count(*) FROM projects WHERE owner_id = %s", (alice,)) == 0
-    assert [tuple(r) for r in conn.execute("SELECT user_id, project_id FROM project_upvotes")] == [
-        (bob, bobs_project)
-    ]
+    assert [tuple(r) for r in conn.execute("SELECT user_id, project_id FROM project_upvotes")] == [(bob, bobs_project)]
     assert [tuple(r) for r in conn.execute("SELECT sender_id, recipient_id FROM messages")] == [(carol, bob)]
     assert count(conn, "SELECT count(*) FROM project_comments") == 0  # by alice, or on alice's project
-    assert [
-        tuple(r) for r in conn.execute("SELECT requester_id, target_id, project_id FROM intro_requests")
-    ] == [(carol, bob, None)]
+    assert [tuple(r) for r in conn.execute("SELECT requester_id, target_id, project_id FROM intro_requests")] == [
+        (carol, bob, None)
+    ]
     assert count(conn, "SELECT count(*) FROM users") == 2
 
 
@@ -562,10 +552,7 @@ def _not_null_predicates(columns: list[str]) -> set[str]:
     """How pg_get_expr prints "every FK column IS NOT NULL", the one partial index an FK can use."""
     if len(columns) == 1:
         return {f"({columns[0]} IS NOT NULL)"}
-    return {
-        "(" + " AND ".join(f"({c} IS NOT NULL)" for c in order) + ")"
-        for order in itertools.permutations(columns)
-    }
+    return {"(" + " AND ".join(f"({c} IS NOT NULL)" for c in order) + ")" for order in itertools.permutations(columns)}
 
 
 def unindexed_foreign_keys(conn: Connection) -> list[str]:
@@ -614,9 +601,7 @@ def test_unindexed_foreign_key_check_can_fail(conn: Connection) -> None:
     assert unindexed_foreign_keys(conn) == []
 
 
-def test_failed_concurrent_index_is_never_recorded_as_applied(
-    conn: Connection, migrations_copy: Path
-) -> None:
+def test_failed_concurrent_index_is_never_recorded_as_applied(conn: Connection, migrations_copy: Path) -> None:
     """A failed CREATE UNIQUE INDEX CONCURRENTLY leaves an invalid index that IF NOT EXISTS would skip."""
     alice, bob = make_user(conn, "alice"), make_user(conn, "bob")
     make_project(conn, alice, "same title")

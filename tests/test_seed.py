@@ -20,9 +20,7 @@ def digest(url: str) -> dict[str, str]:
     out = {}
     with psycopg.connect(url) as conn:
         for table in SOURCE_TABLES:
-            query = sql.SQL(
-                "SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {} AS t"
-            )
+            query = sql.SQL("SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {} AS t")
             row = conn.execute(query.format(sql.Identifier(table))).fetchone()
             assert row is not None
             out[table] = row[0]
