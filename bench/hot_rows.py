@@ -111,9 +111,7 @@ class Folder(threading.Thread):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=list(SCALES), default="small")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=int, default=10)
@@ -124,9 +122,7 @@ def main() -> None:
         seed(url, scale)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(NAIVE_SETUP.encode())
-            hot = conn.execute(
-                "SELECT project_id FROM project_counters ORDER BY upvote_count DESC LIMIT 1"
-            ).fetchone()
+            hot = conn.execute("SELECT project_id FROM project_counters ORDER BY upvote_count DESC LIMIT 1").fetchone()
             assert hot is not None
             scripts = {
                 "hot": TOGGLE.format(stride=scale.users // args.clients, pick=f"\\set p {hot[0]}"),
@@ -144,9 +140,7 @@ def main() -> None:
                 folder = Folder(url) if design == "ledger" else None
                 if folder:
                     folder.start()
-                tps = {
-                    case: pgbench(url, script, args.clients, args.seconds) for case, script in scripts.items()
-                }
+                tps = {case: pgbench(url, script, args.clients, args.seconds) for case, script in scripts.items()}
                 if folder:
                     folder.stop.set()
                     folder.join()

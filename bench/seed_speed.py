@@ -14,9 +14,7 @@ from denorm.seed import SCALES, seed
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=list(SCALES), default="standard")
     parser.add_argument("--factor", type=float, default=1.0)
     parser.add_argument("--jobs", type=int, default=2)
