@@ -51,6 +51,12 @@ def _cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_refresher(args: argparse.Namespace) -> int:
+    from services.refresher.main import run
+
+    return run(get_settings(), once=args.once)
+
+
 def _cmd_token(args: argparse.Namespace) -> int:
     from denorm.auth import mint_token
 
@@ -92,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_api)
 
     p = sub.add_parser("refresher", help="run the materialized-view refresh worker until SIGTERM")
-    p.set_defaults(handler=_not_yet(4))
+    p.add_argument("--once", action="store_true", help="fold, refresh what is due now, and exit")
+    p.set_defaults(handler=_cmd_refresher)
 
     p = sub.add_parser("reconcile", help="check every read model against the source tables")
     mode = p.add_mutually_exclusive_group()

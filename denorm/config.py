@@ -28,6 +28,17 @@ class Settings(BaseSettings):
     db_pool_min_size: int = 2
     db_pool_max_size: int = 10
 
+    # The refresher (services/refresher).
+    refresher_debounce_ms: int = Field(default=1000, ge=0, description="wait after a view's first dirty mark")
+    refresher_max_staleness_ms: int = Field(default=5000, ge=0, description="alert bound on a view's staleness")
+    refresher_poll_ms: int = Field(default=200, ge=10, description="polling interval when no NOTIFY arrives")
+    refresher_fold_ms: int = Field(default=500, ge=10, description="interval between folds of the delta ledgers")
+    refresher_statement_timeout_ms: int = Field(default=120_000, ge=1)
+    refresher_lock_timeout_ms: int = Field(default=5_000, ge=1)
+    refresher_retry_base_ms: int = Field(default=1_000, ge=1)
+    refresher_retry_max_ms: int = Field(default=60_000, ge=1)
+    refresher_metrics_port: int = Field(default=9101, ge=0, description="0 turns the metrics server off")
+
     @field_validator("jwt_secret")
     @classmethod
     def _secret_long_enough(cls, value: str) -> str:

@@ -348,6 +348,11 @@ BEGIN
                    format('trg_%s_truncate', t), source);
 END $install$;
 
+-- Called by the fold with the ids of the projects it folded (and of those it found gone). A no-op
+-- here; migration 0003 makes it keep the feed.
+CREATE FUNCTION rm_projects_folded(ids bigint[]) RETURNS void
+LANGUAGE sql AS $$ SELECT $$;
+
 CREATE FUNCTION rebuild_read_models() RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -390,6 +395,9 @@ SELECT rm_install_triggers('projects', $body$
         SELECT id FROM {changes} c GROUP BY id HAVING bool_and(sign < 0) OR bool_and(sign > 0)));
     INSERT INTO project_counters_base (project_id)
     SELECT id FROM {changes} c GROUP BY id HAVING bool_and(sign > 0);
+    -- A zero delta for every project touched, gone ones included: the fold passes their ids to
+    -- rm_projects_folded, so what is kept per project (the feed) follows edits and deletes too.
+    INSERT INTO project_counter_deltas (project_id) SELECT DISTINCT id FROM {changes} c;
     -- An update that keeps the owner nets to zero and writes nothing.
     INSERT INTO user_stat_deltas (user_id, project_count)
     SELECT owner_id, sum(sign) FROM {changes} c GROUP BY owner_id HAVING sum(sign) <> 0;
@@ -461,6 +469,7 @@ RETURNS TABLE (model text, keys_folded bigint, deltas_folded bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     ids bigint[];
+    touched bigint[];
     ca bigint[];
     cb bigint[];
 BEGIN
@@ -489,13 +498,19 @@ BEGIN
             updated_at = greatest(b.updated_at, a.t)
         FROM agg a WHERE b.project_id = a.project_id
     )
-    SELECT 'project_counters', count(*), coalesce(sum(n), 0) INTO model, keys_folded, deltas_folded FROM agg;
+    SELECT 'project_counters', count(*), coalesce(sum(n), 0), coalesce(array_agg(project_id), '{}')
+    INTO model, keys_folded, deltas_folded, touched FROM agg;
     RETURN NEXT;
     -- Deltas of projects deleted for good (a cascade can write them after the project's own cleanup).
-    DELETE FROM project_counter_deltas WHERE ctid IN (
-        SELECT d.ctid FROM project_counter_deltas d
-        WHERE NOT EXISTS (SELECT 1 FROM projects p WHERE p.id = d.project_id)
-        FOR UPDATE SKIP LOCKED);
+    WITH gone AS (
+        DELETE FROM project_counter_deltas WHERE ctid IN (
+            SELECT d.ctid FROM project_counter_deltas d
+            WHERE NOT EXISTS (SELECT 1 FROM projects p WHERE p.id = d.project_id)
+            FOR UPDATE SKIP LOCKED)
+        RETURNING project_id
+    )
+    SELECT touched || coalesce(array_agg(DISTINCT project_id), '{}') INTO touched FROM gone;
+    PERFORM rm_projects_folded(touched);
 
     -- user stats
     SELECT coalesce(array_agg(id), '{}') INTO ids FROM (

@@ -1,0 +1,143 @@
+-- Every read the API issues, one named block each. tests/test_query_plans.py runs EXPLAIN on each
+-- of them against a seeded dataset and fails on a sequential scan of a large table.
+
+-- name: feed_trending
+-- A feed page in trending order, after the keyset cursor (score, id) of the previous page.
+-- Counts come from the zero-staleness counters, the order from the feed table.
+SELECT f.id, f.owner_id, f.username, f.title, f.tagline, f.tags, c.upvote_count, c.comment_count,
+       f.trending_score, f.proof_score, f.created_at
+FROM mv_feed_projects f
+JOIN project_counters c ON c.project_id = f.id
+WHERE (f.trending_score, f.id) < (%(after_score)s::float8, %(after_id)s::bigint)
+ORDER BY f.trending_score DESC, f.id DESC
+LIMIT %(limit)s
+
+-- name: feed_top_rated
+SELECT f.id, f.owner_id, f.username, f.title, f.tagline, f.tags, c.upvote_count, c.comment_count,
+       f.trending_score, f.proof_score, f.created_at
+FROM mv_feed_projects f
+JOIN project_counters c ON c.project_id = f.id
+WHERE (f.proof_score, f.id) < (%(after_score)s::float8, %(after_id)s::bigint)
+ORDER BY f.proof_score DESC, f.id DESC
+LIMIT %(limit)s
+
+-- name: feed_newest
+SELECT f.id, f.owner_id, f.username, f.title, f.tagline, f.tags, c.upvote_count, c.comment_count,
+       f.trending_score, f.proof_score, f.created_at
+FROM mv_feed_projects f
+JOIN project_counters c ON c.project_id = f.id
+WHERE (f.created_at, f.id) < (%(after_time)s::timestamptz, %(after_id)s::bigint)
+ORDER BY f.created_at DESC, f.id DESC
+LIMIT %(limit)s
+
+-- name: leaderboard_projects
+SELECT l.rank, l.project_id, l.title, l.owner_id, l.username, c.upvote_count, c.comment_count
+FROM mv_leaderboard_projects l
+JOIN project_counters c ON c.project_id = l.project_id
+WHERE l.rank > %(offset)s
+ORDER BY l.rank
+LIMIT %(limit)s
+
+-- name: leaderboard_users
+SELECT rank, user_id, username, display_name, upvotes_received, project_count
+FROM mv_leaderboard_users
+WHERE rank > %(offset)s
+ORDER BY rank
+LIMIT %(limit)s
+
+-- name: chains
+SELECT chain_id, slug, name, description, owner_username, project_count, member_count, thread_count,
+       last_activity_at
+FROM mv_chain_directory
+WHERE (member_count, chain_id) < (%(after_members)s::bigint, %(after_id)s::bigint)
+ORDER BY member_count DESC, chain_id DESC
+LIMIT %(limit)s
+
+-- name: chain_by_slug
+SELECT chain_id, slug, name, description, owner_username, project_count, member_count, thread_count,
+       last_activity_at
+FROM mv_chain_directory
+WHERE slug = %(slug)s
+
+-- name: chain_projects
+SELECT cp.project_id, cp.title, cp.tagline, cp.username, c.upvote_count, c.comment_count, cp.added_at
+FROM mv_chain_projects cp
+JOIN project_counters c ON c.project_id = cp.project_id
+WHERE cp.chain_id = %(chain_id)s
+ORDER BY cp.upvote_count DESC, cp.project_id DESC
+LIMIT %(limit)s
+
+-- name: chain_threads
+SELECT thread_id, title, author_username, post_count, last_post_at, last_activity_at, created_at
+FROM mv_forum_threads
+WHERE chain_id = %(chain_id)s
+ORDER BY last_activity_at DESC, thread_id DESC
+LIMIT %(limit)s
+
+-- name: trending_tags
+SELECT tag, project_count, upvotes FROM mv_trending_tags ORDER BY upvotes DESC, tag LIMIT %(limit)s
+
+-- name: dashboard
+SELECT d.user_id, d.project_count, d.upvotes_received, d.comments_received, d.upvotes_given, d.unread_messages,
+       d.pending_intros_received, d.chains_joined, d.updated_at,
+       i.sent_pending, i.sent_accepted, i.sent_declined, i.received_pending, i.received_accepted,
+       i.received_declined
+FROM user_dashboard_stats d
+JOIN intro_request_stats i ON i.user_id = d.user_id
+WHERE d.user_id = %(user_id)s
+
+-- name: conversations
+SELECT c.other_user_id, u.username AS other_username, c.last_message_id, c.last_message_at,
+       c.last_message_preview, c.last_sender_id, c.message_count, c.unread_count
+FROM message_conversations_denorm c
+JOIN users u ON u.id = c.other_user_id
+WHERE c.user_id = %(user_id)s
+ORDER BY c.last_message_at DESC, c.other_user_id DESC
+LIMIT %(limit)s
+
+-- name: upvoted_among
+-- Which of a page's projects the user upvoted (the Postgres answer when Redis cannot give it).
+SELECT project_id FROM project_upvotes WHERE user_id = %(user_id)s AND project_id = ANY(%(project_ids)s)
+
+-- name: user_upvotes
+-- A user's whole upvote set, to load their Redis set lazily.
+SELECT project_id FROM project_upvotes WHERE user_id = %(user_id)s
+
+-- name: project_counts
+SELECT project_id, upvote_count, comment_count FROM project_counters WHERE project_id = %(project_id)s
+
+-- name: search
+-- Full text over the search documents after correcting each query word to the closest word of the
+-- documents' vocabulary (trigram distance), so "postgress" finds Postgres and "reddis" Redis.
+WITH tokens AS (
+    SELECT t, ord FROM regexp_split_to_table(lower(%(q)s), '[^[:alnum:]]+') WITH ORDINALITY AS x(t, ord)
+    WHERE t <> ''
+    LIMIT 8
+), fixed AS (
+    SELECT ord, coalesce(
+        (SELECT w.word FROM mv_search_words w WHERE w.word = tokens.t),
+        (SELECT w.word FROM mv_search_words w WHERE w.word %% tokens.t ORDER BY w.word <-> tokens.t LIMIT 1),
+        tokens.t) AS word
+    FROM tokens
+), query AS (
+    SELECT plainto_tsquery('english', string_agg(word, ' ' ORDER BY ord)) AS q,
+           string_agg(word, ' ' ORDER BY ord) AS corrected
+    FROM fixed
+)
+SELECT d.doc_type, d.doc_id, d.title, d.subtitle, d.slug, query.corrected,
+       ts_rank_cd(d.document, query.q, 32) + ln(1 + d.popularity) / 100 AS score
+FROM mv_search_documents d, query
+WHERE d.document @@ query.q
+  AND (%(doc_type)s::text IS NULL OR d.doc_type = %(doc_type)s::text)
+ORDER BY score DESC, d.doc_type, d.doc_id
+LIMIT %(limit)s
+
+-- name: refresh_status
+SELECT q.view_name, q.status, q.refresh_requested_at, q.first_requested_at, q.last_refreshed_at,
+       q.last_refresh_duration_ms, q.attempts, q.last_error,
+       CASE WHEN q.view_name = 'mv_feed_projects'
+            THEN coalesce(extract(epoch FROM now() - (SELECT min(created_at) FROM project_counter_deltas)), 0)
+            WHEN q.status = 'pending' THEN extract(epoch FROM now() - q.first_requested_at)
+            ELSE 0 END::float8 AS staleness_seconds
+FROM mv_refresh_queue q
+ORDER BY q.view_name

@@ -1,0 +1,36 @@
+"""Entry point of `denorm refresher`: metrics server, signal handling, and the worker."""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+import psycopg
+from prometheus_client import start_http_server
+
+from denorm.config import Settings
+from denorm.logs import get_logger
+from denorm.pg import conninfo
+from services.refresher.worker import Refresher
+
+log = get_logger("denorm.refresher")
+
+
+def run(settings: Settings, once: bool = False) -> int:
+    refresher = Refresher(settings)
+    if once:
+        with psycopg.connect(conninfo(settings.database_url, "refresher-once"), autocommit=True) as conn:
+            for result in refresher.drain(conn):
+                log.info("refresh", view=result.view_name, status=result.status, duration_ms=result.duration_ms)
+        return 0
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        refresher.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if settings.refresher_metrics_port:
+        start_http_server(settings.refresher_metrics_port)
+    refresher.run()
+    return 0
