@@ -173,28 +173,26 @@ CREATE UNIQUE INDEX mv_trending_tags_key ON mv_trending_tags (tag);
 CREATE INDEX mv_trending_tags_upvotes_idx ON mv_trending_tags (upvotes DESC, tag);
 
 -- Search documents: projects, users and chains in one table, weighted full text plus trigrams.
+-- Popularity (upvotes) changes with every vote, so the search query reads it live for its top hits.
 CREATE MATERIALIZED VIEW mv_search_documents AS
 SELECT 'project'::text AS doc_type, p.id AS doc_id, p.title, p.tagline AS subtitle, NULL::text AS slug,
        setweight(to_tsvector('english', p.title), 'A')
            || setweight(to_tsvector('english', p.tagline), 'B')
            || setweight(to_tsvector('english', p.description), 'C')
            || setweight(to_tsvector('simple', array_to_string(p.tags, ' ')), 'B') AS document,
-       lower(p.title || ' ' || p.tagline) AS words,
-       coalesce(c.upvote_count, 0) AS popularity
-FROM projects p LEFT JOIN project_counters_base c ON c.project_id = p.id
+       lower(p.title || ' ' || p.tagline) AS words
+FROM projects p
 UNION ALL
 SELECT 'user', u.id, u.display_name, u.username, u.username,
        setweight(to_tsvector('simple', u.username), 'A')
            || setweight(to_tsvector('simple', u.display_name), 'A')
            || setweight(to_tsvector('english', u.bio), 'C'),
-       lower(u.username || ' ' || u.display_name),
-       0
+       lower(u.username || ' ' || u.display_name)
 FROM users u
 UNION ALL
 SELECT 'chain', c.id, c.name, c.description, c.slug,
        setweight(to_tsvector('english', c.name), 'A') || setweight(to_tsvector('english', c.description), 'B'),
-       lower(c.name || ' ' || c.slug),
-       0
+       lower(c.name || ' ' || c.slug)
 FROM chains c;
 CREATE UNIQUE INDEX mv_search_documents_key ON mv_search_documents (doc_type, doc_id);
 CREATE INDEX mv_search_documents_fts_idx ON mv_search_documents USING gin (document);

@@ -124,12 +124,20 @@ WITH tokens AS (
            string_agg(word, ' ' ORDER BY ord) AS corrected
     FROM fixed
 )
-SELECT d.doc_type, d.doc_id, d.title, d.subtitle, d.slug, query.corrected,
-       ts_rank_cd(d.document, query.q, 32) + ln(1 + d.popularity) / 100 AS score
-FROM mv_search_documents d, query
-WHERE d.document @@ query.q
-  AND (%(doc_type)s::text IS NULL OR d.doc_type = %(doc_type)s::text)
-ORDER BY score DESC, d.doc_type, d.doc_id
+SELECT hit.doc_type, hit.doc_id, hit.title, hit.subtitle, hit.slug, hit.corrected,
+       hit.relevance + ln(1 + coalesce(c.upvote_count, 0)) / 100 AS score
+FROM (
+    -- The 200 most relevant documents; popularity then breaks near-ties among them.
+    SELECT d.doc_type, d.doc_id, d.title, d.subtitle, d.slug, query.corrected,
+           ts_rank_cd(d.document, query.q, 32) AS relevance
+    FROM mv_search_documents d, query
+    WHERE d.document @@ query.q
+      AND (%(doc_type)s::text IS NULL OR d.doc_type = %(doc_type)s::text)
+    ORDER BY relevance DESC
+    LIMIT 200
+) hit
+LEFT JOIN project_counters_base c ON hit.doc_type = 'project' AND c.project_id = hit.doc_id
+ORDER BY score DESC, hit.doc_type, hit.doc_id
 LIMIT %(limit)s
 
 -- name: refresh_status

@@ -104,7 +104,7 @@ class Refresher:
                 with self._connect(role) as conn:
                     backoff = 0.5
                     step(conn)
-            except psycopg.OperationalError as exc:
+            except psycopg.Error as exc:
                 log.warning("connection lost", role=role, error=str(exc), retry_in_s=backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
@@ -124,9 +124,9 @@ class Refresher:
         started = time.perf_counter()
         try:
             rows = conn.execute("SELECT model, keys_folded, deltas_folded FROM fold_read_model_deltas()").fetchall()
-        except psycopg.OperationalError:
-            raise
         except psycopg.Error as exc:
+            if conn.broken:
+                raise
             metrics.FOLD_FAILURES.inc()
             log.warning("fold failed", error=str(exc))
             return 0
@@ -214,10 +214,9 @@ class Refresher:
                     {"generation": generation, "started_at": started_at, "duration_ms": duration_ms, "view_name": view},
                 )
                 self._log(conn, view, started_at, duration_ms, "completed", None, claimed[2])
-        except psycopg.OperationalError:
-            raise
         except (psycopg.Error, ValueError) as exc:
-            if claimed is None:
+            # A lost connection goes up to the reconnect loop; anything else fails this view only.
+            if claimed is None or conn.broken:
                 raise
             return self._failed(conn, claimed, started_at, started, exc)
         metrics.REFRESH_SECONDS.labels(view).observe(duration_ms / 1000)

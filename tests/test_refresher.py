@@ -1,0 +1,244 @@
+"""The refresh queue and the refresher: coalesced requests, debounce, claims, retries, shutdown, metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from typing import Any
+
+import psycopg
+import pytest
+
+from denorm.config import Settings
+from denorm.seed import SCALES, fold_all, seed
+from services.refresher.worker import REFRESHABLE, Refresher
+from tests.support import DENORM, cli_env
+from tests.workload import random_program, reset, run_concurrently
+
+Connection = psycopg.Connection[Any]
+
+MATVIEWS = sorted(REFRESHABLE | {"mv_search_words"})
+
+
+def settings_for(url: str, **overrides: Any) -> Settings:
+    return Settings(database_url=url, environment="test", refresher_metrics_port=0, **overrides)
+
+
+def queue(conn: Connection) -> dict[str, tuple[Any, ...]]:
+    rows = conn.execute("SELECT view_name, status, generation, attempts, last_error FROM mv_refresh_queue")
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
+def refresh_counts(conn: Connection) -> dict[str, int]:
+    rows = conn.execute("SELECT view_name, count(*) FROM mv_refresh_log WHERE status = 'completed' GROUP BY 1")
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def settle(conn: Connection, url: str) -> None:
+    """Everything requested so far refreshed, with no debounce wait."""
+    Refresher(settings_for(url, refresher_debounce_ms=0)).drain(conn)
+
+
+def assert_matviews_match_their_definitions(conn: Connection) -> None:
+    for view in MATVIEWS:
+        definition = conn.execute("SELECT pg_get_viewdef(%s::regclass)", (view,)).fetchone()
+        assert definition is not None
+        body = definition[0].rstrip().rstrip(";")
+        query = (
+            f"SELECT count(*) FROM ((TABLE {view} EXCEPT ALL ({body})) UNION ALL (({body}) EXCEPT ALL TABLE {view})) d"
+        )
+        diff = conn.execute(query.encode()).fetchone()
+        assert diff == (0,), f"{view} differs from its definition"
+
+
+@pytest.fixture
+def seeded(conn: Connection, database_url: str) -> Connection:
+    seed(database_url, SCALES["tiny"], seed=3)
+    settle(conn, database_url)
+    return conn
+
+
+def test_every_view_equals_its_definition_after_random_writes(seeded: Connection, database_url: str) -> None:
+    assert_matviews_match_their_definitions(seeded)
+    import random
+
+    rng = random.Random(7)
+    run_concurrently(database_url, [random_program(rng, 60, structural=(i == 0)) for i in range(3)])
+    seeded.execute("INSERT INTO forum_posts (thread_id, author_id, body) SELECT id, 1, 'late' FROM forum_threads")
+    seeded.execute("UPDATE users SET username = username || 'x' WHERE id IN (SELECT owner_id FROM projects LIMIT 3)")
+    seeded.execute("DELETE FROM chain_members WHERE user_id % 2 = 0")
+    settle(seeded, database_url)
+    assert_matviews_match_their_definitions(seeded)
+    # and the feed, which the fold keeps, equals its definition too
+    diff = seeded.execute(
+        "SELECT count(*) FROM ((TABLE mv_feed_projects EXCEPT TABLE mv_feed_projects_truth)"
+        " UNION ALL (TABLE mv_feed_projects_truth EXCEPT TABLE mv_feed_projects)) d"
+    ).fetchone()
+    assert diff == (0,)
+
+
+def test_a_thousand_writes_cost_one_refresh(seeded: Connection, database_url: str) -> None:
+    before = refresh_counts(seeded)
+    for i in range(1000):
+        seeded.execute("INSERT INTO forum_posts (thread_id, author_id, body) VALUES (1, 1, %s)", (f"post {i}",))
+    refresher = Refresher(settings_for(database_url, refresher_debounce_ms=0))
+    assert refresher.collect(seeded) == 1000
+    assert seeded.execute("SELECT count(*) FROM mv_refresh_requests").fetchone() == (0,)
+    assert queue(seeded)["mv_forum_threads"][0] == "pending"
+    refresher.drain(seeded)
+    after = refresh_counts(seeded)
+    assert after["mv_forum_threads"] == before.get("mv_forum_threads", 0) + 1
+    assert queue(seeded)["mv_forum_threads"][0] == "idle"
+    # forum posts feed only the forum list and nothing else
+    assert {v for v in after if after[v] != before.get(v, 0)} == {"mv_forum_threads"}
+
+
+def test_a_view_waits_for_its_debounce_window(seeded: Connection, database_url: str) -> None:
+    refresher = Refresher(settings_for(database_url, refresher_debounce_ms=1500))
+    seeded.execute("INSERT INTO chain_members (chain_id, user_id) VALUES (1, 199) ON CONFLICT DO NOTHING")
+    seeded.execute("INSERT INTO chain_members (chain_id, user_id) VALUES (2, 199) ON CONFLICT DO NOTHING")
+    refresher.collect(seeded)
+    assert refresher.refresh_one(seeded) is None  # first request too recent
+    time.sleep(1.6)
+    result = refresher.refresh_one(seeded)
+    assert result is not None and result.view_name == "mv_chain_directory"
+
+
+def test_a_rolled_back_write_requests_nothing(seeded: Connection, database_url: str) -> None:
+    with pytest.raises(RuntimeError), seeded.transaction():
+        seeded.execute("INSERT INTO forum_posts (thread_id, author_id, body) VALUES (1, 1, 'never')")
+        raise RuntimeError("roll back")
+    assert Refresher(settings_for(database_url)).collect(seeded) == 0
+
+
+def test_two_refreshers_never_refresh_one_view_twice_for_one_request(seeded: Connection, database_url: str) -> None:
+    before = refresh_counts(seeded)
+    seeded.execute("UPDATE chains SET name = name || '!'")  # one request for the chain views and search
+    seeded.execute("INSERT INTO forum_posts (thread_id, author_id, body) VALUES (1, 1, 'x')")
+    results: list[list[str]] = [[], []]
+    start = threading.Barrier(2)
+
+    def drain(i: int) -> None:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            refresher = Refresher(settings_for(database_url, refresher_debounce_ms=0), worker=f"w{i}")
+            start.wait()
+            for _ in range(5):
+                refresher.collect(conn)
+                while (r := refresher.refresh_one(conn)) is not None:
+                    results[i].append(r.view_name)
+
+    threads = [threading.Thread(target=drain, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    refreshed = results[0] + results[1]
+    assert sorted(refreshed) == sorted(set(refreshed)), f"a view was refreshed twice: {results}"
+    assert {"mv_chain_directory", "mv_forum_threads", "mv_search_documents"} <= set(refreshed)
+    after = refresh_counts(seeded)
+    assert all(after[v] == before.get(v, 0) + 1 for v in refreshed)
+
+
+def test_a_crashed_refreshers_claim_is_recovered(seeded: Connection, database_url: str) -> None:
+    seeded.execute("INSERT INTO forum_posts (thread_id, author_id, body) VALUES (1, 1, 'x')")
+    refresher = Refresher(settings_for(database_url, refresher_debounce_ms=0))
+    refresher.collect(seeded)
+    crashed = psycopg.connect(database_url)
+    crashed.execute(
+        "SELECT 1 FROM mv_refresh_claims WHERE view_name = 'mv_forum_threads' FOR UPDATE"
+    )  # a replica that claimed the view, then hangs
+    assert refresher.refresh_one(seeded) is None  # skipped, not waited for
+    pid = crashed.info.backend_pid
+    seeded.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    crashed.close()
+    result = refresher.refresh_one(seeded)
+    assert result is not None and result.view_name == "mv_forum_threads"
+
+
+def test_a_failing_refresh_backs_off_and_the_others_go_on(seeded: Connection, database_url: str) -> None:
+    seeded.execute("INSERT INTO forum_posts (thread_id, author_id, body) VALUES (1, 1, 'x')")
+    seeded.execute("INSERT INTO chain_members (chain_id, user_id) VALUES (1, 150) ON CONFLICT DO NOTHING")
+    # Without its unique index, REFRESH ... CONCURRENTLY of the forum list fails.
+    seeded.execute("DROP INDEX mv_forum_threads_key")
+    refresher = Refresher(settings_for(database_url, refresher_debounce_ms=0, refresher_retry_base_ms=60_000))
+    done = refresher.drain(seeded)
+    statuses = {r.view_name: r.status for r in done}
+    assert statuses["mv_forum_threads"] == "failed"
+    assert statuses["mv_chain_directory"] == "completed"
+    status, _gen, attempts, error = queue(seeded)["mv_forum_threads"]
+    assert (status, attempts) == ("pending", 1) and "unique index" in error
+    assert refresher.refresh_one(seeded) is None  # backing off, not hammering
+    seeded.execute("CREATE UNIQUE INDEX mv_forum_threads_key ON mv_forum_threads (thread_id)")
+    seeded.execute("UPDATE mv_refresh_queue SET next_attempt_at = now() WHERE view_name = 'mv_forum_threads'")
+    result = refresher.refresh_one(seeded)
+    assert result is not None and result.status == "completed"
+    assert queue(seeded)["mv_forum_threads"][:3] == ("idle", queue(seeded)["mv_forum_threads"][1], 0)
+    failed = seeded.execute("SELECT count(*) FROM mv_refresh_log WHERE status = 'failed'").fetchone()
+    assert failed == (1,)
+
+
+def test_the_fold_keeps_the_feed(seeded: Connection, database_url: str) -> None:
+    seeded.execute("INSERT INTO project_upvotes (user_id, project_id) VALUES (199, 5) ON CONFLICT DO NOTHING")
+    seeded.execute("UPDATE projects SET title = 'Renamed project' WHERE id = 6")
+    seeded.execute("DELETE FROM projects WHERE id = 7")
+    fold_all(seeded)
+    row = seeded.execute("SELECT title FROM mv_feed_projects WHERE id = 6").fetchone()
+    assert row == ("Renamed project",)
+    assert seeded.execute("SELECT count(*) FROM mv_feed_projects WHERE id = 7").fetchone() == (0,)
+    diff = seeded.execute(
+        "SELECT count(*) FROM ((TABLE mv_feed_projects EXCEPT TABLE mv_feed_projects_truth)"
+        " UNION ALL (TABLE mv_feed_projects_truth EXCEPT TABLE mv_feed_projects)) d"
+    ).fetchone()
+    assert diff == (0,)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_service_refreshes_serves_metrics_and_stops_on_sigterm(database_url: str, conn: Connection) -> None:
+    reset(database_url)
+    port = free_port()
+    env = cli_env(
+        DATABASE_URL=database_url, REFRESHER_METRICS_PORT=str(port), REFRESHER_DEBOUNCE_MS="200", LOG_FORMAT="json"
+    )
+    proc = subprocess.Popen([*DENORM, "refresher"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        conn.execute("INSERT INTO forum_threads (chain_id, author_id, title) VALUES (1, 1, 'fresh')")
+        conn.execute("INSERT INTO project_upvotes (user_id, project_id) VALUES (6, 4) ON CONFLICT DO NOTHING")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT count(*) FROM mv_forum_threads WHERE title = 'fresh'").fetchone()
+            if row == (1,):
+                break
+            time.sleep(0.1)
+        assert row == (1,), "the refresher never refreshed the forum list"
+        names = (
+            "denorm_refresher_queue_depth",
+            'denorm_refresher_refresh_duration_seconds_bucket{le="0.005",view="mv_forum_threads"}',
+            'denorm_refresher_view_staleness_seconds{view="mv_feed_projects"}',
+            'denorm_refresher_last_success_timestamp_seconds{view="mv_forum_threads"}',
+            "denorm_refresher_fold_duration_seconds_count",
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the gauges follow the refresh by one loop
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            if all(name in metrics for name in names):
+                break
+            time.sleep(0.2)
+        assert [name for name in names if name not in metrics] == []
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0
+        assert b"refresher stopped" in output
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.communicate()
