@@ -179,13 +179,13 @@ SELECT 'project'::text AS doc_type, p.id AS doc_id, p.title, p.tagline AS subtit
        setweight(to_tsvector('english', p.title), 'A')
            || setweight(to_tsvector('english', p.tagline), 'B')
            || setweight(to_tsvector('english', p.description), 'C')
-           || setweight(to_tsvector('simple', array_to_string(p.tags, ' ')), 'B') AS document,
+           || setweight(to_tsvector('english', array_to_string(p.tags, ' ')), 'B') AS document,
        lower(p.title || ' ' || p.tagline) AS words
 FROM projects p
 UNION ALL
 SELECT 'user', u.id, u.display_name, u.username, u.username,
-       setweight(to_tsvector('simple', u.username), 'A')
-           || setweight(to_tsvector('simple', u.display_name), 'A')
+       setweight(to_tsvector('english', u.username), 'A')
+           || setweight(to_tsvector('english', u.display_name), 'A')
            || setweight(to_tsvector('english', u.bio), 'C'),
        lower(u.username || ' ' || u.display_name)
 FROM users u

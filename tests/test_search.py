@@ -1,0 +1,86 @@
+"""Search: weighted full text over projects, users and chains, tolerant of typos."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from db import SQL_DIR
+from denorm.seed import SCALES, seed
+from denorm.sqlfile import load_queries
+from tests.test_refresher import settle
+
+Connection = psycopg.Connection[Any]
+SEARCH = load_queries(SQL_DIR / "queries" / "api.sql")["search"]
+
+
+def search(conn: Connection, q: str, doc_type: str | None = None, limit: int = 10) -> list[tuple[Any, ...]]:
+    return conn.execute(SEARCH.encode(), {"q": q, "doc_type": doc_type, "limit": limit}).fetchall()
+
+
+@pytest.fixture(scope="module")
+def searchable(admin_conn: Connection, template_database: str) -> Any:
+    # One seeded database for the module: searching does not write.
+    from tests.conftest import create_database, database_url_for, drop_database, unique_name
+
+    name = unique_name("search")
+    create_database(admin_conn, name, template=template_database)
+    url = database_url_for(name)
+    try:
+        seed(url, SCALES["small"], seed=5)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO projects (owner_id, title, tagline, description) VALUES "
+                "(1, 'Pgvector Playground', 'Vectors in Postgres', 'Try embeddings'),"
+                "(2, 'Quiet Notebook', 'A calm place to write', 'Nothing about databases here')"
+            )
+            settle(conn, url)
+            yield conn
+    finally:
+        drop_database(admin_conn, name)
+
+
+@pytest.mark.parametrize(
+    ("query", "must_contain"),
+    [
+        ("postgres", ["postgres"]),
+        ("postgress", ["postgres"]),  # one letter too many
+        ("postgre", ["postgres"]),  # one too few
+        ("reddis cache", ["redis", "cache"]),
+        ("kubernetis dashbord", ["kubernetes", "dashboard"]),
+    ],
+)
+def test_projects_are_found_despite_typos(searchable: Connection, query: str, must_contain: list[str]) -> None:
+    hits = search(searchable, query, "project")
+    assert len(hits) == 10
+    for _type, _id, title, _subtitle, _slug, _corrected, _score in hits:
+        assert all(word in title.lower() for word in must_contain), (query, title)
+
+
+def test_the_title_outweighs_the_description(searchable: Connection) -> None:
+    hits = search(searchable, "pgvector", "project")
+    assert hits[0][2] == "Pgvector Playground"
+    # "Postgres" appears only in its tagline (weight B), so title matches (weight A) rank above it
+    top = search(searchable, "postgres", "project", limit=50)
+    assert "Pgvector Playground" not in [h[2] for h in top[:10]]
+
+
+def test_users_and_chains_are_searchable(searchable: Connection) -> None:
+    users = search(searchable, "lovelase", "user")  # Lovelace, misspelt
+    assert users and all("lovelace" in h[2].lower() for h in users)
+    chains = search(searchable, "redis guild", "chain")
+    assert chains and all("redis" in h[2].lower() for h in chains)
+    everything = search(searchable, "redis", None, limit=50)
+    assert {h[0] for h in everything} >= {"project"}
+
+
+def test_the_corrected_query_is_reported(searchable: Connection) -> None:
+    hits = search(searchable, "reddis", "project")
+    assert hits[0][5] == "redis"
+
+
+def test_no_match_is_an_empty_answer(searchable: Connection) -> None:
+    assert search(searchable, "zzqqxx") == []
+    assert search(searchable, "   ") == []
