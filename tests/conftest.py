@@ -170,3 +170,21 @@ def settings(database_url: str, redis_prefix: str) -> Settings:
         redis_key_prefix=redis_prefix,
         environment="test",
     )
+
+
+@pytest.fixture(scope="session")
+def small_dataset_url(admin_conn: AdminConnection, template_database: str) -> Iterator[str]:
+    """The `small` dataset, seeded and with every view refreshed, once per session. Read only."""
+    from denorm.seed import SCALES, seed
+    from tests.test_refresher import settle
+
+    name = unique_name("small")
+    create_database(admin_conn, name, template=template_database)
+    url = database_url_for(name)
+    try:
+        seed(url, SCALES["small"], seed=8)
+        with psycopg.connect(url, autocommit=True) as conn:
+            settle(conn, url)
+        yield url
+    finally:
+        drop_database(admin_conn, name)
