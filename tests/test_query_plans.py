@@ -54,7 +54,8 @@ def test_every_api_query_has_parameters_here() -> None:
 @pytest.mark.parametrize("name", sorted(QUERIES))
 def test_no_sequential_scan_of_a_large_table(small_dataset_url: str, name: str) -> None:
     with psycopg.connect(small_dataset_url) as conn:
-        sizes = dict(conn.execute("SELECT relname, reltuples FROM pg_class WHERE relkind IN ('r', 'm')").fetchall())
+        rels = conn.execute("SELECT relname, reltuples FROM pg_class WHERE relkind IN ('r', 'm')").fetchall()
+        sizes: dict[str, float] = {str(r[0]): float(r[1]) for r in rels}
         row = conn.execute(b"EXPLAIN (FORMAT JSON) " + QUERIES[name].encode(), PARAMS[name]).fetchone()
         assert row is not None
         plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
