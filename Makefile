@@ -36,8 +36,10 @@ typecheck: install
 pytest: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: install  ## benchmarks (see bench/README.md for sizes)
-	$(BIN)/python -m bench.seed_speed
+BENCHES ?= seed_speed hot_rows trigger_cost bulk backfill freshness refresh_cost
+
+bench: install  ## every benchmark, one after the other (BENCHES="hot_rows bulk" for some); figures in docs/
+	@for b in $(BENCHES); do echo "== python -m bench.$$b"; $(BIN)/python -m bench.$$b || exit 1; done
 
 fmt: install  ## format and fix imports
 	$(BIN)/ruff format .

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     refresher_lock_timeout_ms: int = Field(default=5_000, ge=1)
     refresher_retry_base_ms: int = Field(default=1_000, ge=1)
     refresher_retry_max_ms: int = Field(default=60_000, ge=1)
+    refresher_log_retention_days: int = Field(default=7, ge=1, description="how long mv_refresh_log keeps rows")
     refresher_metrics_port: int = Field(default=9101, ge=0, description="0 turns the metrics server off")
 
     @field_validator("jwt_secret")

@@ -47,7 +47,6 @@ CREATE INDEX mv_feed_projects_trending_idx ON mv_feed_projects (trending_score D
 CREATE INDEX mv_feed_projects_proof_idx ON mv_feed_projects (proof_score DESC, id DESC);
 CREATE INDEX mv_feed_projects_newest_idx ON mv_feed_projects (created_at DESC, id DESC);
 CREATE INDEX mv_feed_projects_upvotes_idx ON mv_feed_projects (upvote_count DESC, id DESC);
-CREATE INDEX mv_feed_projects_owner_idx ON mv_feed_projects (owner_id);
 
 CREATE VIEW mv_feed_projects_truth AS
 SELECT p.id, p.owner_id, u.username, p.title, p.tagline, p.tags, c.upvote_count, c.comment_count,
@@ -170,9 +169,9 @@ SELECT tag, count(*) AS project_count, sum(upvote_count)::bigint AS upvotes,
 FROM mv_feed_projects, unnest(tags) AS tag
 GROUP BY tag;
 CREATE UNIQUE INDEX mv_trending_tags_key ON mv_trending_tags (tag);
-CREATE INDEX mv_trending_tags_upvotes_idx ON mv_trending_tags (upvotes DESC, tag);
 
--- Search documents: projects, users and chains in one table, weighted full text plus trigrams.
+-- Search documents: projects, users and chains in one table, weighted full text; `words` feeds the
+-- vocabulary below, which corrects typos by trigrams.
 -- Popularity (upvotes) changes with every vote, so the search query reads it live for its top hits.
 CREATE MATERIALIZED VIEW mv_search_documents AS
 SELECT 'project'::text AS doc_type, p.id AS doc_id, p.title, p.tagline AS subtitle, NULL::text AS slug,
@@ -196,7 +195,6 @@ SELECT 'chain', c.id, c.name, c.description, c.slug,
 FROM chains c;
 CREATE UNIQUE INDEX mv_search_documents_key ON mv_search_documents (doc_type, doc_id);
 CREATE INDEX mv_search_documents_fts_idx ON mv_search_documents USING gin (document);
-CREATE INDEX mv_search_documents_trgm_idx ON mv_search_documents USING gin (words gin_trgm_ops);
 
 -- The vocabulary of the search documents, for correcting a misspelled query word by trigrams.
 CREATE MATERIALIZED VIEW mv_search_words AS
@@ -243,7 +241,8 @@ CREATE TABLE mv_refresh_log (
     worker             text,
     first_requested_at timestamptz
 );
-CREATE INDEX mv_refresh_log_view_idx ON mv_refresh_log (view_name, refresh_started_at DESC);
+-- The refresher prunes the log by age.
+CREATE INDEX mv_refresh_log_started_idx ON mv_refresh_log (refresh_started_at);
 
 CREATE TABLE mv_refresh_requests (
     source_table text        NOT NULL,

@@ -58,3 +58,6 @@ SELECT extract(epoch FROM now() - min(created_at))::float8 FROM project_counter_
 -- name: mark_feed_folded
 UPDATE mv_refresh_queue SET last_refreshed_at = now(), last_refresh_duration_ms = %(duration_ms)s
 WHERE view_name = 'mv_feed_projects'
+
+-- name: prune_log
+DELETE FROM mv_refresh_log WHERE refresh_started_at < now() - make_interval(days => %(days)s)

@@ -26,3 +26,7 @@ FOLD_SECONDS = Histogram(
 DELTAS_FOLDED = Counter("denorm_refresher_deltas_folded_total", "Delta rows folded into base tables", ["model"])
 FOLD_FAILURES = Counter("denorm_refresher_fold_failures_total", "Folds that failed and will be retried")
 REQUESTS_COLLECTED = Counter("denorm_refresher_requests_collected_total", "Refresh requests coalesced into the queue")
+OVER_BOUND = Gauge(
+    "denorm_refresher_views_over_staleness_bound",
+    "Views pending for longer than REFRESHER_MAX_STALENESS_MS (alert when above 0)",
+)

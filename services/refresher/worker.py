@@ -153,7 +153,11 @@ class Refresher:
 
     def _refresh_loop(self) -> None:
         def step(conn: psycopg.Connection[Any]) -> None:
+            pruned_at = 0.0
             while not self.stopping.is_set():
+                if time.monotonic() - pruned_at > 600:
+                    conn.execute(QUERIES["prune_log"].encode(), {"days": self.settings.refresher_log_retention_days})
+                    pruned_at = time.monotonic()
                 self.collect(conn)
                 while not self.stopping.is_set() and self.refresh_one(conn) is not None:
                     pass
@@ -278,6 +282,11 @@ class Refresher:
     def update_gauges(self, conn: psycopg.Connection[Any]) -> None:
         rows = conn.execute(QUERIES["queue_state"].encode()).fetchall()
         metrics.QUEUE_DEPTH.set(sum(1 for r in rows if r[1] == "pending"))
+        bound = self.settings.refresher_max_staleness_ms / 1000
+        over = [r[0] for r in rows if r[1] == "pending" and r[6] is not None and float(r[6]) > bound]
+        metrics.OVER_BOUND.set(len(over))
+        if over:
+            log.warning("views past their staleness bound", views=over, bound_s=bound)
         for view, status, _first, _last, _dur, _att, pending_s, last_epoch in rows:
             if view == "mv_feed_projects":
                 continue
