@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     db_pool_min_size: int = 2
     db_pool_max_size: int = 10
 
+    # The API (services/api).
+    redis_timeout_ms: int = Field(default=50, ge=1, description="a slower Redis counts as down")
+    redis_set_ttl_seconds: int = Field(default=3600, ge=60, description="how long a user's upvote set lives")
+    api_access_log: bool = Field(default=True, description="one JSON log line per request")
+
     # The refresher (services/refresher).
     refresher_debounce_ms: int = Field(default=1000, ge=0, description="wait after a view's first dirty mark")
     refresher_max_staleness_ms: int = Field(default=5000, ge=0, description="alert bound on a view's staleness")

@@ -286,6 +286,16 @@ BEGIN
     END LOOP;
 END $do$;
 
+-- How old a view is: the instant before which every committed write is in it. The feed is as of
+-- the last fold (the refresher folds every half second); an idle view is current, a pending one
+-- is as of its first unserved request.
+CREATE FUNCTION view_as_of(name text) RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN (SELECT CASE WHEN q.view_name = 'mv_feed_projects' THEN coalesce(q.last_refreshed_at, now())
+                    WHEN q.status = 'pending' THEN q.first_requested_at
+                    ELSE now() END
+        FROM mv_refresh_queue q WHERE q.view_name = name);
+
 -- The fold asks for the views that read the feed whenever it changed feed rows.
 CREATE OR REPLACE FUNCTION rm_projects_folded(ids bigint[]) RETURNS void
 LANGUAGE plpgsql AS $$

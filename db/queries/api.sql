@@ -2,77 +2,89 @@
 -- of them against a seeded dataset and fails on a sequential scan of a large table.
 
 -- name: feed_trending
--- A feed page in trending order, after the keyset cursor (score, id) of the previous page.
+-- A feed page in trending order, after the keyset cursor (score, id) of the previous page (or at an
+-- offset, for page numbers). as_of: the feed reflects every write committed before it.
 -- Counts come from the zero-staleness counters, the order from the feed table.
 SELECT f.id, f.owner_id, f.username, f.title, f.tagline, f.tags, c.upvote_count, c.comment_count,
-       f.trending_score, f.proof_score, f.created_at
+       f.trending_score, f.proof_score, f.created_at, a.as_of
 FROM mv_feed_projects f
 JOIN project_counters c ON c.project_id = f.id
+CROSS JOIN (SELECT view_as_of('mv_feed_projects') AS as_of) a
 WHERE (f.trending_score, f.id) < (%(after_score)s::float8, %(after_id)s::bigint)
 ORDER BY f.trending_score DESC, f.id DESC
-LIMIT %(limit)s
+LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: feed_top_rated
 SELECT f.id, f.owner_id, f.username, f.title, f.tagline, f.tags, c.upvote_count, c.comment_count,
-       f.trending_score, f.proof_score, f.created_at
+       f.trending_score, f.proof_score, f.created_at, a.as_of
 FROM mv_feed_projects f
 JOIN project_counters c ON c.project_id = f.id
+CROSS JOIN (SELECT view_as_of('mv_feed_projects') AS as_of) a
 WHERE (f.proof_score, f.id) < (%(after_score)s::float8, %(after_id)s::bigint)
 ORDER BY f.proof_score DESC, f.id DESC
-LIMIT %(limit)s
+LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: feed_newest
 SELECT f.id, f.owner_id, f.username, f.title, f.tagline, f.tags, c.upvote_count, c.comment_count,
-       f.trending_score, f.proof_score, f.created_at
+       f.trending_score, f.proof_score, f.created_at, a.as_of
 FROM mv_feed_projects f
 JOIN project_counters c ON c.project_id = f.id
+CROSS JOIN (SELECT view_as_of('mv_feed_projects') AS as_of) a
 WHERE (f.created_at, f.id) < (%(after_time)s::timestamptz, %(after_id)s::bigint)
 ORDER BY f.created_at DESC, f.id DESC
-LIMIT %(limit)s
+LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: leaderboard_projects
-SELECT l.rank, l.project_id, l.title, l.owner_id, l.username, c.upvote_count, c.comment_count
+SELECT l.rank, l.project_id, l.title, l.owner_id, l.username, c.upvote_count, c.comment_count, a.as_of
 FROM mv_leaderboard_projects l
 JOIN project_counters c ON c.project_id = l.project_id
+CROSS JOIN (SELECT view_as_of('mv_leaderboard_projects') AS as_of) a
 WHERE l.rank > %(offset)s
 ORDER BY l.rank
 LIMIT %(limit)s
 
 -- name: leaderboard_users
-SELECT rank, user_id, username, display_name, upvotes_received, project_count
+SELECT rank, user_id, username, display_name, upvotes_received, project_count, a.as_of
 FROM mv_leaderboard_users
+CROSS JOIN (SELECT view_as_of('mv_leaderboard_users') AS as_of) a
 WHERE rank > %(offset)s
 ORDER BY rank
 LIMIT %(limit)s
 
 -- name: chains
 SELECT chain_id, slug, name, description, owner_username, project_count, member_count, thread_count,
-       last_activity_at
+       last_activity_at, a.as_of
 FROM mv_chain_directory
+CROSS JOIN (SELECT view_as_of('mv_chain_directory') AS as_of) a
 WHERE (member_count, chain_id) < (%(after_members)s::bigint, %(after_id)s::bigint)
 ORDER BY member_count DESC, chain_id DESC
 LIMIT %(limit)s
 
--- name: chain_by_slug
-SELECT chain_id, slug, name, description, owner_username, project_count, member_count, thread_count,
-       last_activity_at
-FROM mv_chain_directory
-WHERE slug = %(slug)s
-
--- name: chain_projects
-SELECT cp.project_id, cp.title, cp.tagline, cp.username, c.upvote_count, c.comment_count, cp.added_at
-FROM mv_chain_projects cp
-JOIN project_counters c ON c.project_id = cp.project_id
-WHERE cp.chain_id = %(chain_id)s
-ORDER BY cp.upvote_count DESC, cp.project_id DESC
-LIMIT %(limit)s
-
--- name: chain_threads
-SELECT thread_id, title, author_username, post_count, last_post_at, last_activity_at, created_at
-FROM mv_forum_threads
-WHERE chain_id = %(chain_id)s
-ORDER BY last_activity_at DESC, thread_id DESC
-LIMIT %(limit)s
+-- name: chain_page
+-- One chain, its best projects (counts exact) and its latest threads, as one JSON document.
+SELECT json_build_object(
+    'chain', json_build_object(
+        'chain_id', d.chain_id, 'slug', d.slug, 'name', d.name, 'description', d.description,
+        'owner_username', d.owner_username, 'project_count', d.project_count, 'member_count', d.member_count,
+        'thread_count', d.thread_count, 'last_activity_at', d.last_activity_at),
+    'projects', coalesce((
+        SELECT json_agg(p ORDER BY p.upvote_count DESC, p.project_id DESC) FROM (
+            SELECT cp.project_id, cp.title, cp.tagline, cp.username, c.upvote_count, c.comment_count, cp.added_at
+            FROM mv_chain_projects cp
+            JOIN project_counters c ON c.project_id = cp.project_id
+            WHERE cp.chain_id = d.chain_id
+            ORDER BY cp.upvote_count DESC, cp.project_id DESC
+            LIMIT %(limit)s) p), '[]'),
+    'threads', coalesce((
+        SELECT json_agg(t ORDER BY t.last_activity_at DESC, t.thread_id DESC) FROM (
+            SELECT thread_id, title, author_username, post_count, last_post_at, last_activity_at, created_at
+            FROM mv_forum_threads
+            WHERE chain_id = d.chain_id
+            ORDER BY last_activity_at DESC, thread_id DESC
+            LIMIT %(limit)s) t), '[]'),
+    'as_of', least(view_as_of('mv_chain_directory'), view_as_of('mv_chain_projects'), view_as_of('mv_forum_threads')))
+FROM mv_chain_directory d
+WHERE d.slug = %(slug)s
 
 -- name: trending_tags
 SELECT tag, project_count, upvotes FROM mv_trending_tags ORDER BY upvotes DESC, tag LIMIT %(limit)s
@@ -125,7 +137,7 @@ WITH tokens AS (
     FROM fixed
 )
 SELECT hit.doc_type, hit.doc_id, hit.title, hit.subtitle, hit.slug, hit.corrected,
-       hit.relevance + ln(1 + coalesce(c.upvote_count, 0)) / 100 AS score
+       hit.relevance + ln(1 + coalesce(c.upvote_count, 0)) / 100 AS score, view_as_of('mv_search_documents')
 FROM (
     -- The 200 most relevant documents; popularity then breaks near-ties among them.
     SELECT d.doc_type, d.doc_id, d.title, d.subtitle, d.slug, query.corrected,

@@ -56,7 +56,9 @@ FROM mv_refresh_queue ORDER BY view_name
 SELECT extract(epoch FROM now() - min(created_at))::float8 FROM project_counter_deltas
 
 -- name: mark_feed_folded
-UPDATE mv_refresh_queue SET last_refreshed_at = now(), last_refresh_duration_ms = %(duration_ms)s
+-- now() is the fold's transaction start, taken before its snapshot: a safe "as of" for the feed.
+UPDATE mv_refresh_queue SET last_refreshed_at = now() - make_interval(secs => %(duration_ms)s / 1000.0),
+                            last_refresh_duration_ms = %(duration_ms)s
 WHERE view_name = 'mv_feed_projects'
 
 -- name: prune_log

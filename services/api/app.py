@@ -1,17 +1,103 @@
-"""The FastAPI application: lifespan (pools), health and readiness; routes are added per resource."""
+"""The FastAPI application: pools and cache in the lifespan, middleware, errors, and the routes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from denorm.cache import open_redis
 from denorm.config import Settings, get_settings
+from denorm.logs import get_logger
 from denorm.pg import open_pool
+from denorm.usercache import UserCache
+from services.api import errors
+from services.api.deps import Services
 from services.api.responses import JSONBytes
+from services.api.routes import projects, reads, social
+
+log = get_logger("denorm.api")
+MAX_BODY_BYTES = 64 * 1024
+BREAKER_STATES = ("closed", "half_open", "open")
+
+
+class CacheCollector(Collector):
+    """Cache hits, misses, errors and the breaker's state, read from the live cache at scrape time."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Any]:
+        svc: Services | None = getattr(self.app.state, "services", None)
+        if svc is None:
+            return
+        stats = svc.cache.stats
+        for name, value, doc in (
+            ("denorm_api_cache_hits", stats.hits, "Feed pages answered from Redis"),
+            ("denorm_api_cache_misses", stats.misses, "Feed pages whose user set was not in Redis"),
+            ("denorm_api_cache_errors", stats.errors, "Redis calls that failed or timed out"),
+        ):
+            counter = CounterMetricFamily(name, doc)
+            counter.add_metric([], value)
+            yield counter
+        state = GaugeMetricFamily(
+            "denorm_api_redis_breaker_state", "1 for the breaker's current state", labels=["state"]
+        )
+        for s in BREAKER_STATES:
+            state.add_metric([s], 1.0 if svc.cache.breaker.state == s else 0.0)
+        yield state
+
+
+class Observe:
+    """Pure ASGI middleware: body size limit, latency histogram per route, one JSON log line per request."""
+
+    def __init__(self, app: ASGIApp, histogram: Histogram, access_log: bool) -> None:
+        self.app = app
+        self.histogram = histogram
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            response = errors.error_response(413, "payload_too_large", f"bodies are limited to {MAX_BODY_BYTES} bytes")
+            await response(scope, receive, send)
+            status = 413
+        else:
+            seen = 0
+
+            async def limited_receive() -> Message:
+                nonlocal seen
+                message = await receive()
+                seen += len(message.get("body", b""))
+                if seen > MAX_BODY_BYTES:
+                    raise errors.ApiError(413, "payload_too_large", f"bodies are limited to {MAX_BODY_BYTES} bytes")
+                return message
+
+            async def observed_send(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = int(message["status"])
+                await send(message)
+
+            await self.app(scope, limited_receive, observed_send)
+        route = getattr(scope.get("route"), "path", "unmatched")
+        elapsed = time.perf_counter() - started
+        self.histogram.labels(scope["method"], route, str(status)).observe(elapsed)
+        if self.access_log:
+            log.info("request", method=scope["method"], route=route, status=status, ms=round(elapsed * 1000, 2))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -20,31 +106,56 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.pool = await open_pool(
-            settings.database_url, "api", settings.db_pool_min_size, settings.db_pool_max_size
+        write_pool = await open_pool(settings.database_url, "api", settings.db_pool_min_size, settings.db_pool_max_size)
+        read_pool = (
+            await open_pool(settings.read_url, "api-read", settings.db_pool_min_size, settings.db_pool_max_size)
+            if settings.database_read_url
+            else write_pool
         )
-        app.state.redis = open_redis(settings.redis_url)
+        client = open_redis(settings.redis_url, settings.redis_timeout_ms / 1000)
+        cache = UserCache(client, settings.redis_key_prefix, ttl_seconds=settings.redis_set_ttl_seconds)
+        app.state.services = Services(settings, write_pool, read_pool, cache)
         try:
             yield
         finally:
-            await app.state.redis.aclose()
-            await app.state.pool.close()
+            await client.aclose()
+            if read_pool is not write_pool:
+                await read_pool.close()
+            await write_pool.close()
 
-    app = FastAPI(title="denorm read API", default_response_class=JSONBytes, lifespan=lifespan)
+    app = FastAPI(
+        title="denorm read API",
+        version="1.0",
+        description="Fast read paths for a social product, served from read models Postgres keeps right.",
+        default_response_class=JSONBytes,
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    registry = CollectorRegistry()
+    histogram = Histogram(
+        "denorm_api_request_duration_seconds",
+        "Request latency by route",
+        ["method", "route", "status"],
+        registry=registry,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    )
+    registry.register(CacheCollector(app))
+    app.add_middleware(Observe, histogram=histogram, access_log=settings.api_access_log)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"])
+    @app.get("/readyz", tags=["operations"], responses={503: {"description": "Postgres unreachable or not migrated"}})
     async def readyz() -> JSONBytes:
         """Readiness: Postgres reachable and migrated; Redis reported, never fatal."""
+        svc: Services = app.state.services
         body: dict[str, Any] = {"postgres": "ok", "schema": "ok", "redis": "ok"}
         status = 200
         try:
-            async with app.state.pool.connection(timeout=2.0) as conn:
-                row = await (await conn.execute("SELECT to_regclass('schema_migrations')")).fetchone()
+            async with svc.write_pool.connection(timeout=2.0) as conn:
+                row = await (await conn.execute("SELECT to_regclass('mv_refresh_queue')")).fetchone()
                 if row is None or row[0] is None:
                     body["schema"] = "not migrated"
                     status = 503
@@ -53,10 +164,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             body["schema"] = "unknown"
             status = 503
         try:
-            await app.state.redis.ping()
+            await svc.cache.client.ping()
         except Exception as exc:  # Redis is optional: report it, stay ready
             body["redis"] = f"degraded: {type(exc).__name__}"
+        body["redis_breaker"] = svc.cache.breaker.state
         body["status"] = "ready" if status == 200 else "not ready"
         return JSONBytes(body, status_code=status)
 
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+
+    app.include_router(projects.router)
+    app.include_router(reads.router)
+    app.include_router(social.router)
     return app

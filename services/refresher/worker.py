@@ -136,8 +136,8 @@ class Refresher:
         for model, _keys, deltas in rows:
             metrics.DELTAS_FOLDED.labels(model).inc(int(deltas))
             folded += int(deltas)
-            if model == "project_counters" and deltas:
-                conn.execute(QUERIES["mark_feed_folded"].encode(), {"duration_ms": round(elapsed * 1000)})
+        if rows:  # the feed now reflects every write committed before this fold began
+            conn.execute(QUERIES["mark_feed_folded"].encode(), {"duration_ms": round(elapsed * 1000)})
         return folded
 
     # --- the refresher ----------------------------------------------------------------------

@@ -1,0 +1,61 @@
+"""Request dependencies: the pools, the user cache, the settings and the caller's identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from denorm.auth import AuthError, verify_token
+from denorm.config import Settings
+from denorm.usercache import UserCache
+from services.api.errors import ApiError
+
+Pool = AsyncConnectionPool[AsyncConnection[Any]]
+
+
+@dataclass
+class Services:
+    settings: Settings
+    write_pool: Pool
+    read_pool: Pool
+    cache: UserCache
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthorized", "the Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+def optional_user(request: Request, svc: Annotated[Services, Depends(services)]) -> int | None:
+    token = _bearer(request)
+    if token is None:
+        return None
+    try:
+        return verify_token(token, svc.settings.jwt_secret)
+    except AuthError as exc:
+        raise ApiError(401, "unauthorized", f"invalid token: {exc}") from exc
+
+
+def current_user(user: Annotated[int | None, Depends(optional_user)]) -> int:
+    if user is None:
+        raise ApiError(401, "unauthorized", "this route needs a bearer token")
+    return user
+
+
+ServicesDep = Annotated[Services, Depends(services)]
+UserDep = Annotated[int, Depends(current_user)]
+OptionalUserDep = Annotated[int | None, Depends(optional_user)]

@@ -1,0 +1,225 @@
+"""Request bodies (validated) and response shapes (for the OpenAPI document)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Id = Field(gt=0, lt=2**63)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+class NewProject(Strict):
+    title: str = Field(min_length=1, max_length=200)
+    tagline: str = Field(default="", max_length=300)
+    description: str = Field(default="", max_length=20000)
+    tags: list[str] = Field(default_factory=list, max_length=20)
+
+
+class NewComment(Strict):
+    body: str = Field(min_length=1, max_length=10000)
+
+
+class NewMessage(Strict):
+    recipient_id: int = Id
+    body: str = Field(min_length=1, max_length=5000)
+
+
+class MarkRead(Strict):
+    other_user_id: int = Id
+
+
+class NewIntroRequest(Strict):
+    target_id: int = Id
+    project_id: int | None = Field(default=None, gt=0, lt=2**63)
+    message: str = Field(default="", max_length=2000)
+
+
+class NewThread(Strict):
+    title: str = Field(min_length=1, max_length=200)
+    body: str = Field(default="", max_length=20000)
+
+
+class NewPost(Strict):
+    body: str = Field(min_length=1, max_length=20000)
+
+
+# --- responses --------------------------------------------------------------------------------
+
+
+class FeedItem(BaseModel):
+    id: int
+    owner_id: int
+    username: str
+    title: str
+    tagline: str
+    tags: list[str]
+    upvote_count: int
+    comment_count: int
+    trending_score: float
+    proof_score: float
+    created_at: datetime
+    user_has_upvoted: bool | None = None
+
+
+class FeedPage(BaseModel):
+    items: list[FeedItem]
+    sort: Literal["trending", "top-rated", "newest"]
+    page: int | None
+    next_cursor: str | None
+    as_of: datetime | None = Field(description="the feed's order reflects every write committed before this")
+
+
+class UpvoteState(BaseModel):
+    upvoted: bool
+    upvote_count: int
+
+
+class ProjectLeader(BaseModel):
+    rank: int
+    project_id: int
+    title: str
+    owner_id: int
+    username: str
+    upvote_count: int
+    comment_count: int
+
+
+class ProjectLeaderboard(BaseModel):
+    items: list[ProjectLeader]
+    as_of: datetime | None
+
+
+class UserLeader(BaseModel):
+    rank: int
+    user_id: int
+    username: str
+    display_name: str
+    upvotes_received: int
+    project_count: int
+
+
+class UserLeaderboard(BaseModel):
+    items: list[UserLeader]
+    as_of: datetime | None
+
+
+class Dashboard(BaseModel):
+    user_id: int
+    project_count: int
+    upvotes_received: int
+    comments_received: int
+    upvotes_given: int
+    unread_messages: int
+    pending_intros_received: int
+    chains_joined: int
+    updated_at: datetime | None
+    intro_stats: dict[str, int]
+
+
+class Chain(BaseModel):
+    chain_id: int
+    slug: str
+    name: str
+    description: str
+    owner_username: str
+    project_count: int
+    member_count: int
+    thread_count: int
+    last_activity_at: datetime | None
+
+
+class ChainList(BaseModel):
+    items: list[Chain]
+    next_cursor: str | None
+    as_of: datetime | None
+
+
+class ChainProject(BaseModel):
+    project_id: int
+    title: str
+    tagline: str
+    username: str
+    upvote_count: int
+    comment_count: int
+    added_at: datetime
+
+
+class ChainThread(BaseModel):
+    thread_id: int
+    title: str
+    author_username: str
+    post_count: int
+    last_post_at: datetime | None
+    last_activity_at: datetime | None
+    created_at: datetime
+
+
+class ChainDetail(BaseModel):
+    chain: Chain
+    projects: list[ChainProject]
+    threads: list[ChainThread]
+    as_of: datetime | None
+
+
+class SearchHit(BaseModel):
+    type: Literal["project", "user", "chain"]
+    id: int
+    title: str
+    subtitle: str | None
+    slug: str | None
+    score: float
+
+
+class SearchResults(BaseModel):
+    query: str
+    corrected: str | None
+    items: list[SearchHit]
+    as_of: datetime | None
+
+
+class Conversation(BaseModel):
+    other_user_id: int
+    other_username: str
+    last_message_id: int | None
+    last_message_at: datetime | None
+    last_message_preview: str | None
+    last_sender_id: int | None
+    message_count: int
+    unread_count: int
+
+
+class Conversations(BaseModel):
+    items: list[Conversation]
+
+
+class Created(BaseModel):
+    id: int
+
+
+class Changed(BaseModel):
+    changed: int
+
+
+class ViewStatus(BaseModel):
+    view_name: str
+    status: str
+    refresh_requested_at: datetime | None
+    first_requested_at: datetime | None
+    last_refreshed_at: datetime | None
+    last_refresh_duration_ms: int | None
+    attempts: int
+    last_error: str | None
+    staleness_seconds: float
+
+
+class RefreshStatus(BaseModel):
+    views: list[ViewStatus]
