@@ -20,7 +20,7 @@ def queries() -> dict[str, bytes]:
     return {name: text.encode() for name, text in load_queries(SQL_DIR / "queries" / "api.sql").items()}
 
 
-def _as_api_error(exc: psycopg.Error) -> ApiError | None:
+def as_api_error(exc: psycopg.Error) -> ApiError | None:
     if isinstance(exc, errors.ForeignKeyViolation):
         return ApiError(404, "not_found", "a referenced user, project or chain does not exist")
     if isinstance(exc, errors.UniqueViolation):
@@ -38,7 +38,7 @@ async def fetch_all(pool: Pool, query: bytes | str, params: dict[str, Any] | Non
             cur = await conn.execute(query if isinstance(query, bytes) else query.encode(), params)
             return await cur.fetchall() if cur.description else []
     except psycopg.Error as exc:
-        mapped = _as_api_error(exc)
+        mapped = as_api_error(exc)
         if mapped is None:
             raise
         raise mapped from exc

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from services.api.db import fetch_all, queries
+import psycopg
+
+from services.api.db import as_api_error, fetch_all, queries
 from services.api.deps import Services
 from services.api.errors import ApiError
 
@@ -46,11 +48,14 @@ async def set_upvote(svc: Services, user: int, project: int, want: bool | None) 
         try:
             try:
                 cur = await conn.execute(statement, params)
-            except Exception:
+            except psycopg.Error as exc:
                 # Typically a foreign key: no such project (or user). Nothing changed.
                 await conn.execute(_UNLOCK, params)
                 unlocked = True
-                raise
+                mapped = as_api_error(exc)
+                if mapped is None:
+                    raise
+                raise mapped from exc
             row = await cur.fetchone()
             assert row is not None
             upvoted, changed = bool(row[0]), bool(row[1])

@@ -1,0 +1,249 @@
+"""The read API end to end: routes, authentication, read-your-writes, the Redis layer, bad input."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from denorm.auth import mint_token
+from denorm.config import Settings
+from denorm.seed import SCALES, seed
+from services.api.app import create_app
+from tests.test_refresher import settle
+
+Connection = psycopg.Connection[Any]
+
+
+@pytest.fixture
+def seeded_url(database_url: str, conn: Connection) -> str:
+    seed(database_url, SCALES["tiny"], seed=21)
+    settle(conn, database_url)
+    return database_url
+
+
+@pytest.fixture
+def client(seeded_url: str, settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings.model_copy(update={"api_access_log": False}))) as c:
+        yield c
+
+
+def auth(settings: Settings, user: int, ttl: int = 600) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint_token(user, settings.jwt_secret, ttl_seconds=ttl)}"}
+
+
+def upvote_rows(conn: Connection, user: int) -> set[int]:
+    return {r[0] for r in conn.execute("SELECT project_id FROM project_upvotes WHERE user_id = %s", (user,))}
+
+
+def redis_set(client: redis.Redis, prefix: str, user: int) -> set[int] | None:
+    members = client.smembers(f"{prefix}upvotes:{user}")
+    if not members:
+        return None
+    return {int(m) for m in members if m != b"-"}
+
+
+# --- every route --------------------------------------------------------------------------------
+
+
+def test_the_read_routes_answer(client: TestClient, settings: Settings, conn: Connection) -> None:
+    for sort in ("trending", "top-rated", "newest"):
+        page = client.get("/api/projects", params={"sort": sort, "limit": 5}).json()
+        assert len(page["items"]) == 5 and page["as_of"] and page["next_cursor"]
+        assert all("user_has_upvoted" not in i or i["user_has_upvoted"] is None for i in page["items"])
+    assert len(client.get("/api/leaderboard/projects", params={"limit": 3}).json()["items"]) == 3
+    assert len(client.get("/api/leaderboard/users", params={"limit": 3}).json()["items"]) == 3
+    chains = client.get("/api/chains").json()
+    slug = chains["items"][0]["slug"]
+    detail = client.get(f"/api/chains/{slug}").json()
+    assert detail["chain"]["slug"] == slug and detail["projects"] and detail["as_of"]
+    hits = client.get("/api/search", params={"q": "postgress", "type": "projects"}).json()
+    assert hits["corrected"] == "postgres" and all("Postgres" in h["title"] for h in hits["items"])
+    assert client.get("/api/admin/refresh-status").json()["views"]
+    me = auth(settings, 3)
+    dash = client.get("/api/users/dashboard", headers=me).json()
+    truth = conn.execute("SELECT upvotes_given FROM user_dashboard_stats_truth WHERE user_id = 3").fetchone()
+    assert truth is not None and dash["upvotes_given"] == truth[0]
+    assert client.get("/api/messages/conversations", headers=me).json()["items"]
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["status"] == "ready"
+    assert "denorm_api_request_duration_seconds_bucket" in client.get("/metrics").text
+
+
+def test_cursor_pages_follow_on_and_match_offset_pages(client: TestClient) -> None:
+    first = client.get("/api/projects", params={"limit": 10}).json()
+    second = client.get("/api/projects", params={"limit": 10, "cursor": first["next_cursor"]}).json()
+    by_page = client.get("/api/projects", params={"limit": 10, "page": 2}).json()
+    assert [i["id"] for i in second["items"]] == [i["id"] for i in by_page["items"]]
+    assert not {i["id"] for i in first["items"]} & {i["id"] for i in second["items"]}
+
+
+# --- authentication ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/api/users/dashboard", "/api/messages/conversations"])
+def test_private_routes_need_a_valid_token(client: TestClient, settings: Settings, path: str) -> None:
+    assert client.get(path).status_code == 401
+    assert client.get(path, headers={"Authorization": "Bearer nonsense"}).status_code == 401
+    assert client.get(path, headers={"Authorization": "Basic abc"}).status_code == 401
+    assert client.get(path, headers=auth(settings, 3, ttl=-10)).status_code == 401
+    forged = mint_token(3, "another-secret-that-is-long-enough-000000")
+    assert client.get(path, headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+    body = client.get(path).json()
+    assert body["error"]["code"] == "unauthorized"
+
+
+def test_each_user_sees_only_their_own_data(client: TestClient, settings: Settings) -> None:
+    mine = client.get("/api/users/dashboard", headers=auth(settings, 3)).json()
+    theirs = client.get("/api/users/dashboard", headers=auth(settings, 4)).json()
+    assert mine["user_id"] == 3 and theirs["user_id"] == 4
+    # A query parameter cannot point the route at someone else.
+    again = client.get("/api/users/dashboard", params={"user_id": 4}, headers=auth(settings, 3)).json()
+    assert again["user_id"] == 3
+
+
+def test_only_the_target_may_answer_an_intro_request(client: TestClient, settings: Settings, conn: Connection) -> None:
+    made = client.post("/api/intro-requests", json={"target_id": 5, "message": "hi"}, headers=auth(settings, 3))
+    assert made.status_code == 201
+    intro = made.json()["id"]
+    assert client.post(f"/api/intro-requests/{intro}/accept", headers=auth(settings, 3)).status_code == 404
+    assert client.post(f"/api/intro-requests/{intro}/accept", headers=auth(settings, 5)).status_code == 200
+    row = conn.execute("SELECT status FROM intro_requests WHERE id = %s", (intro,)).fetchone()
+    assert row == ("accepted",)
+
+
+# --- read-your-writes and the Redis layer ----------------------------------------------------------
+
+
+def test_an_upvote_shows_at_once(
+    client: TestClient, settings: Settings, conn: Connection, redis_client: redis.Redis
+) -> None:
+    me = auth(settings, 7)
+    page = client.get("/api/projects", params={"limit": 20}, headers=me).json()["items"]
+    target = next(i for i in page if not i["user_has_upvoted"])
+    answer = client.put(f"/api/projects/{target['id']}/upvote", headers=me).json()
+    assert answer == {"upvoted": True, "upvote_count": target["upvote_count"] + 1}
+    again = client.get("/api/projects", params={"limit": 20}, headers=me).json()["items"]
+    shown = next(i for i in again if i["id"] == target["id"])
+    assert shown["user_has_upvoted"] is True and shown["upvote_count"] == target["upvote_count"] + 1
+    assert redis_set(redis_client, settings.redis_key_prefix, 7) == upvote_rows(conn, 7)
+    # PUT again changes nothing; DELETE twice leaves it cleared.
+    assert (
+        client.put(f"/api/projects/{target['id']}/upvote", headers=me).json()["upvote_count"] == answer["upvote_count"]
+    )
+    assert client.delete(f"/api/projects/{target['id']}/upvote", headers=me).json()["upvoted"] is False
+    assert client.delete(f"/api/projects/{target['id']}/upvote", headers=me).json() == {
+        "upvoted": False,
+        "upvote_count": target["upvote_count"],
+    }
+    assert redis_set(redis_client, settings.redis_key_prefix, 7) == upvote_rows(conn, 7)
+
+
+def test_concurrent_toggles_leave_postgres_redis_and_counters_equal(
+    client: TestClient, settings: Settings, conn: Connection, redis_client: redis.Redis
+) -> None:
+    # Load the user's set first, so that the write-throughs have something to keep right.
+    client.get("/api/projects", headers=auth(settings, 9))
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        same_user = list(
+            pool.map(lambda _: client.post("/api/projects/11/upvote", headers=auth(settings, 9)), range(20))
+        )
+        many_users = list(
+            pool.map(lambda u: client.put("/api/projects/12/upvote", headers=auth(settings, u)), range(30, 50))
+        )
+    assert all(r.status_code == 200 for r in same_user + many_users)
+    assert redis_set(redis_client, settings.redis_key_prefix, 9) == upvote_rows(conn, 9)
+    truth = conn.execute(
+        "SELECT (SELECT count(*) FROM project_upvotes WHERE project_id = 12), upvote_count "
+        "FROM project_counters WHERE project_id = 12"
+    ).fetchone()
+    assert truth is not None and truth[0] == truth[1]
+    assert max(r.json()["upvote_count"] for r in many_users) == truth[0]
+    # Twenty toggles: each answer is a distinct state change, so exactly half of them said "upvoted".
+    assert sum(r.json()["upvoted"] for r in same_user) == 10
+
+
+def test_an_empty_or_flushed_redis_is_refilled_from_postgres(
+    client: TestClient, settings: Settings, conn: Connection, redis_client: redis.Redis
+) -> None:
+    me = auth(settings, 8)
+    before = {
+        i["id"]: i["user_has_upvoted"]
+        for i in client.get("/api/projects", params={"limit": 50}, headers=me).json()["items"]
+    }
+    for key in redis_client.scan_iter(match=f"{settings.redis_key_prefix}*"):
+        redis_client.delete(key)
+    after = {
+        i["id"]: i["user_has_upvoted"]
+        for i in client.get("/api/projects", params={"limit": 50}, headers=me).json()["items"]
+    }
+    assert before == after
+    assert {pid for pid, up in after.items() if up} == upvote_rows(conn, 8) & set(after)
+    assert redis_set(redis_client, settings.redis_key_prefix, 8) == upvote_rows(conn, 8)
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "params"),
+    [
+        ("GET", "/api/projects", {"sort": "best"}),
+        ("GET", "/api/projects", {"limit": 100000}),
+        ("GET", "/api/projects", {"limit": 0}),
+        ("GET", "/api/projects", {"page": -1}),
+        ("GET", "/api/projects", {"cursor": "garbage!"}),
+        ("GET", "/api/search", {"q": ""}),
+        ("GET", "/api/search", {"q": "x", "type": "everything"}),
+        ("GET", "/api/chains/Not A Slug", {}),
+        ("PUT", "/api/projects/abc/upvote", {}),
+        ("PUT", "/api/projects/-4/upvote", {}),
+        ("PUT", "/api/projects/99999999999999999999/upvote", {}),
+    ],
+)
+def test_bad_input_is_a_clear_4xx(
+    client: TestClient, settings: Settings, method: str, path: str, params: dict[str, Any]
+) -> None:
+    response = client.request(method, path, params=params, headers=auth(settings, 3))
+    assert 400 <= response.status_code < 500, response.text
+    assert set(response.json()["error"]) == {"code", "message", "details"}
+
+
+def test_oversized_and_invalid_bodies_write_nothing(client: TestClient, settings: Settings, conn: Connection) -> None:
+    before = conn.execute("SELECT count(*) FROM messages").fetchone()
+    me = auth(settings, 3)
+    big = client.post("/api/messages", json={"recipient_id": 4, "body": "x" * 100_000}, headers=me)
+    assert big.status_code == 413
+    for body in ({"recipient_id": 3, "body": "me"}, {"recipient_id": 4, "body": ""}, {"recipient_id": 4},
+                 {"recipient_id": 4, "body": "hi", "extra": 1}, {"recipient_id": 10**30, "body": "hi"}):  # fmt: skip
+        response = client.post("/api/messages", json=body, headers=me)
+        assert response.status_code == 422, (body, response.text)
+    assert client.post("/api/messages", json={"recipient_id": 99999, "body": "hi"}, headers=me).status_code == 404
+    assert client.put("/api/projects/99999/upvote", headers=me).status_code == 404
+    assert conn.execute("SELECT count(*) FROM messages").fetchone() == before
+
+
+def test_writes_reach_every_read_model(client: TestClient, settings: Settings, conn: Connection) -> None:
+    me, other = auth(settings, 3), auth(settings, 4)
+    project = client.post("/api/projects", json={"title": "Brand new", "tags": ["new"]}, headers=me).json()["id"]
+    assert client.post(f"/api/projects/{project}/comments", json={"body": "first"}, headers=other).status_code == 201
+    assert client.post("/api/messages", json={"recipient_id": 3, "body": "hello"}, headers=other).status_code == 201
+    convo = client.get("/api/messages/conversations", headers=me).json()["items"][0]
+    assert convo["other_user_id"] == 4 and convo["last_message_preview"] == "hello" and convo["unread_count"] >= 1
+    assert client.post("/api/messages/read", json={"other_user_id": 4}, headers=me).json()["changed"] >= 1
+    dash = client.get("/api/users/dashboard", headers=me).json()
+    truth = conn.execute(
+        "SELECT project_count, comments_received, unread_messages FROM user_dashboard_stats_truth WHERE user_id = 3"
+    ).fetchone()
+    assert (dash["project_count"], dash["comments_received"], dash["unread_messages"]) == truth
+    slug = client.get("/api/chains").json()["items"][0]["slug"]
+    assert client.put(f"/api/chains/{slug}/membership", headers=me).status_code == 200
+    assert client.put(f"/api/chains/{slug}/membership", headers=me).json()["changed"] == 0
+    thread = client.post(f"/api/chains/{slug}/threads", json={"title": "Hello"}, headers=me).json()["id"]
+    assert client.post(f"/api/threads/{thread}/posts", json={"body": "reply"}, headers=other).status_code == 201
+    assert client.delete(f"/api/chains/{slug}/membership", headers=me).json()["changed"] == 1
