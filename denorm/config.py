@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     # The API (services/api).
     redis_timeout_ms: int = Field(default=50, ge=1, description="a slower Redis counts as down")
     redis_set_ttl_seconds: int = Field(default=3600, ge=60, description="how long a user's upvote set lives")
+    redis_breaker_failures: int = Field(default=3, ge=1, description="failures in a row that open the breaker")
+    redis_breaker_cooldown_ms: int = Field(default=5000, ge=1, description="how long an open breaker skips Redis")
     api_access_log: bool = Field(default=True, description="one JSON log line per request")
 
     # The refresher (services/refresher).

@@ -188,3 +188,14 @@ def small_dataset_url(admin_conn: AdminConnection, template_database: str) -> It
         yield url
     finally:
         drop_database(admin_conn, name)
+
+
+@pytest.fixture
+def seeded_url(database_url: str, conn: psycopg.Connection[TupleRow]) -> str:
+    """This test's database with the `tiny` dataset and every view refreshed."""
+    from denorm.seed import SCALES, seed
+    from tests.test_refresher import settle
+
+    seed(database_url, SCALES["tiny"], seed=21)
+    settle(conn, database_url)
+    return database_url

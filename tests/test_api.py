@@ -13,18 +13,9 @@ from fastapi.testclient import TestClient
 
 from denorm.auth import mint_token
 from denorm.config import Settings
-from denorm.seed import SCALES, seed
 from services.api.app import create_app
-from tests.test_refresher import settle
 
 Connection = psycopg.Connection[Any]
-
-
-@pytest.fixture
-def seeded_url(database_url: str, conn: Connection) -> str:
-    seed(database_url, SCALES["tiny"], seed=21)
-    settle(conn, database_url)
-    return database_url
 
 
 @pytest.fixture

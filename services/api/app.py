@@ -18,7 +18,7 @@ from denorm.cache import open_redis
 from denorm.config import Settings, get_settings
 from denorm.logs import get_logger
 from denorm.pg import open_pool
-from denorm.usercache import UserCache
+from denorm.usercache import Breaker, UserCache
 from services.api import errors
 from services.api.deps import Services
 from services.api.responses import JSONBytes
@@ -113,7 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             else write_pool
         )
         client = open_redis(settings.redis_url, settings.redis_timeout_ms / 1000)
-        cache = UserCache(client, settings.redis_key_prefix, ttl_seconds=settings.redis_set_ttl_seconds)
+        breaker = Breaker(settings.redis_breaker_failures, settings.redis_breaker_cooldown_ms / 1000)
+        cache = UserCache(client, settings.redis_key_prefix, settings.redis_set_ttl_seconds, breaker)
         app.state.services = Services(settings, write_pool, read_pool, cache)
         try:
             yield

@@ -1,0 +1,158 @@
+"""Redis is optional at run time: stopped, slow, flushed or never there, every route answers right."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from denorm.config import Settings
+from services.api.app import create_app
+from tests.test_api import auth, redis_set, upvote_rows
+
+Connection = psycopg.Connection[Any]
+ROUTES = ["/api/projects", "/api/leaderboard/projects", "/api/leaderboard/users", "/api/chains",
+          "/api/search?q=redis", "/api/users/dashboard", "/api/messages/conversations",
+          "/api/admin/refresh-status", "/readyz"]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, on its own port, that the test may stop and start."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is needed for the outage tests"
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def make_client(settings: Settings, redis_url: str) -> TestClient:
+    return TestClient(
+        create_app(
+            settings.model_copy(
+                update={
+                    "redis_url": redis_url,
+                    "api_access_log": False,
+                    "redis_breaker_cooldown_ms": 300,
+                    "redis_timeout_ms": 50,
+                }
+            )
+        )
+    )
+
+
+def upvoted_on_page(client: TestClient, headers: dict[str, str]) -> dict[int, bool]:
+    response = client.get("/api/projects", params={"limit": 50}, headers=headers)
+    assert response.status_code == 200, response.text
+    return {i["id"]: i["user_has_upvoted"] for i in response.json()["items"]}
+
+
+def test_every_route_answers_with_redis_stopped_and_recovers(
+    seeded_url: str, settings: Settings, conn: Connection, private_redis: PrivateRedis
+) -> None:
+    me = auth(settings, 3)
+    with make_client(settings, private_redis.url) as client:
+        expected = upvoted_on_page(client, me)  # loads the set while Redis is up
+        private_redis.stop()
+        for route in ROUTES:
+            response = client.get(route, headers=me)
+            assert response.status_code == 200, (route, response.text)
+        assert client.get("/readyz").json()["redis"].startswith("degraded")
+        assert upvoted_on_page(client, me) == expected
+        # A write while Redis is down reaches Postgres; the answer is right all the same.
+        pid = next(p for p, up in expected.items() if not up)
+        assert client.put(f"/api/projects/{pid}/upvote", headers=me).json()["upvoted"] is True
+        assert upvoted_on_page(client, me)[pid] is True
+        breaker = client.get("/metrics").text
+        assert 'denorm_api_redis_breaker_state{state="closed"} 0.0' in breaker
+        private_redis.start()  # empty: it kept nothing
+        time.sleep(0.4)  # past the breaker's cooldown
+        assert upvoted_on_page(client, me)[pid] is True
+        assert upvoted_on_page(client, me)[pid] is True
+        assert client.get("/readyz").json()["redis"] == "ok"
+        cached = redis_set(redis.Redis.from_url(private_redis.url), settings.redis_key_prefix, 3)
+        assert cached == upvote_rows(conn, 3)
+
+
+def test_a_slow_redis_counts_as_down_and_a_set_written_meanwhile_is_dropped(
+    seeded_url: str, settings: Settings, conn: Connection, private_redis: PrivateRedis
+) -> None:
+    me = auth(settings, 4)
+    direct = redis.Redis.from_url(private_redis.url)
+    with make_client(settings, private_redis.url) as client:
+        page = upvoted_on_page(client, me)
+        assert redis_set(direct, settings.redis_key_prefix, 4) == upvote_rows(conn, 4)
+        pid = next(p for p, up in page.items() if not up)
+        # Redis stalls for 1.5 s (it keeps its data): every call times out meanwhile.
+        sleeper = subprocess.Popen(["redis-cli", "-p", str(private_redis.port), "DEBUG", "SLEEP", "1.5"],
+                                   stdout=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(0.1)
+        started = time.perf_counter()
+        assert client.put(f"/api/projects/{pid}/upvote", headers=me).json()["upvoted"] is True
+        assert upvoted_on_page(client, me)[pid] is True
+        assert time.perf_counter() - started < 1.5  # the timeout, not Redis, bounded the wait
+        sleeper.wait()
+        time.sleep(0.4)
+        # Back: the set that missed a write-through is dropped, then reloaded from Postgres.
+        assert upvoted_on_page(client, me)[pid] is True
+        assert upvoted_on_page(client, me)[pid] is True
+        assert redis_set(direct, settings.redis_key_prefix, 4) == upvote_rows(conn, 4)
+    direct.close()
+
+
+def test_no_redis_at_all(seeded_url: str, settings: Settings, conn: Connection) -> None:
+    me = auth(settings, 5)
+    with make_client(settings, f"redis://127.0.0.1:{free_port()}/0") as client:
+        for route in ROUTES:
+            assert client.get(route, headers=me).status_code == 200, route
+        page = upvoted_on_page(client, me)
+        assert {p for p, up in page.items() if up} == upvote_rows(conn, 5) & set(page)
