@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from denorm.cache import open_redis
@@ -21,6 +21,7 @@ from denorm.pg import open_pool
 from denorm.usercache import Breaker, UserCache
 from services.api import errors
 from services.api.deps import Services
+from services.api.models import Health, Readiness
 from services.api.responses import JSONBytes
 from services.api.routes import projects, reads, social
 
@@ -143,12 +144,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry.register(CacheCollector(app))
     app.add_middleware(Observe, histogram=histogram, access_log=settings.api_access_log)
 
-    @app.get("/healthz", tags=["operations"])
-    async def healthz() -> dict[str, str]:
+    @app.get("/healthz", tags=["operations"], response_model=Health, response_class=JSONBytes)
+    async def healthz() -> JSONBytes:
         """Liveness: the process answers."""
-        return {"status": "ok"}
+        return JSONBytes({"status": "ok"})
 
-    @app.get("/readyz", tags=["operations"], responses={503: {"description": "Postgres unreachable or not migrated"}})
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        response_model=Readiness,
+        response_class=JSONBytes,
+        responses={503: {"model": Readiness, "description": "Postgres unreachable or not migrated"}},
+    )
     async def readyz() -> JSONBytes:
         """Readiness: Postgres reachable and migrated; Redis reported, never fatal."""
         svc: Services = app.state.services
@@ -172,10 +179,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body["status"] = "ready" if status == 200 else "not ready"
         return JSONBytes(body, status_code=status)
 
-    @app.get("/metrics", tags=["operations"], response_class=Response)
-    async def metrics() -> Response:
-        """Prometheus metrics."""
-        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        """Prometheus metrics, in the text exposition format."""
+        return PlainTextResponse(generate_latest(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app.include_router(projects.router)
     app.include_router(reads.router)

@@ -27,8 +27,8 @@ def as_api_error(exc: psycopg.Error) -> ApiError | None:
         return ApiError(409, "conflict", "that already exists")
     if isinstance(exc, errors.CheckViolation | errors.NotNullViolation | errors.StringDataRightTruncation):
         return ApiError(422, "invalid_input", "the values break a rule of the data model")
-    if isinstance(exc, errors.NumericValueOutOfRange):
-        return ApiError(422, "invalid_input", "a number is out of range")
+    if isinstance(exc, errors.DataError):  # a NUL in text, a number out of range, ...
+        return ApiError(422, "invalid_input", "a value cannot be stored as given")
     return None
 
 

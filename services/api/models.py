@@ -223,3 +223,15 @@ class ViewStatus(BaseModel):
 
 class RefreshStatus(BaseModel):
     views: list[ViewStatus]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    postgres: str
+    schema_: str = Field(alias="schema")
+    redis: str
+    redis_breaker: Literal["closed", "half_open", "open"]
