@@ -1,0 +1,163 @@
+"""Each seed route's naive query (joins and aggregates over the source tables, the seed's "before")
+against the read-model query the route issues (db/queries/api.sql), side by side, at the database.
+
+Each query runs --runs times after one warm-up (random user ids where a route has one); the table
+shows median milliseconds and the ratio. The dashboard also gets throughput (queries per second on
+one connection over --seconds), since its naive form is already fast.
+
+    python -m bench.api_queries [--scale standard] [--runs 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from bench.scratch import scratch_database
+from db import SQL_DIR
+from denorm.config import Settings
+from denorm.logs import configure_logging
+from denorm.seed import SCALES, seed
+from denorm.sqlfile import load_queries
+from services.refresher.worker import Refresher
+
+MAX_ID = 2**63 - 1
+
+NAIVE: dict[str, str] = {
+    "feed_trending": """
+        SELECT p.id, p.owner_id, u.username, p.title, p.tagline, p.tags, coalesce(v.n, 0), coalesce(c.n, 0),
+               log(greatest(coalesce(v.n, 0), 1)) + (date_part('epoch', p.created_at) - 1134028003) / 45000.0 AS hot
+        FROM projects p JOIN users u ON u.id = p.owner_id
+        LEFT JOIN (SELECT project_id, count(*) AS n FROM project_upvotes GROUP BY project_id) v ON v.project_id = p.id
+        LEFT JOIN (SELECT project_id, count(*) AS n FROM project_comments GROUP BY project_id) c ON c.project_id = p.id
+        ORDER BY hot DESC, p.id DESC LIMIT 20""",
+    "feed_top_rated": """
+        SELECT p.id, u.username, p.title, coalesce(v.n, 0) AS up, coalesce(c.n, 0) AS co
+        FROM projects p JOIN users u ON u.id = p.owner_id
+        LEFT JOIN (SELECT project_id, count(*) AS n FROM project_upvotes GROUP BY project_id) v ON v.project_id = p.id
+        LEFT JOIN (SELECT project_id, count(*) AS n FROM project_comments GROUP BY project_id) c ON c.project_id = p.id
+        ORDER BY proof_score(coalesce(v.n, 0), coalesce(c.n, 0)) DESC, p.id DESC LIMIT 20""",
+    "feed_newest": """
+        SELECT p.id, u.username, p.title,
+               (SELECT count(*) FROM project_upvotes v WHERE v.project_id = p.id),
+               (SELECT count(*) FROM project_comments c WHERE c.project_id = p.id)
+        FROM projects p JOIN users u ON u.id = p.owner_id
+        ORDER BY p.created_at DESC, p.id DESC LIMIT 20""",
+    "leaderboard_projects": """
+        SELECT p.id, p.title, u.username, count(*) AS n
+        FROM project_upvotes v JOIN projects p ON p.id = v.project_id JOIN users u ON u.id = p.owner_id
+        GROUP BY p.id, p.title, u.username ORDER BY n DESC, p.id DESC LIMIT 50""",
+    "leaderboard_users": """
+        SELECT u.id, u.username, count(*) AS n
+        FROM project_upvotes v JOIN projects p ON p.id = v.project_id JOIN users u ON u.id = p.owner_id
+        GROUP BY u.id, u.username ORDER BY n DESC, u.id DESC LIMIT 50""",
+    "chains": """
+        SELECT c.id, c.slug, c.name, u.username,
+               (SELECT count(*) FROM chain_projects cp WHERE cp.chain_id = c.id),
+               (SELECT count(*) FROM chain_members cm WHERE cm.chain_id = c.id) AS members,
+               (SELECT count(*) FROM forum_threads t WHERE t.chain_id = c.id)
+        FROM chains c JOIN users u ON u.id = c.owner_id
+        ORDER BY members DESC, c.id DESC LIMIT 20""",
+    "chain_page": """
+        SELECT p.id, p.title, count(v.user_id) AS n
+        FROM chains c JOIN chain_projects cp ON cp.chain_id = c.id JOIN projects p ON p.id = cp.project_id
+        LEFT JOIN project_upvotes v ON v.project_id = p.id
+        WHERE c.slug = %(slug)s GROUP BY p.id, p.title ORDER BY n DESC LIMIT 20""",
+    "dashboard": """
+        SELECT (SELECT count(*) FROM projects WHERE owner_id = %(user_id)s),
+               (SELECT count(*) FROM project_upvotes v JOIN projects p ON p.id = v.project_id
+                WHERE p.owner_id = %(user_id)s),
+               (SELECT count(*) FROM project_comments c JOIN projects p ON p.id = c.project_id
+                WHERE p.owner_id = %(user_id)s),
+               (SELECT count(*) FROM project_upvotes WHERE user_id = %(user_id)s),
+               (SELECT count(*) FROM messages WHERE recipient_id = %(user_id)s AND read_at IS NULL),
+               (SELECT count(*) FROM intro_requests WHERE target_id = %(user_id)s AND status = 'pending'),
+               (SELECT count(*) FROM chain_members WHERE user_id = %(user_id)s)""",
+    "conversations": """
+        SELECT other, count(*), max(created_at)
+        FROM (SELECT recipient_id AS other, created_at FROM messages WHERE sender_id = %(user_id)s
+              UNION ALL
+              SELECT sender_id, created_at FROM messages WHERE recipient_id = %(user_id)s) m
+        GROUP BY other ORDER BY max(created_at) DESC LIMIT 50""",
+    "search": """
+        SELECT 'project', id, title FROM projects
+        WHERE title ILIKE '%%' || %(q)s || '%%' OR tagline ILIKE '%%' || %(q)s || '%%'
+              OR description ILIKE '%%' || %(q)s || '%%'
+        UNION ALL SELECT 'user', id, display_name FROM users
+        WHERE username ILIKE '%%' || %(q)s || '%%' OR display_name ILIKE '%%' || %(q)s || '%%'
+        UNION ALL SELECT 'chain', id, name FROM chains WHERE name ILIKE '%%' || %(q)s || '%%'
+        LIMIT 20""",
+}
+
+
+def params_for(name: str, rng: random.Random, users: int, slug: str) -> dict[str, Any]:
+    user = rng.randint(1, users)
+    return {
+        "after_score": float("inf"), "after_id": MAX_ID, "after_time": datetime.max.replace(tzinfo=UTC),
+        "limit": 50 if "leaderboard" in name or name == "conversations" else 20, "offset": 0,
+        "after_members": MAX_ID, "slug": slug, "user_id": user, "q": rng.choice(["redis", "postgres", "kafka"]),
+        "doc_type": None,
+    }  # fmt: skip
+
+
+def median_ms(conn: psycopg.Connection[Any], query: str, name: str, runs: int, users: int, slug: str) -> float:
+    rng = random.Random(name)
+    conn.execute(query.encode(), params_for(name, rng, users, slug)).fetchall()  # warm up
+    times = []
+    for _ in range(runs):
+        p = params_for(name, rng, users, slug)
+        started = time.perf_counter()
+        conn.execute(query.encode(), p).fetchall()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def throughput(conn: psycopg.Connection[Any], query: str, seconds: float, users: int) -> float:
+    rng = random.Random(1)
+    done = 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        conn.execute(query.encode(), {"user_id": rng.randint(1, users)}).fetchall()
+        done += 1
+    return done / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=list(SCALES), default="standard")
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    configure_logging("WARNING")
+    scale = SCALES[args.scale]
+    api = load_queries(SQL_DIR / "queries" / "api.sql")
+    with scratch_database("bench_api") as url:
+        seed(url, scale)
+        with psycopg.connect(url, autocommit=True) as conn:
+            Refresher(Settings(database_url=url, refresher_debounce_ms=0, refresher_metrics_port=0)).drain(conn)
+            conn.execute("VACUUM ANALYZE")
+            slug_row = conn.execute("SELECT slug FROM mv_chain_directory ORDER BY member_count DESC LIMIT 1").fetchone()
+            slug = str(slug_row[0]) if slug_row else ""
+            print(f"dataset={args.scale} ({scale.projects:,} projects, {scale.upvotes:,} upvotes, "
+                  f"{scale.messages:,} messages); median of {args.runs} runs, one connection")  # fmt: skip
+            print(f"{'route query':<22}{'naive ms':>10}{'read model ms':>15}{'ratio':>10}")
+            for name, naive in NAIVE.items():
+                slow = median_ms(conn, naive, name, max(3, args.runs // 3), scale.users, slug)
+                fast = median_ms(conn, api[name], name, args.runs, scale.users, slug)
+                print(f"{name:<22}{slow:>10.3f}{fast:>15.3f}{slow / fast:>9.0f}x")
+            naive_qps = throughput(conn, NAIVE["dashboard"], args.seconds, scale.users)
+            fast_qps = throughput(conn, api["dashboard"], args.seconds, scale.users)
+            print(
+                f"dashboard throughput, one connection, random users: naive {naive_qps:,.0f}/s, "
+                f"read model {fast_qps:,.0f}/s, ratio {fast_qps / naive_qps:.1f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
