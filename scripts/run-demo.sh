@@ -18,7 +18,10 @@ cat <<MSG
   denorm demo on the tiny dataset ($DATABASE_URL)
     API docs:   http://$HOST:$PORT/docs
     health:     http://$HOST:$PORT/healthz   readiness: http://$HOST:$PORT/readyz
-    a token:    $BIN/denorm token --user 1
+    the feed:   curl 'http://$HOST:$PORT/api/projects?sort=trending&limit=5'
+    search:     curl 'http://$HOST:$PORT/api/search?q=reddis+cache'
+    signed in:  curl -H "Authorization: Bearer \$($BIN/denorm token --user 1)" http://$HOST:$PORT/api/users/dashboard
+    refreshes:  http://$HOST:$PORT/api/admin/refresh-status   (refresher metrics on :9101/metrics)
   Ctrl-C stops the API and the refresher.
 
 MSG
