@@ -17,15 +17,13 @@ LARGE_ROWS = 2_000  # a table past this size must never be read whole by an API 
 MAX_ID = 2**63 - 1
 
 PARAMS: dict[str, dict[str, Any]] = {
-    "feed_trending": {"after_score": float("inf"), "after_id": MAX_ID, "limit": 20},
-    "feed_top_rated": {"after_score": float("inf"), "after_id": MAX_ID, "limit": 20},
-    "feed_newest": {"after_time": datetime.max.replace(tzinfo=UTC), "after_id": MAX_ID, "limit": 20},
+    "feed_trending": {"after_score": float("inf"), "after_id": MAX_ID, "limit": 20, "offset": 0},
+    "feed_top_rated": {"after_score": float("inf"), "after_id": MAX_ID, "limit": 20, "offset": 0},
+    "feed_newest": {"after_time": datetime.max.replace(tzinfo=UTC), "after_id": MAX_ID, "limit": 20, "offset": 0},
     "leaderboard_projects": {"offset": 0, "limit": 50},
     "leaderboard_users": {"offset": 0, "limit": 50},
     "chains": {"after_members": MAX_ID, "after_id": MAX_ID, "limit": 20},
-    "chain_by_slug": {"slug": "chain-1-postgres"},
-    "chain_projects": {"chain_id": 1, "limit": 20},
-    "chain_threads": {"chain_id": 1, "limit": 20},
+    "chain_page": {"slug": "chain-1-postgres", "limit": 20},
     "trending_tags": {"limit": 20},
     "dashboard": {"user_id": 1},
     "conversations": {"user_id": 1, "limit": 50},

@@ -55,7 +55,7 @@ def searchable(admin_conn: Connection, template_database: str) -> Any:
 def test_projects_are_found_despite_typos(searchable: Connection, query: str, must_contain: list[str]) -> None:
     hits = search(searchable, query, "project")
     assert len(hits) == 10
-    for _type, _id, title, _subtitle, _slug, _corrected, _score in hits:
+    for _type, _id, title, _subtitle, _slug, _corrected, _score, _as_of in hits:
         assert all(word in title.lower() for word in must_contain), (query, title)
 
 

@@ -484,7 +484,8 @@ BEGIN
     -- project counters
     SELECT coalesce(array_agg(id), '{}') INTO ids FROM (
         SELECT p.id FROM projects p
-        WHERE p.id IN (SELECT DISTINCT project_id FROM project_counter_deltas LIMIT max_keys)
+        -- DISTINCT in index order with a LIMIT stops early: a huge backlog is not read whole per call.
+        WHERE p.id IN (SELECT DISTINCT project_id FROM project_counter_deltas ORDER BY project_id LIMIT max_keys)
         ORDER BY p.id FOR KEY SHARE SKIP LOCKED) s;
     WITH moved AS (
         DELETE FROM project_counter_deltas d USING unnest(ids) k(id) WHERE d.project_id = k.id
@@ -515,7 +516,7 @@ BEGIN
     -- user stats
     SELECT coalesce(array_agg(id), '{}') INTO ids FROM (
         SELECT u.id FROM users u
-        WHERE u.id IN (SELECT DISTINCT user_id FROM user_stat_deltas LIMIT max_keys)
+        WHERE u.id IN (SELECT DISTINCT user_id FROM user_stat_deltas ORDER BY user_id LIMIT max_keys)
         ORDER BY u.id FOR KEY SHARE SKIP LOCKED) s;
     WITH moved AS (
         DELETE FROM user_stat_deltas d USING unnest(ids) k(id) WHERE d.user_id = k.id
@@ -553,7 +554,8 @@ BEGIN
     -- conversations: both directions of a pair fold together, and only when both users are locked.
     SELECT coalesce(array_agg(a), '{}'), coalesce(array_agg(b), '{}') INTO ca, cb FROM (
         SELECT DISTINCT least(user_id, other_user_id) AS a, greatest(user_id, other_user_id) AS b
-        FROM conversation_deltas LIMIT max_keys) c;
+        FROM (SELECT DISTINCT user_id, other_user_id FROM conversation_deltas
+              ORDER BY user_id, other_user_id LIMIT max_keys) k) c;
     SELECT coalesce(array_agg(id), '{}') INTO ids FROM (
         SELECT u.id FROM users u
         WHERE u.id IN (SELECT unnest(ca) UNION SELECT unnest(cb))

@@ -296,6 +296,14 @@ RETURN (SELECT CASE WHEN q.view_name = 'mv_feed_projects' THEN coalesce(q.last_r
                     ELSE now() END
         FROM mv_refresh_queue q WHERE q.view_name = name);
 
+-- A rebuilt feed asks for the views that read it, as a fold does.
+CREATE OR REPLACE FUNCTION rebuild_feed() RETURNS void
+LANGUAGE sql AS $$
+    TRUNCATE mv_feed_projects;
+    INSERT INTO mv_feed_projects SELECT * FROM mv_feed_projects_truth;
+    INSERT INTO mv_refresh_requests (source_table) VALUES ('mv_feed_projects');
+$$;
+
 -- The fold asks for the views that read the feed whenever it changed feed rows.
 CREATE OR REPLACE FUNCTION rm_projects_folded(ids bigint[]) RETURNS void
 LANGUAGE plpgsql AS $$
