@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,18 +16,13 @@ from fastapi.testclient import TestClient
 
 from denorm.config import Settings
 from services.api.app import create_app
+from tests.support import free_port
 from tests.test_api import auth, redis_set, upvote_rows
 
 Connection = psycopg.Connection[Any]
 ROUTES = ["/api/projects", "/api/leaderboard/projects", "/api/leaderboard/users", "/api/chains",
           "/api/search?q=redis", "/api/users/dashboard", "/api/messages/conversations",
           "/api/admin/refresh-status", "/readyz"]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PrivateRedis:

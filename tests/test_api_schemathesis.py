@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import urllib.request
@@ -19,16 +18,10 @@ from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET
 from denorm.seed import SCALES, seed
 from tests.conftest import AdminConnection, create_database, database_url_for, drop_database, unique_name
-from tests.support import DENORM, cli_env
+from tests.support import DENORM, cli_env, free_port
 from tests.test_refresher import settle
 
 USER = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

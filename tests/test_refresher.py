@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -17,7 +16,7 @@ import pytest
 from denorm.config import Settings
 from denorm.seed import SCALES, fold_all, seed
 from services.refresher.worker import REFRESHABLE, Refresher
-from tests.support import DENORM, cli_env
+from tests.support import DENORM, cli_env, free_port
 from tests.workload import random_program, reset, run_concurrently
 
 Connection = psycopg.Connection[Any]
@@ -195,12 +194,6 @@ def test_the_fold_keeps_the_feed(seeded: Connection, database_url: str) -> None:
         " UNION ALL (TABLE mv_feed_projects_truth EXCEPT TABLE mv_feed_projects)) d"
     ).fetchone()
     assert diff == (0,)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_the_service_refreshes_serves_metrics_and_stops_on_sigterm(database_url: str, conn: Connection) -> None:
