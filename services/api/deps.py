@@ -25,7 +25,7 @@ class Services:
     cache: UserCache
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc
 
@@ -40,7 +40,7 @@ def _bearer(request: Request) -> str | None:
     return token.strip()
 
 
-def optional_user(request: Request, svc: Annotated[Services, Depends(services)]) -> int | None:
+async def optional_user(request: Request, svc: Annotated[Services, Depends(services)]) -> int | None:
     token = _bearer(request)
     if token is None:
         return None
@@ -50,7 +50,7 @@ def optional_user(request: Request, svc: Annotated[Services, Depends(services)])
         raise ApiError(401, "unauthorized", f"invalid token: {exc}") from exc
 
 
-def current_user(user: Annotated[int | None, Depends(optional_user)]) -> int:
+async def current_user(user: Annotated[int | None, Depends(optional_user)]) -> int:
     if user is None:
         raise ApiError(401, "unauthorized", "this route needs a bearer token")
     return user
