@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -52,6 +53,17 @@ def create_database(admin: AdminConnection, dbname: str, template: str = "templa
 
 def drop_database(admin: AdminConnection, dbname: str) -> None:
     admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
+@contextmanager
+def scratch_database(admin: AdminConnection, kind: str, template: str = "template0") -> Iterator[str]:
+    """A new database copied from ``template``, for the length of the ``with``; its URL."""
+    name = unique_name(kind)
+    create_database(admin, name, template=template)
+    try:
+        yield database_url_for(name)
+    finally:
+        drop_database(admin, name)
 
 
 @pytest.fixture(scope="session")
@@ -94,23 +106,15 @@ def template_database(admin_conn: AdminConnection) -> Iterator[str]:
 @pytest.fixture
 def database_url(admin_conn: AdminConnection, template_database: str) -> Iterator[str]:
     """A fresh, fully migrated database for this test only."""
-    name = unique_name("test")
-    create_database(admin_conn, name, template=template_database)
-    try:
-        yield database_url_for(name)
-    finally:
-        drop_database(admin_conn, name)
+    with scratch_database(admin_conn, "test", template_database) as url:
+        yield url
 
 
 @pytest.fixture
 def empty_database_url(admin_conn: AdminConnection) -> Iterator[str]:
     """A fresh database with nothing in it, not even schema_migrations."""
-    name = unique_name("test")
-    create_database(admin_conn, name)
-    try:
-        yield database_url_for(name)
-    finally:
-        drop_database(admin_conn, name)
+    with scratch_database(admin_conn, "test") as url:
+        yield url
 
 
 @pytest.fixture
@@ -178,16 +182,11 @@ def small_dataset_url(admin_conn: AdminConnection, template_database: str) -> It
     from denorm.seed import SCALES, seed
     from tests.test_refresher import settle
 
-    name = unique_name("small")
-    create_database(admin_conn, name, template=template_database)
-    url = database_url_for(name)
-    try:
+    with scratch_database(admin_conn, "small", template_database) as url:
         seed(url, SCALES["small"], seed=8)
         with psycopg.connect(url, autocommit=True) as conn:
             settle(conn, url)
         yield url
-    finally:
-        drop_database(admin_conn, name)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
@@ -17,7 +18,7 @@ from schemathesis import checks
 from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET
 from denorm.seed import SCALES, seed
-from tests.conftest import AdminConnection, create_database, database_url_for, drop_database, unique_name
+from tests.conftest import TEST_REDIS_URL, AdminConnection, scratch_database
 from tests.support import DENORM, cli_env, free_port
 from tests.test_refresher import settle
 
@@ -26,29 +27,31 @@ USER = 3
 
 @pytest.fixture(scope="module")
 def api_url(admin_conn: AdminConnection, template_database: str) -> Iterator[str]:
-    name = unique_name("fuzz")
-    create_database(admin_conn, name, template=template_database)
-    url = database_url_for(name)
-    seed(url, SCALES["tiny"], seed=13)
-    with psycopg.connect(url, autocommit=True) as conn:
-        settle(conn, url)
-    port = free_port()
-    env = cli_env(DATABASE_URL=url, JWT_SECRET=DEV_JWT_SECRET, API_ACCESS_LOG="false", REDIS_KEY_PREFIX=f"{name}:")
-    proc = subprocess.Popen([*DENORM, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        drop_database(admin_conn, name)
+    with scratch_database(admin_conn, "fuzz", template_database) as url:
+        seed(url, SCALES["tiny"], seed=13)
+        with psycopg.connect(url, autocommit=True) as conn:
+            settle(conn, url)
+        port = free_port()
+        prefix = f"fuzz-{port}:"
+        env = cli_env(DATABASE_URL=url, JWT_SECRET=DEV_JWT_SECRET, API_ACCESS_LOG="false", REDIS_KEY_PREFIX=prefix)
+        proc = subprocess.Popen([*DENORM, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(100):
+                try:
+                    urllib.request.urlopen(f"{base}/healthz", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            yield base
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+            client = redis.Redis.from_url(TEST_REDIS_URL)
+            for key in client.scan_iter(match=f"{prefix}*"):
+                client.delete(key)
+            client.close()
 
 
 def test_no_server_error_and_no_answer_outside_the_schema(api_url: str) -> None:

@@ -10,6 +10,7 @@ import pytest
 from db import SQL_DIR
 from denorm.seed import SCALES, seed
 from denorm.sqlfile import load_queries
+from tests.conftest import scratch_database
 from tests.test_refresher import settle
 
 Connection = psycopg.Connection[Any]
@@ -23,12 +24,7 @@ def search(conn: Connection, q: str, doc_type: str | None = None, limit: int = 1
 @pytest.fixture(scope="module")
 def searchable(admin_conn: Connection, template_database: str) -> Any:
     # One seeded database for the module: searching does not write.
-    from tests.conftest import create_database, database_url_for, drop_database, unique_name
-
-    name = unique_name("search")
-    create_database(admin_conn, name, template=template_database)
-    url = database_url_for(name)
-    try:
+    with scratch_database(admin_conn, "search", template_database) as url:
         seed(url, SCALES["small"], seed=5)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(
@@ -38,8 +34,6 @@ def searchable(admin_conn: Connection, template_database: str) -> Any:
             )
             settle(conn, url)
             yield conn
-    finally:
-        drop_database(admin_conn, name)
 
 
 @pytest.mark.parametrize(

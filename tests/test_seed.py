@@ -10,7 +10,7 @@ import pytest
 from psycopg import sql
 
 from denorm.seed import SCALES, SOURCE_TABLES, STANDARD, Scale, Step, seed
-from tests.conftest import AdminConnection, create_database, database_url_for, drop_database, unique_name
+from tests.conftest import AdminConnection, scratch_database
 
 SMALLISH = STANDARD.times(1 / 100)  # 1k users, 2k projects, 20k upvotes: fast, yet skew shows
 
@@ -29,12 +29,8 @@ def digest(url: str) -> dict[str, str]:
 
 @pytest.fixture
 def other_database_url(admin_conn: AdminConnection, template_database: str) -> Iterator[str]:
-    name = unique_name("test")
-    create_database(admin_conn, name, template=template_database)
-    try:
-        yield database_url_for(name)
-    finally:
-        drop_database(admin_conn, name)
+    with scratch_database(admin_conn, "test", template_database) as url:
+        yield url
 
 
 def test_same_seed_same_rows_other_seed_other_rows(database_url: str, other_database_url: str) -> None:
