@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     refresher_max_staleness_ms: int = Field(default=5000, ge=0, description="alert bound on a view's staleness")
     refresher_poll_ms: int = Field(default=200, ge=10, description="polling interval when no NOTIFY arrives")
     refresher_fold_ms: int = Field(default=500, ge=10, description="interval between folds of the delta ledgers")
+    refresher_refresh_loops: int = Field(default=2, ge=1, le=16, description="views refreshed at once")
     refresher_statement_timeout_ms: int = Field(default=120_000, ge=1)
     refresher_lock_timeout_ms: int = Field(default=5_000, ge=1)
     refresher_retry_base_ms: int = Field(default=1_000, ge=1)

@@ -75,16 +75,27 @@ class Refresher:
         self._wake.set()
 
     def run(self) -> None:
-        """Run both loops until stop(); returns once they have finished their current work."""
+        """Run the loops until stop(); returns once they have finished their current work.
+
+        REFRESHER_REFRESH_LOOPS refresh loops run side by side (the claims keep them off each
+        other's views), so one long refresh, such as search, does not hold the others past their
+        staleness bound.
+        """
         folder = threading.Thread(target=self._fold_loop, name="folder", daemon=True)
         listener = threading.Thread(target=self._listen_loop, name="listener", daemon=True)
-        folder.start()
-        listener.start()
-        log.info("refresher started", worker=self.worker)
+        extra = [
+            threading.Thread(target=self._refresh_loop, name=f"refresh-{i}", daemon=True)
+            for i in range(1, self.settings.refresher_refresh_loops)
+        ]
+        for thread in (folder, listener, *extra):
+            thread.start()
+        log.info("refresher started", worker=self.worker, refresh_loops=1 + len(extra))
         try:
             self._refresh_loop()
         finally:
             self.stop()
+            for thread in extra:
+                thread.join(timeout=self.settings.refresher_statement_timeout_ms / 1000)
             folder.join(timeout=60)
             listener.join(timeout=5)
             log.info("refresher stopped", worker=self.worker)
