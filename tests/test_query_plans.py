@@ -31,6 +31,8 @@ PARAMS: dict[str, dict[str, Any]] = {
     "user_upvotes": {"user_id": 1},
     "project_counts": {"project_id": 1},
     "search": {"q": "reddis cache", "doc_type": "project", "limit": 20},
+    # A rare word across every type: the GIN index, not a scan of every document.
+    "search:all": {"q": "lovelase", "doc_type": None, "limit": 20},
     "refresh_status": {},
 }
 
@@ -46,15 +48,16 @@ def seq_scans(plan: dict[str, Any]) -> list[tuple[str, float]]:
 
 
 def test_every_api_query_has_parameters_here() -> None:
-    assert set(PARAMS) == set(QUERIES)
+    assert {name.split(":")[0] for name in PARAMS} == set(QUERIES)
 
 
-@pytest.mark.parametrize("name", sorted(QUERIES))
+@pytest.mark.parametrize("name", sorted(PARAMS))
 def test_no_sequential_scan_of_a_large_table(small_dataset_url: str, name: str) -> None:
     with psycopg.connect(small_dataset_url) as conn:
         rels = conn.execute("SELECT relname, reltuples FROM pg_class WHERE relkind IN ('r', 'm')").fetchall()
         sizes: dict[str, float] = {str(r[0]): float(r[1]) for r in rels}
-        row = conn.execute(b"EXPLAIN (FORMAT JSON) " + QUERIES[name].encode(), PARAMS[name]).fetchone()
+        query = QUERIES[name.split(":")[0]]
+        row = conn.execute(b"EXPLAIN (FORMAT JSON) " + query.encode(), PARAMS[name]).fetchone()
         assert row is not None
         plan = row[0] if isinstance(row[0], list) else json.loads(row[0])
         large = [

@@ -121,6 +121,7 @@ SELECT project_id, upvote_count, comment_count FROM project_counters WHERE proje
 -- name: search
 -- Full text over the search documents after correcting each query word to the closest word of the
 -- documents' vocabulary (trigram distance), so "postgress" finds Postgres and "reddis" Redis.
+-- The query is a scalar subquery (an InitPlan), so the GIN index can use it.
 WITH tokens AS (
     SELECT t, ord FROM regexp_split_to_table(lower(%(q)s), '[^[:alnum:]]+') WITH ORDINALITY AS x(t, ord)
     WHERE t <> ''
@@ -131,24 +132,24 @@ WITH tokens AS (
         (SELECT w.word FROM mv_search_words w WHERE w.word %% tokens.t ORDER BY w.word <-> tokens.t LIMIT 1),
         tokens.t) AS word
     FROM tokens
-), query AS (
-    SELECT plainto_tsquery('english', string_agg(word, ' ' ORDER BY ord)) AS q,
-           string_agg(word, ' ' ORDER BY ord) AS corrected
-    FROM fixed
+), corrected AS MATERIALIZED (
+    SELECT string_agg(word, ' ' ORDER BY ord) AS text FROM fixed
 )
-SELECT hit.doc_type, hit.doc_id, hit.title, hit.subtitle, hit.slug, hit.corrected,
-       hit.relevance + ln(1 + coalesce(c.upvote_count, 0)) / 100 AS score, view_as_of('mv_search_documents')
+SELECT hit.doc_type, hit.doc_id, hit.title, hit.subtitle, hit.slug, (SELECT text FROM corrected),
+       hit.relevance + ln(1 + coalesce(
+           (SELECT c.upvote_count FROM project_counters_base c
+            WHERE hit.doc_type = 'project' AND c.project_id = hit.doc_id), 0)) / 100 AS score,
+       view_as_of('mv_search_documents')
 FROM (
     -- The 200 most relevant documents; popularity then breaks near-ties among them.
-    SELECT d.doc_type, d.doc_id, d.title, d.subtitle, d.slug, query.corrected,
-           ts_rank_cd(d.document, query.q, 32) AS relevance
-    FROM mv_search_documents d, query
-    WHERE d.document @@ query.q
+    SELECT d.doc_type, d.doc_id, d.title, d.subtitle, d.slug,
+           ts_rank_cd(d.document, (SELECT plainto_tsquery('english', text) FROM corrected), 32) AS relevance
+    FROM mv_search_documents d
+    WHERE d.document @@ (SELECT plainto_tsquery('english', text) FROM corrected)
       AND (%(doc_type)s::text IS NULL OR d.doc_type = %(doc_type)s::text)
     ORDER BY relevance DESC
     LIMIT 200
 ) hit
-LEFT JOIN project_counters_base c ON hit.doc_type = 'project' AND c.project_id = hit.doc_id
 ORDER BY score DESC, hit.doc_type, hit.doc_id
 LIMIT %(limit)s
 
