@@ -234,6 +234,26 @@ SELECT user_id, sent_pending, sent_accepted, sent_declined,
        received_pending, received_accepted, received_declined, updated_at
 FROM user_stats;
 
+-- The latest message between two users, either way round: two probes of messages_pair_idx. One
+-- SQL SELECT, so the planner inlines it into the view and the fold that call it.
+CREATE FUNCTION latest_message(a bigint, b bigint, wanted boolean DEFAULT true)
+RETURNS TABLE (id bigint, created_at timestamptz, body text, sender_id bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT m.id, m.created_at, m.body, m.sender_id
+    FROM (
+        (SELECT id, created_at, body, sender_id FROM messages
+         WHERE sender_id = a AND recipient_id = b
+         ORDER BY created_at DESC, id DESC LIMIT 1)
+        UNION ALL
+        (SELECT id, created_at, body, sender_id FROM messages
+         WHERE sender_id = b AND recipient_id = a
+         ORDER BY created_at DESC, id DESC LIMIT 1)
+    ) m
+    WHERE wanted
+    ORDER BY m.created_at DESC, m.id DESC
+    LIMIT 1
+$$;
+
 CREATE VIEW message_conversations_denorm AS
 SELECT k.user_id,
        k.other_user_id,
@@ -253,20 +273,8 @@ LEFT JOIN LATERAL (
     SELECT count(*) AS n, sum(x.messages)::bigint AS messages, sum(x.unread)::bigint AS unread
     FROM conversation_deltas x WHERE x.user_id = k.user_id AND x.other_user_id = k.other_user_id
 ) d ON true
-LEFT JOIN LATERAL (
-    SELECT m.id, m.created_at, m.body, m.sender_id
-    FROM (
-        (SELECT id, created_at, body, sender_id FROM messages
-         WHERE sender_id = k.user_id AND recipient_id = k.other_user_id
-         ORDER BY created_at DESC, id DESC LIMIT 1)
-        UNION ALL
-        (SELECT id, created_at, body, sender_id FROM messages
-         WHERE sender_id = k.other_user_id AND recipient_id = k.user_id
-         ORDER BY created_at DESC, id DESC LIMIT 1)
-    ) m
-    WHERE d.n > 0
-    ORDER BY m.created_at DESC, m.id DESC LIMIT 1
-) l ON true
+-- Only a pair with pending deltas needs the live probe (`wanted` becomes a one-time filter).
+LEFT JOIN LATERAL latest_message(k.user_id, k.other_user_id, d.n > 0) l ON true
 WHERE coalesce(b.message_count, 0) + coalesce(d.messages, 0) > 0;
 
 -- ---------------------------------------------------------------------------------------------
@@ -580,19 +588,7 @@ BEGIN
                                                 last_sender_id)
         SELECT a.user_id, a.other_user_id, a.m, a.u, l.id, l.created_at, left(l.body, 120), l.sender_id
         FROM agg a
-        LEFT JOIN LATERAL (
-            SELECT x.id, x.created_at, x.body, x.sender_id
-            FROM (
-                (SELECT id, created_at, body, sender_id FROM messages
-                 WHERE sender_id = a.user_id AND recipient_id = a.other_user_id
-                 ORDER BY created_at DESC, id DESC LIMIT 1)
-                UNION ALL
-                (SELECT id, created_at, body, sender_id FROM messages
-                 WHERE sender_id = a.other_user_id AND recipient_id = a.user_id
-                 ORDER BY created_at DESC, id DESC LIMIT 1)
-            ) x
-            ORDER BY x.created_at DESC, x.id DESC LIMIT 1
-        ) l ON true
+        LEFT JOIN LATERAL latest_message(a.user_id, a.other_user_id) l ON true
         ON CONFLICT (user_id, other_user_id) DO UPDATE SET
             message_count = cbase.message_count + excluded.message_count,
             unread_count = cbase.unread_count + excluded.unread_count,

@@ -29,9 +29,6 @@ LEADER_PROJECT = ("rank", "project_id", "title", "owner_id", "username", "upvote
 LEADER_USER = ("rank", "user_id", "username", "display_name", "upvotes_received", "project_count")
 CHAIN = ("chain_id", "slug", "name", "description", "owner_username", "project_count", "member_count",
          "thread_count", "last_activity_at")  # fmt: skip
-CHAIN_PROJECT = ("project_id", "title", "tagline", "username", "upvote_count", "comment_count", "added_at")
-CHAIN_THREAD = ("thread_id", "title", "author_username", "post_count", "last_post_at", "last_activity_at",
-                "created_at")  # fmt: skip
 DASHBOARD = ("user_id", "project_count", "upvotes_received", "comments_received", "upvotes_given",
              "unread_messages", "pending_intros_received", "chains_joined", "updated_at")  # fmt: skip
 INTRO = ("sent_pending", "sent_accepted", "sent_declined", "received_pending", "received_accepted",
