@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     redis_breaker_failures: int = Field(default=3, ge=1, description="failures in a row that open the breaker")
     redis_breaker_cooldown_ms: int = Field(default=5000, ge=1, description="how long an open breaker skips Redis")
     api_access_log: bool = Field(default=True, description="one JSON log line per request")
+    api_fast_reads: bool = Field(default=True, description="serve valid hot GET reads without FastAPI's machinery")
 
     # The refresher (services/refresher).
     refresher_debounce_ms: int = Field(default=1000, ge=0, description="wait after a view's first dirty mark")

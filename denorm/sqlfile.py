@@ -20,3 +20,20 @@ def load_queries(path: Path) -> dict[str, str]:
             raise ValueError(f"{path.name}: query {name!r} is defined twice")
         queries[name] = body.strip()
     return queries
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+def positional(query: str) -> tuple[str, list[str]]:
+    """A named-placeholder query as server-side SQL for PREPARE: `%(x)s` becomes `$1`, and the
+    parameter names in order. (psycopg does this itself for every query it prepares; EXPLAIN of a
+    prepared statement, in the plan test and the benchmark, needs it by hand.)"""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    return _PLACEHOLDER.sub(number, query).replace("%%", "%"), names

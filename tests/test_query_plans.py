@@ -10,7 +10,8 @@ import psycopg
 import pytest
 
 from db import SQL_DIR
-from denorm.sqlfile import load_queries
+from denorm.pg import OLTP_SETTINGS
+from denorm.sqlfile import load_queries, positional
 
 QUERIES = load_queries(SQL_DIR / "queries" / "api.sql")
 LARGE_ROWS = 2_000  # a table past this size must never be read whole by an API query
@@ -35,6 +36,10 @@ PARAMS: dict[str, dict[str, Any]] = {
     "search:all": {"q": "lovelase", "doc_type": None, "limit": 20},
     "refresh_status": {},
 }
+
+
+def nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(node for child in plan.get("Plans", []) for node in nodes(child))]
 
 
 def seq_scans(plan: dict[str, Any]) -> list[tuple[str, float]]:
@@ -71,3 +76,45 @@ def test_the_check_catches_a_sequential_scan(small_dataset_url: str) -> None:
         row = conn.execute("EXPLAIN (FORMAT JSON) SELECT count(*) FROM messages WHERE body = 'x'").fetchone()
         assert row is not None
         assert "messages" in [relation for relation, _rows in seq_scans(row[0][0]["Plan"])]
+
+
+def generic_plan(conn: psycopg.Connection[Any], query: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The plan the API runs: the query prepared server-side, planned once without its values."""
+    sql, names = positional(query)
+    conn.execute(f"PREPARE api_query AS {sql}".encode())
+    args = psycopg.sql.SQL(", ").join(psycopg.sql.Literal(params[name]) for name in names)
+    call = psycopg.sql.SQL("({})").format(args) if names else psycopg.sql.SQL("")
+    row = conn.execute(psycopg.sql.SQL("EXPLAIN (FORMAT JSON) EXECUTE api_query {}").format(call)).fetchone()
+    conn.execute("DEALLOCATE api_query")
+    assert row is not None
+    plan: dict[str, Any] = row[0][0]["Plan"]
+    return plan
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_the_generic_plan_the_api_runs_is_an_index_walk(small_dataset_url: str, name: str) -> None:
+    """The API's sessions force generic plans (denorm/pg.py); a generic plan does not know the values,
+    so it must be good for all of them: no whole-table read and no parallel workers."""
+    with psycopg.connect(small_dataset_url, autocommit=True) as conn:
+        for setting, value in OLTP_SETTINGS.items():
+            conn.execute(psycopg.sql.SQL("SET {} = {}").format(psycopg.sql.Identifier(setting), value))
+        rels = conn.execute("SELECT relname, reltuples FROM pg_class WHERE relkind IN ('r', 'm')").fetchall()
+        sizes: dict[str, float] = {str(r[0]): float(r[1]) for r in rels}
+        plan = generic_plan(conn, QUERIES[name.split(":")[0]], PARAMS[name])
+        large = [(rel, sizes.get(rel, 0)) for rel, _rows in seq_scans(plan) if sizes.get(rel, 0) > LARGE_ROWS]
+        assert large == [], f"{name} reads whole tables: {large}"
+        assert not [n for n in nodes(plan) if n["Node Type"].startswith("Gather")], f"{name} plans parallel workers"
+
+
+def test_without_the_settings_a_generic_feed_plan_goes_parallel(small_dataset_url: str) -> None:
+    """Why the settings exist, and proof that the parallel check can fail. At `standard` the default
+    costs already plan a Gather Merge for the feed (5 ms); the small test dataset needs cheaper
+    parallel costs to show it."""
+    with psycopg.connect(small_dataset_url, autocommit=True) as conn:
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        conn.execute("SET parallel_setup_cost = 0")
+        conn.execute("SET parallel_tuple_cost = 0")
+        conn.execute("SET min_parallel_index_scan_size = 0")
+        conn.execute("SET min_parallel_table_scan_size = 0")
+        plan = generic_plan(conn, QUERIES["feed_trending"], PARAMS["feed_trending"])
+        assert [n for n in nodes(plan) if n["Node Type"].startswith("Gather")]

@@ -1,67 +1,89 @@
 -- Every read the API issues, one named block each. tests/test_query_plans.py runs EXPLAIN on each
 -- of them against a seeded dataset and fails on a sequential scan of a large table.
 
+-- The read routes' queries build their JSON here, in Postgres: the API process is the bottleneck
+-- (one Python core against Postgres's many), and a text column passes through it untouched.
+-- as_of is a scalar subquery, so it runs once per query (an InitPlan): joined as a row source,
+-- the planner inlines view_as_of() into the projection and looks the queue up once per row.
+
 -- name: feed_trending
 -- A feed page in trending order, after the keyset cursor (score, id) of the previous page (or at an
 -- offset, for page numbers). as_of: the feed reflects every write committed before it.
 -- Counts come from the zero-staleness counters, the order from the feed table.
-SELECT f.id, f.owner_id, f.username, f.title, f.tagline, f.tags, c.upvote_count, c.comment_count,
-       f.trending_score, f.proof_score, f.created_at, a.as_of
+-- One row per item: (id, its cursor key as text, the item as JSON, as_of as JSON); the API adds
+-- user_has_upvoted to each item when the caller is signed in.
+SELECT f.id, f.trending_score::text, json_build_object(
+           'id', f.id, 'owner_id', f.owner_id, 'username', f.username, 'title', f.title, 'tagline', f.tagline,
+           'tags', f.tags, 'upvote_count', c.upvote_count, 'comment_count', c.comment_count,
+           'trending_score', f.trending_score, 'proof_score', f.proof_score, 'created_at', f.created_at)::text,
+       (SELECT to_json(view_as_of('mv_feed_projects'))::text)
 FROM mv_feed_projects f
 JOIN project_counters c ON c.project_id = f.id
-CROSS JOIN (SELECT view_as_of('mv_feed_projects') AS as_of) a
 WHERE (f.trending_score, f.id) < (%(after_score)s::float8, %(after_id)s::bigint)
 ORDER BY f.trending_score DESC, f.id DESC
 LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: feed_top_rated
-SELECT f.id, f.owner_id, f.username, f.title, f.tagline, f.tags, c.upvote_count, c.comment_count,
-       f.trending_score, f.proof_score, f.created_at, a.as_of
+SELECT f.id, f.proof_score::text, json_build_object(
+           'id', f.id, 'owner_id', f.owner_id, 'username', f.username, 'title', f.title, 'tagline', f.tagline,
+           'tags', f.tags, 'upvote_count', c.upvote_count, 'comment_count', c.comment_count,
+           'trending_score', f.trending_score, 'proof_score', f.proof_score, 'created_at', f.created_at)::text,
+       (SELECT to_json(view_as_of('mv_feed_projects'))::text)
 FROM mv_feed_projects f
 JOIN project_counters c ON c.project_id = f.id
-CROSS JOIN (SELECT view_as_of('mv_feed_projects') AS as_of) a
 WHERE (f.proof_score, f.id) < (%(after_score)s::float8, %(after_id)s::bigint)
 ORDER BY f.proof_score DESC, f.id DESC
 LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: feed_newest
-SELECT f.id, f.owner_id, f.username, f.title, f.tagline, f.tags, c.upvote_count, c.comment_count,
-       f.trending_score, f.proof_score, f.created_at, a.as_of
+SELECT f.id, to_json(f.created_at) #>> '{}', json_build_object(
+           'id', f.id, 'owner_id', f.owner_id, 'username', f.username, 'title', f.title, 'tagline', f.tagline,
+           'tags', f.tags, 'upvote_count', c.upvote_count, 'comment_count', c.comment_count,
+           'trending_score', f.trending_score, 'proof_score', f.proof_score, 'created_at', f.created_at)::text,
+       (SELECT to_json(view_as_of('mv_feed_projects'))::text)
 FROM mv_feed_projects f
 JOIN project_counters c ON c.project_id = f.id
-CROSS JOIN (SELECT view_as_of('mv_feed_projects') AS as_of) a
 WHERE (f.created_at, f.id) < (%(after_time)s::timestamptz, %(after_id)s::bigint)
 ORDER BY f.created_at DESC, f.id DESC
 LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: leaderboard_projects
-SELECT l.rank, l.project_id, l.title, l.owner_id, l.username, c.upvote_count, c.comment_count, a.as_of
-FROM mv_leaderboard_projects l
-JOIN project_counters c ON c.project_id = l.project_id
-CROSS JOIN (SELECT view_as_of('mv_leaderboard_projects') AS as_of) a
-WHERE l.rank > %(offset)s
-ORDER BY l.rank
-LIMIT %(limit)s
+SELECT json_build_object('items', coalesce(json_agg(l ORDER BY l.rank), '[]'),
+                         'as_of', (SELECT view_as_of('mv_leaderboard_projects')))::text
+FROM (SELECT l.rank, l.project_id, l.title, l.owner_id, l.username, c.upvote_count, c.comment_count
+      FROM mv_leaderboard_projects l
+      JOIN project_counters c ON c.project_id = l.project_id
+      WHERE l.rank > %(offset)s
+      ORDER BY l.rank
+      LIMIT %(limit)s) l
 
 -- name: leaderboard_users
-SELECT rank, user_id, username, display_name, upvotes_received, project_count, a.as_of
-FROM mv_leaderboard_users
-CROSS JOIN (SELECT view_as_of('mv_leaderboard_users') AS as_of) a
-WHERE rank > %(offset)s
-ORDER BY rank
-LIMIT %(limit)s
+SELECT json_build_object('items', coalesce(json_agg(l ORDER BY l.rank), '[]'),
+                         'as_of', (SELECT view_as_of('mv_leaderboard_users')))::text
+FROM (SELECT rank, user_id, username, display_name, upvotes_received, project_count
+      FROM mv_leaderboard_users
+      WHERE rank > %(offset)s
+      ORDER BY rank
+      LIMIT %(limit)s) l
 
 -- name: chains
-SELECT chain_id, slug, name, description, owner_username, project_count, member_count, thread_count,
-       last_activity_at, a.as_of
-FROM mv_chain_directory
-CROSS JOIN (SELECT view_as_of('mv_chain_directory') AS as_of) a
-WHERE (member_count, chain_id) < (%(after_members)s::bigint, %(after_id)s::bigint)
-ORDER BY member_count DESC, chain_id DESC
-LIMIT %(limit)s
+-- next_cursor: the query string that continues after the last item of a full page.
+SELECT json_build_object(
+    'items', coalesce(json_agg(d ORDER BY d.member_count DESC, d.chain_id DESC), '[]'),
+    'next_cursor', CASE WHEN count(*) = %(limit)s THEN
+        (array_agg(format('after_members=%%s&after_id=%%s', d.member_count, d.chain_id)
+                   ORDER BY d.member_count, d.chain_id))[1] END,
+    'as_of', (SELECT view_as_of('mv_chain_directory')))::text
+FROM (SELECT chain_id, slug, name, description, owner_username, project_count, member_count, thread_count,
+             last_activity_at
+      FROM mv_chain_directory
+      WHERE (member_count, chain_id) < (%(after_members)s::bigint, %(after_id)s::bigint)
+      ORDER BY member_count DESC, chain_id DESC
+      LIMIT %(limit)s) d
 
 -- name: chain_page
--- One chain, its best projects (counts exact) and its latest threads, as one JSON document.
+-- One chain, its best projects (counts exact) and its latest threads, as one JSON document (text:
+-- the API sends it as it is).
 SELECT json_build_object(
     'chain', json_build_object(
         'chain_id', d.chain_id, 'slug', d.slug, 'name', d.name, 'description', d.description,
@@ -82,7 +104,7 @@ SELECT json_build_object(
             WHERE chain_id = d.chain_id
             ORDER BY last_activity_at DESC, thread_id DESC
             LIMIT %(limit)s) t), '[]'),
-    'as_of', least(view_as_of('mv_chain_directory'), view_as_of('mv_chain_projects'), view_as_of('mv_forum_threads')))
+    'as_of', least(view_as_of('mv_chain_directory'), view_as_of('mv_chain_projects'), view_as_of('mv_forum_threads')))::text
 FROM mv_chain_directory d
 WHERE d.slug = %(slug)s
 
@@ -90,22 +112,28 @@ WHERE d.slug = %(slug)s
 SELECT tag, project_count, upvotes FROM mv_trending_tags ORDER BY upvotes DESC, tag LIMIT %(limit)s
 
 -- name: dashboard
-SELECT d.user_id, d.project_count, d.upvotes_received, d.comments_received, d.upvotes_given, d.unread_messages,
-       d.pending_intros_received, d.chains_joined, d.updated_at,
-       i.sent_pending, i.sent_accepted, i.sent_declined, i.received_pending, i.received_accepted,
-       i.received_declined
+SELECT json_build_object(
+    'user_id', d.user_id, 'project_count', d.project_count, 'upvotes_received', d.upvotes_received,
+    'comments_received', d.comments_received, 'upvotes_given', d.upvotes_given,
+    'unread_messages', d.unread_messages, 'pending_intros_received', d.pending_intros_received,
+    'chains_joined', d.chains_joined, 'updated_at', d.updated_at,
+    'intro_stats', json_build_object(
+        'sent_pending', i.sent_pending, 'sent_accepted', i.sent_accepted, 'sent_declined', i.sent_declined,
+        'received_pending', i.received_pending, 'received_accepted', i.received_accepted,
+        'received_declined', i.received_declined))::text
 FROM user_dashboard_stats d
 JOIN intro_request_stats i ON i.user_id = d.user_id
 WHERE d.user_id = %(user_id)s
 
 -- name: conversations
-SELECT c.other_user_id, u.username AS other_username, c.last_message_id, c.last_message_at,
-       c.last_message_preview, c.last_sender_id, c.message_count, c.unread_count
-FROM message_conversations_denorm c
-JOIN users u ON u.id = c.other_user_id
-WHERE c.user_id = %(user_id)s
-ORDER BY c.last_message_at DESC, c.other_user_id DESC
-LIMIT %(limit)s
+SELECT json_build_object('items', coalesce(json_agg(c ORDER BY c.last_message_at DESC, c.other_user_id DESC), '[]'))::text
+FROM (SELECT c.other_user_id, u.username AS other_username, c.last_message_id, c.last_message_at,
+             c.last_message_preview, c.last_sender_id, c.message_count, c.unread_count
+      FROM message_conversations_denorm c
+      JOIN users u ON u.id = c.other_user_id
+      WHERE c.user_id = %(user_id)s
+      ORDER BY c.last_message_at DESC, c.other_user_id DESC
+      LIMIT %(limit)s) c
 
 -- name: upvoted_among
 -- Which of a page's projects the user upvoted (the Postgres answer when Redis cannot give it).
@@ -139,7 +167,7 @@ SELECT hit.doc_type, hit.doc_id, hit.title, hit.subtitle, hit.slug, (SELECT text
        hit.relevance + ln(1 + coalesce(
            (SELECT c.upvote_count FROM project_counters_base c
             WHERE hit.doc_type = 'project' AND c.project_id = hit.doc_id), 0)) / 100 AS score,
-       view_as_of('mv_search_documents')
+       (SELECT view_as_of('mv_search_documents'))
 FROM (
     -- The 200 most relevant documents; popularity then breaks near-ties among them.
     SELECT d.doc_type, d.doc_id, d.title, d.subtitle, d.slug,

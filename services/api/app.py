@@ -21,6 +21,7 @@ from denorm.pg import open_pool
 from denorm.usercache import Breaker, UserCache
 from services.api import errors
 from services.api.deps import Services
+from services.api.fastpath import FastReads, FastStats
 from services.api.models import Health, Readiness
 from services.api.responses import JSONBytes
 from services.api.routes import projects, reads, social
@@ -33,8 +34,9 @@ BREAKER_STATES = ("closed", "half_open", "open")
 class CacheCollector(Collector):
     """Cache hits, misses, errors and the breaker's state, read from the live cache at scrape time."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, fast: FastStats) -> None:
         self.app = app
+        self.fast = fast
 
     def collect(self) -> Iterator[Any]:
         svc: Services | None = getattr(self.app.state, "services", None)
@@ -55,6 +57,12 @@ class CacheCollector(Collector):
         for s in BREAKER_STATES:
             state.add_metric([s], 1.0 if svc.cache.breaker.state == s else 0.0)
         yield state
+        fast = CounterMetricFamily(
+            "denorm_api_read_requests", "Hot read requests by the path that answered them", labels=["path"]
+        )
+        fast.add_metric(["direct"], self.fast.served)
+        fast.add_metric(["fastapi"], self.fast.passed)
+        yield fast
 
 
 class Observe:
@@ -141,8 +149,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry=registry,
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
     )
-    registry.register(CacheCollector(app))
-    app.add_middleware(Observe, histogram=histogram, access_log=settings.api_access_log)
+    fast = FastStats()
+    registry.register(CacheCollector(app, fast))
+    if settings.api_fast_reads:
+        app.add_middleware(
+            FastReads, routes=lambda: app.routes, services=lambda: getattr(app.state, "services", None), stats=fast
+        )
+    app.add_middleware(Observe, histogram=histogram, access_log=settings.api_access_log)  # outermost: sees both
 
     @app.get("/healthz", tags=["operations"], response_model=Health, response_class=JSONBytes)
     async def healthz() -> JSONBytes:

@@ -7,12 +7,14 @@ from functools import cache
 from typing import Any
 
 import psycopg
-from psycopg import errors
+from psycopg import errors, pq
 
 from db import SQL_DIR
 from denorm.sqlfile import load_queries
 from services.api.deps import Pool
 from services.api.errors import ApiError
+
+TUPLES_OK = pq.ExecStatus.TUPLES_OK
 
 
 @cache
@@ -36,7 +38,9 @@ async def fetch_all(pool: Pool, query: bytes | str, params: dict[str, Any] | Non
     try:
         async with pool.connection() as conn:
             cur = await conn.execute(query if isinstance(query, bytes) else query.encode(), params)
-            return await cur.fetchall() if cur.description else []
+            # The result status, not cur.description: that builds a Column object per column per call.
+            result = cur.pgresult
+            return await cur.fetchall() if result is not None and result.status == TUPLES_OK else []
     except psycopg.Error as exc:
         mapped = as_api_error(exc)
         if mapped is None:
@@ -47,3 +51,11 @@ async def fetch_all(pool: Pool, query: bytes | str, params: dict[str, Any] | Non
 async def fetch_one(pool: Pool, query: bytes | str, params: dict[str, Any] | None = None) -> tuple[Any, ...] | None:
     rows = await fetch_all(pool, query, params)
     return rows[0] if rows else None
+
+
+async def json_of(pool: Pool, query: str, params: dict[str, Any], missing: str = "") -> bytes:
+    """The JSON document a read query built (one row, one text column); no row is a 404 saying `missing`."""
+    row = await fetch_one(pool, queries()[query], params)
+    if row is None:
+        raise ApiError(404, "not_found", missing or "not found")
+    return str(row[0]).encode()

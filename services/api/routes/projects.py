@@ -11,28 +11,25 @@ import orjson
 from fastapi import APIRouter, Path, Query
 
 from services.api.db import fetch_all, fetch_one, queries
-from services.api.deps import OptionalUserDep, ServicesDep, UserDep
+from services.api.deps import OptionalUserDep, Services, ServicesDep, UserDep
 from services.api.errors import ERROR_RESPONSES, ApiError
 from services.api.models import Created, FeedPage, NewComment, NewProject, UpvoteState
-from services.api.responses import JSONBytes
+from services.api.responses import JSONBytes, RawJSON, dumps
 from services.api.upvotes import set_upvote, upvoted_among
 
 router = APIRouter(prefix="/api/projects", tags=["projects"], responses=ERROR_RESPONSES)
 
 MAX_ID = 2**63 - 1
 MAX_PAGE = 500  # deep offset pages cost more; the cursor is the way past them
+MAX_LIMIT = 100
 ProjectId = Annotated[int, Path(gt=0, lt=2**63, description="project id")]
 
-# sort -> (named query, cursor fields)
-SORTS: dict[str, tuple[str, str]] = {
-    "trending": ("feed_trending", "trending_score"),
-    "top-rated": ("feed_top_rated", "proof_score"),
-    "newest": ("feed_newest", "created_at"),
-}
-FEED_COLUMNS = (
-    "id", "owner_id", "username", "title", "tagline", "tags", "upvote_count", "comment_count",
-    "trending_score", "proof_score", "created_at",
-)  # fmt: skip
+# sort -> its named query (a fixed table: the sort column never comes from the request)
+SORTS: dict[str, str] = {"trending": "feed_trending", "top-rated": "feed_top_rated", "newest": "feed_newest"}
+
+
+_UPVOTED = ',"user_has_upvoted":true}'
+_NOT_UPVOTED = ',"user_has_upvoted":false}'
 
 
 def encode_cursor(sort: str, key: Any, last_id: int) -> str:
@@ -56,20 +53,14 @@ def decode_cursor(cursor: str, sort: str) -> tuple[Any, int]:
         raise ApiError(400, "bad_cursor", "the cursor is not one this feed gave out") from exc
 
 
-@router.get("", response_model=FeedPage, response_class=JSONBytes)
-async def feed(
-    svc: ServicesDep,
-    user: OptionalUserDep,
-    sort: Literal["trending", "top-rated", "newest"] = "trending",
-    page: Annotated[int | None, Query(ge=1, le=MAX_PAGE, description="1-based page (offset paging)")] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
-) -> JSONBytes:
-    """The feed: order from the feed table (about a second old), counts from the zero-staleness counters.
+Sort = Literal["trending", "top-rated", "newest"]
 
-    With a token, each item says whether the caller upvoted it (Redis, else Postgres).
-    """
-    name, key = SORTS[sort]
+
+async def feed_body(
+    svc: Services, user: int | None, sort: Sort, page: int | None, limit: int, cursor: str | None
+) -> bytes:
+    """The feed page as JSON: the FastAPI route and the direct path (services/api/fastpath.py) share it."""
+    name = SORTS[sort]
     if cursor is not None and page is not None:
         raise ApiError(400, "bad_request", "give either page or cursor, not both")
     params: dict[str, Any] = {"limit": limit, "offset": ((page or 1) - 1) * limit}
@@ -79,22 +70,34 @@ async def feed(
         after, after_id = (datetime.max.replace(tzinfo=UTC) if sort == "newest" else float("inf")), MAX_ID
     params.update({"after_time" if sort == "newest" else "after_score": after, "after_id": after_id})
     rows = await fetch_all(svc.read_pool, queries()[name], params)
-    items = [dict(zip(FEED_COLUMNS, row[:11], strict=True)) for row in rows]
-    as_of = rows[0][11] if rows else None
-    if user is not None and items:
-        mine = await upvoted_among(svc, user, [i["id"] for i in items])
-        for item in items:
-            item["user_has_upvoted"] = item["id"] in mine
-    next_cursor = encode_cursor(sort, items[-1][key], items[-1]["id"]) if len(items) == limit else None
-    return JSONBytes(
-        {
-            "items": items,
-            "sort": sort,
-            "page": page if cursor is None else None,
-            "next_cursor": next_cursor,
-            "as_of": as_of,
-        }
-    )
+    # Each row: (id, cursor key as text, the item as JSON text, as_of as JSON text).
+    items = [str(r[2]) for r in rows]
+    if user is not None and rows:
+        mine = await upvoted_among(svc, user, [int(r[0]) for r in rows])
+        items = [item[:-1] + (_UPVOTED if r[0] in mine else _NOT_UPVOTED) for item, r in zip(items, rows, strict=True)]
+    next_cursor = None
+    if len(rows) == limit:
+        last_key = str(rows[-1][1])
+        next_cursor = encode_cursor(sort, last_key if sort == "newest" else float(last_key), int(rows[-1][0]))
+    tail = dumps({"sort": sort, "page": page if cursor is None else None, "next_cursor": next_cursor})
+    as_of = str(rows[0][3]) if rows else "null"
+    return f'{{"items":[{",".join(items)}],"as_of":{as_of},'.encode() + tail[1:]
+
+
+@router.get("", response_model=FeedPage, response_class=JSONBytes)
+async def feed(
+    svc: ServicesDep,
+    user: OptionalUserDep,
+    sort: Sort = "trending",
+    page: Annotated[int | None, Query(ge=1, le=MAX_PAGE, description="1-based page (offset paging)")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
+) -> RawJSON:
+    """The feed: order from the feed table (about a second old), counts from the zero-staleness counters.
+
+    With a token, each item says whether the caller upvoted it (Redis, else Postgres).
+    """
+    return RawJSON(await feed_body(svc, user, sort, page, limit, cursor))
 
 
 async def _upvote(svc: ServicesDep, user: int, project_id: int, want: bool | None) -> JSONBytes:

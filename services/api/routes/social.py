@@ -6,8 +6,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
 
-from services.api.db import fetch_all, fetch_one, queries
-from services.api.deps import ServicesDep, UserDep
+from services.api.db import fetch_all, fetch_one, json_of
+from services.api.deps import Services, ServicesDep, UserDep
 from services.api.errors import ERROR_RESPONSES, ApiError
 from services.api.models import (
     Changed,
@@ -19,20 +19,21 @@ from services.api.models import (
     NewPost,
     NewThread,
 )
-from services.api.responses import JSONBytes
+from services.api.responses import JSONBytes, RawJSON
 
 router = APIRouter(responses=ERROR_RESPONSES)
 IdPath = Annotated[int, Path(gt=0, lt=2**63)]
 Slug = Annotated[str, Path(min_length=1, max_length=80, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")]
-CONVERSATION = ("other_user_id", "other_username", "last_message_id", "last_message_at", "last_message_preview",
-                "last_sender_id", "message_count", "unread_count")  # fmt: skip
+
+
+async def conversations_body(svc: Services, user: int, limit: int) -> bytes:
+    return await json_of(svc.read_pool, "conversations", {"user_id": user, "limit": limit})
 
 
 @router.get("/api/messages/conversations", tags=["messages"], response_model=Conversations, response_class=JSONBytes)
-async def conversations(svc: ServicesDep, user: UserDep, limit: Annotated[int, Query(ge=1, le=100)] = 50) -> JSONBytes:
+async def conversations(svc: ServicesDep, user: UserDep, limit: Annotated[int, Query(ge=1, le=100)] = 50) -> RawJSON:
     """The caller's conversations, latest first, exact at this instant."""
-    rows = await fetch_all(svc.read_pool, queries()["conversations"], {"user_id": user, "limit": limit})
-    return JSONBytes({"items": [dict(zip(CONVERSATION, r, strict=True)) for r in rows]})
+    return RawJSON(await conversations_body(svc, user, limit))
 
 
 @router.post("/api/messages", status_code=201, tags=["messages"], response_model=Created, response_class=JSONBytes)

@@ -1,0 +1,146 @@
+"""The direct path for hot reads (services/api/fastpath.py) answers exactly as FastAPI does.
+
+Two apps on one seeded database, one with the direct path and one without, get the same requests:
+valid ones, which the direct path must serve itself, and every kind of bad one (values out of
+range, malformed numbers, repeated parameters, bad tokens), which it must leave to FastAPI. The
+answers must be equal byte for byte once `as_of` is set aside: for an idle view it is "now".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from denorm.auth import mint_token
+from denorm.config import Settings
+from services.api.app import create_app
+from services.api.fastpath import READS, Choice, Int, Text
+
+Pair = tuple[TestClient, TestClient]
+
+
+@pytest.fixture
+def pair(seeded_url: str, settings: Settings) -> Iterator[Pair]:
+    quiet = settings.model_copy(update={"api_access_log": False})
+    with (
+        TestClient(create_app(quiet)) as direct,
+        TestClient(create_app(quiet.model_copy(update={"api_fast_reads": False}))) as plain,
+    ):
+        yield direct, plain
+
+
+def read_counts(client: TestClient) -> dict[str, float]:
+    text = client.get("/metrics").text
+    return {m[0]: float(m[1]) for m in re.findall(r'denorm_api_read_requests_total\{path="(\w+)"\} ([0-9.e+]+)', text)}
+
+
+def without_as_of(body: Any) -> Any:
+    if isinstance(body, dict):
+        return {k: without_as_of(v) for k, v in body.items() if k != "as_of"}
+    if isinstance(body, list):
+        return [without_as_of(v) for v in body]
+    return body
+
+
+def same_answer(pair: Pair, url: str, headers: dict[str, str] | None = None) -> None:
+    direct, plain = pair
+    a, b = direct.get(url, headers=headers), plain.get(url, headers=headers)
+    assert a.status_code == b.status_code, (url, a.text, b.text)
+    assert a.headers["content-type"] == b.headers["content-type"]
+    if a.headers["content-type"].startswith("application/json"):
+        assert without_as_of(a.json()) == without_as_of(b.json()), url
+        assert ("as_of" in a.json()) == ("as_of" in b.json())
+    else:
+        assert a.content == b.content
+
+
+def values_for(param: Int | Choice | Text) -> st.SearchStrategy[str]:
+    """Valid values, boundary values and malformed ones for one parameter."""
+    junk = st.sampled_from(["", " ", "-1", "+5", "05", "1.5", "1e3", "abc", "%00", "9" * 25, "null", "%FF"])
+    if isinstance(param, Int):
+        near = st.sampled_from([param.lo - 1, param.lo, param.hi, param.hi + 1, min(param.hi, 20)]).map(str)
+        return st.one_of(near, st.integers(param.lo, param.hi).map(str), junk)
+    if isinstance(param, Choice):
+        return st.one_of(st.sampled_from(param.values), st.sampled_from(["", "TRENDING", "top_rated", "x"]), junk)
+    return st.one_of(
+        st.sampled_from(["postgres", "reddis cache", "a", "x" * param.max_length, "x" * (param.max_length + 1)]),
+        st.text(max_size=12).map(lambda t: quote(t, safe="")),
+        junk,
+    )
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> tuple[str, bool]:
+    path = draw(st.sampled_from(sorted(READS)))
+    parts = []
+    for name, param in READS[path].params.items():
+        if draw(st.booleans()):
+            parts.append(f"{name}={draw(values_for(param))}")
+    if draw(st.integers(0, 5)) == 0 and parts:
+        parts.append(parts[0])  # a repeated parameter
+    if draw(st.integers(0, 5)) == 0:
+        parts.append("unknown=1")
+    order = draw(st.permutations(parts))
+    return f"{path}?{'&'.join(order)}" if order else path, draw(st.booleans())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(request=requests())
+def test_both_paths_answer_alike(pair: Pair, settings: Settings, request: tuple[str, bool]) -> None:
+    url, signed_in = request
+    same_answer(pair, url, {"Authorization": f"Bearer {mint_token(3, settings.jwt_secret)}"} if signed_in else None)
+
+
+def test_valid_reads_take_the_direct_path_and_bad_ones_do_not(pair: Pair, settings: Settings) -> None:
+    direct, _plain = pair
+    me = {"Authorization": f"Bearer {mint_token(3, settings.jwt_secret)}"}
+    slug = direct.get("/api/chains", params={"limit": 1}).json()["items"][0]["slug"]
+    before = read_counts(direct)
+    valid = [
+        ("/api/projects?sort=newest&limit=7", None),
+        ("/api/projects?sort=top-rated&page=2", me),
+        ("/api/leaderboard/projects?limit=5&offset=3", None),
+        ("/api/leaderboard/users", None),
+        ("/api/users/dashboard", me),
+        ("/api/chains?limit=2", None),
+        (f"/api/chains/{slug}", None),
+        ("/api/search?q=postgress&type=projects", None),
+        ("/api/messages/conversations?limit=5", me),
+    ]
+    for url, headers in valid:
+        same_answer(pair, url, headers)
+    middle = read_counts(direct)
+    assert middle["direct"] - before.get("direct", 0) == len(valid)
+    bad = [
+        ("/api/projects?limit=0", None),
+        ("/api/projects?sort=best", None),
+        ("/api/projects?limit=5&limit=6", None),
+        ("/api/users/dashboard", None),  # no token: FastAPI's 401
+        ("/api/users/dashboard", {"Authorization": "Bearer not-a-token"}),
+        ("/api/projects", {"Authorization": f"Bearer {mint_token(3, 'another-secret-of-at-least-32-bytes!')}"}),
+        ("/api/search?q=", None),
+        ("/api/chains/Not_A_Slug", None),
+    ]
+    for url, headers in bad:
+        same_answer(pair, url, headers)
+    after = read_counts(direct)
+    assert after["direct"] == middle["direct"]
+    assert after["fastapi"] - middle.get("fastapi", 0) == len(bad) - 1  # the bad slug never matches a read
+
+
+def test_a_signed_in_feed_carries_the_callers_upvotes(pair: Pair, settings: Settings) -> None:
+    direct, plain = pair
+    me = {"Authorization": f"Bearer {mint_token(5, settings.jwt_secret)}"}
+    first = direct.get("/api/projects", params={"limit": 3}, headers=me).json()["items"][0]["id"]
+    assert direct.put(f"/api/projects/{first}/upvote", headers=me).json()["upvoted"] is True
+    for client in (direct, plain):
+        items = client.get("/api/projects", params={"limit": 3}, headers=me).json()["items"]
+        assert items[0]["user_has_upvoted"] is True
+    same_answer(pair, "/api/projects?limit=3", me)
