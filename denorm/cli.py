@@ -57,19 +57,17 @@ def _cmd_refresher(args: argparse.Namespace) -> int:
     return run(get_settings(), once=args.once)
 
 
+def _cmd_reconcile(args: argparse.Namespace) -> int:
+    from services.reconciler.main import run
+
+    return run(get_settings(), repair=args.repair)
+
+
 def _cmd_token(args: argparse.Namespace) -> int:
     from denorm.auth import mint_token
 
     print(mint_token(args.user, get_settings().jwt_secret, ttl_seconds=args.ttl))
     return 0
-
-
-def _not_yet(issue: int) -> Handler:
-    def handler(args: argparse.Namespace) -> int:
-        print(f"denorm {args.command}: not yet built (see issue {issue})", file=sys.stderr)
-        return 2
-
-    return handler
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,11 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="fold, refresh what is due now, and exit")
     p.set_defaults(handler=_cmd_refresher)
 
-    p = sub.add_parser("reconcile", help="check every read model against the source tables")
+    p = sub.add_parser(
+        "reconcile",
+        help="check every read model against the source tables",
+        description="Exit status: 0 finished, 1 failed, 3 another run holds the lock.",
+    )
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--dry-run", action="store_true", help="only report drift")
+    mode.add_argument("--dry-run", action="store_true", help="only report drift (the default)")
     mode.add_argument("--repair", action="store_true", help="repair the drift found")
-    p.set_defaults(handler=_not_yet(6))
+    p.set_defaults(handler=_cmd_reconcile)
 
     p = sub.add_parser("token", help="print a JWT for a user, signed with JWT_SECRET")
     p.add_argument("--user", type=int, required=True)

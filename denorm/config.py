@@ -49,6 +49,15 @@ class Settings(BaseSettings):
     refresher_log_retention_days: int = Field(default=7, ge=1, description="how long mv_refresh_log keeps rows")
     refresher_metrics_port: int = Field(default=9101, ge=0, description="0 turns the metrics server off")
 
+    reconciler_batch_size: int = Field(default=5000, ge=1, le=1_000_000, description="ids per batch")
+    reconciler_redis_batch: int = Field(default=500, ge=1, le=100_000, description="Redis sets per batch")
+    reconciler_redis_grace_ms: int = Field(
+        default=500, ge=0, description="wait before a drifted Redis set is checked again (write-throughs in flight)"
+    )
+    reconciler_examples: int = Field(default=5, ge=0, le=100, description="example keys kept per model and kind")
+    reconciler_statement_timeout_ms: int = Field(default=60_000, ge=1)
+    reconciler_pushgateway_url: str | None = Field(default=None, description="push the run's metrics here too")
+
     @field_validator("jwt_secret")
     @classmethod
     def _secret_long_enough(cls, value: str) -> str:

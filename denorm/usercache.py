@@ -31,6 +31,16 @@ log = get_logger("denorm.usercache")
 
 LOADED = b"-"  # member that marks a set as loaded (an empty set does not exist in Redis)
 
+
+def set_key(prefix: str, user_id: int) -> str:
+    """The Redis key of a user's upvote set (the reconciler scans them: `{prefix}upvotes:*`)."""
+    return f"{prefix}upvotes:{user_id}"
+
+
+def generation_key(prefix: str, user_id: int) -> str:
+    return f"{prefix}upvotes-gen:{user_id}"
+
+
 # KEYS: set, gen; ARGV: generation seen before reading Postgres, ttl, members...
 _LOAD = """
 if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then return 0 end
@@ -100,7 +110,7 @@ class UserCache:
     stale_users: set[int] = field(default_factory=set)
 
     def _keys(self, user_id: int) -> list[str]:
-        return [f"{self.prefix}upvotes:{user_id}", f"{self.prefix}upvotes-gen:{user_id}"]
+        return [set_key(self.prefix, user_id), generation_key(self.prefix, user_id)]
 
     async def _recovered(self) -> None:
         if self.stale_users:

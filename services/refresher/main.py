@@ -6,11 +6,12 @@ import signal
 from types import FrameType
 
 import psycopg
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
 
 from denorm.config import Settings
 from denorm.logs import get_logger
 from denorm.pg import conninfo
+from services.reconciler.metrics import ReconcileCollector
 from services.refresher.worker import Refresher
 
 log = get_logger("denorm.refresher")
@@ -31,6 +32,8 @@ def run(settings: Settings, once: bool = False) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if settings.refresher_metrics_port:
+        # The reconciler is a CronJob, gone before a scrape: its runs are served from here.
+        REGISTRY.register(ReconcileCollector(settings.database_url))
         start_http_server(settings.refresher_metrics_port)
     refresher.run()
     return 0
