@@ -389,7 +389,7 @@ def _run(job: V1Job) -> Run:
         finished=_iso(finished),
         duration_s=duration,
         outcome=outcome,
-        detail=state.message,
+        detail="" if state.done else state.message,
     )
 
 
@@ -411,7 +411,7 @@ def cronjob_report(cluster: Cluster, name: str, *, max_age_hours: float | None, 
     problems: list[str] = []
     finished = [run for run in runs if run.outcome != "running"]
     if finished and finished[-1].outcome == "failed":
-        problems.append(f"the last finished run, {finished[-1].job}, failed: {finished[-1].detail}")
+        problems.append(f"the last finished run, {finished[-1].job}, {finished[-1].detail}")
     if max_age_hours is not None:
         created = meta.creation_timestamp if meta else None
         since = last_success or created
@@ -440,7 +440,7 @@ def format_report(report: Report) -> str:
         lines.append("  no runs kept")
     for run in report.runs:
         took = f"{run.duration_s:.0f} s" if run.duration_s is not None else "-"
-        lines.append(f"  {run.scheduled or '?':<22} {run.outcome:<9} {took:>7}  {run.job}  {run.detail}")
+        lines.append(f"  {run.scheduled or '?':<22} {run.outcome:<9} {took:>7}  {run.job}  {run.detail}".rstrip())
     lines.extend(f"PROBLEM: {problem}" for problem in report.problems)
     return "\n".join(lines)
 
