@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/denorm
 export REDIS_URL    ?= redis://127.0.0.1:6379/0
 
-.PHONY: help install run test lint typecheck pytest bench loadtest fmt lock clean
+.PHONY: help install run test lint typecheck pytest bench loadtest manifests fmt lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -41,12 +41,21 @@ BENCHES ?= seed_speed hot_rows trigger_cost bulk backfill freshness refresh_cost
 bench: install  ## every benchmark, one after the other (BENCHES="hot_rows bulk" for some); figures in docs/
 	@for b in $(BENCHES); do echo "== python -m bench.$$b"; $(BIN)/python -m bench.$$b || exit 1; done
 
+OVERLAYS := $(notdir $(wildcard deploy/overlays/*))
+
+manifests: install  ## render each Kubernetes overlay with the pinned kustomize into build/manifests/
+	@mkdir -p build/manifests
+	@for o in $(OVERLAYS); do $(BIN)/kubectl kustomize deploy/overlays/$$o > build/manifests/$$o.yaml || exit 1; \
+		echo "build/manifests/$$o.yaml"; done
+
 fmt: install  ## format and fix imports
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-lock:  ## re-pin every dependency into requirements.lock
+lock:  ## re-pin every dependency into requirements.lock, and the image's subset into requirements-image.lock
 	uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements.lock
+	uv pip compile pyproject.toml --extra loadtest --python-version 3.11 --generate-hashes \
+		-c requirements.lock -o requirements-image.lock
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

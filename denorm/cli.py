@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", type=int, required=True)
     p.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     p.set_defaults(handler=_cmd_token)
+
+    from denorm.deploy import add_deploy_parser
+
+    add_deploy_parser(sub)
     return parser
 
 
