@@ -234,3 +234,11 @@ def test_a_view_past_its_staleness_bound_is_reported_and_refreshed(
     report = reconcile(rsettings, repair=True)
     assert "mv_trending_tags" in report.refreshed_views
     assert one(conn, "SELECT status FROM mv_refresh_queue WHERE view_name = 'mv_trending_tags'") == "idle"
+
+
+def test_a_dead_redis_is_reported_and_the_run_still_finishes(seeded_url: str, rsettings: Settings) -> None:
+    from tests.support import free_port
+
+    dead = rsettings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    report = reconcile(dead)
+    assert report.status == "finished" and report.redis.startswith("unreachable")
