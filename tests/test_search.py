@@ -78,3 +78,20 @@ def test_the_corrected_query_is_reported(searchable: Connection) -> None:
 def test_no_match_is_an_empty_answer(searchable: Connection) -> None:
     assert search(searchable, "zzqqxx") == []
     assert search(searchable, "   ") == []
+
+
+@pytest.mark.parametrize("word", ["redis", "postgres", "lovelace", "guild", "zzqqxx"])
+@pytest.mark.parametrize("doc_type", ["project", "user", "chain"])
+def test_candidates_are_each_types_200_most_popular_matches(searchable: Connection, word: str, doc_type: str) -> None:
+    """Whichever path search_candidates() takes (a walk in popularity order, or the GIN index),
+    it returns what this plain query says."""
+    query = "plainto_tsquery('english', %(w)s)"
+    got = searchable.execute(
+        f"SELECT doc_id FROM search_candidates({query}, %(t)s)".encode(), {"w": word, "t": doc_type}
+    ).fetchall()
+    want = searchable.execute(
+        f"SELECT doc_id FROM mv_search_documents WHERE doc_type = %(t)s AND document @@ {query} "
+        "ORDER BY popularity DESC, doc_id DESC LIMIT 200".encode(),
+        {"w": word, "t": doc_type},
+    ).fetchall()
+    assert got == want

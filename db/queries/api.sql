@@ -148,8 +148,12 @@ SELECT project_id, upvote_count, comment_count FROM project_counters WHERE proje
 
 -- name: search
 -- Full text over the search documents after correcting each query word to the closest word of the
--- documents' vocabulary (trigram distance), so "postgress" finds Postgres and "reddis" Redis.
--- The query is a scalar subquery (an InitPlan), so the GIN index can use it.
+-- documents' vocabulary (trigram distance, among words in two documents or more), so "postgress"
+-- finds Postgres and "reddis" Redis.
+--
+-- Candidates: per document type, the 200 most popular matches (search_candidates(), migration
+-- 0007, which lets Postgres choose between a walk in popularity order and the GIN index). Among
+-- them, the 200 most relevant are ranked, with the live upvote count breaking near-ties.
 WITH tokens AS (
     SELECT t, ord FROM regexp_split_to_table(lower(%(q)s), '[^[:alnum:]]+') WITH ORDINALITY AS x(t, ord)
     WHERE t <> ''
@@ -157,7 +161,8 @@ WITH tokens AS (
 ), fixed AS (
     SELECT ord, coalesce(
         (SELECT w.word FROM mv_search_words w WHERE w.word = tokens.t),
-        (SELECT w.word FROM mv_search_words w WHERE w.word %% tokens.t ORDER BY w.word <-> tokens.t LIMIT 1),
+        (SELECT w.word FROM mv_search_words w WHERE w.ndoc >= 2 AND w.word %% tokens.t
+         ORDER BY w.word <-> tokens.t LIMIT 1),
         tokens.t) AS word
     FROM tokens
 ), corrected AS MATERIALIZED (
@@ -169,12 +174,10 @@ SELECT hit.doc_type, hit.doc_id, hit.title, hit.subtitle, hit.slug, (SELECT text
             WHERE hit.doc_type = 'project' AND c.project_id = hit.doc_id), 0)) / 100 AS score,
        (SELECT view_as_of('mv_search_documents'))
 FROM (
-    -- The 200 most relevant documents; popularity then breaks near-ties among them.
-    SELECT d.doc_type, d.doc_id, d.title, d.subtitle, d.slug,
-           ts_rank_cd(d.document, (SELECT plainto_tsquery('english', text) FROM corrected), 32) AS relevance
-    FROM mv_search_documents d
-    WHERE d.document @@ (SELECT plainto_tsquery('english', text) FROM corrected)
-      AND (%(doc_type)s::text IS NULL OR d.doc_type = %(doc_type)s::text)
+    -- The 200 most relevant candidates; popularity then breaks near-ties among them.
+    SELECT c.doc_type, c.doc_id, c.title, c.subtitle, c.slug,
+           ts_rank_cd(c.document, (SELECT plainto_tsquery('english', text) FROM corrected), 32) AS relevance
+    FROM search_candidates((SELECT plainto_tsquery('english', text) FROM corrected), %(doc_type)s::text) c
     ORDER BY relevance DESC
     LIMIT 200
 ) hit

@@ -1,0 +1,97 @@
+-- Search that stops early on a common word. Ranking every full-text match of "redis" (about 35k
+-- documents at `standard`) took 40 ms. The search documents now carry a popularity, as of their
+-- last refresh: upvotes for a project, members for a chain, 0 for a user. A btree walks each type
+-- in popularity order, so a common word finds its 200 most popular matches after reading a few
+-- thousand rows. A rare word still goes through the GIN index, now keyed by type as well
+-- (btree_gin), so a search within one type reads only that type's matches.
+--
+-- Popularity is read from the folded counters at refresh time, without registering upvotes as a
+-- dependency of this view: upvotes change every second, and each would request a refresh of the
+-- whole search corpus. The live count still breaks ties in the final ranking.
+CREATE EXTENSION IF NOT EXISTS btree_gin;
+
+DROP MATERIALIZED VIEW mv_search_words;
+DROP MATERIALIZED VIEW mv_search_documents;
+
+CREATE MATERIALIZED VIEW mv_search_documents AS
+SELECT 'project'::text AS doc_type, p.id AS doc_id, p.title, p.tagline AS subtitle, NULL::text AS slug,
+       setweight(to_tsvector('english', p.title), 'A')
+           || setweight(to_tsvector('english', p.tagline), 'B')
+           || setweight(to_tsvector('english', p.description), 'C')
+           || setweight(to_tsvector('english', array_to_string(p.tags, ' ')), 'B') AS document,
+       lower(p.title || ' ' || p.tagline) AS words,
+       coalesce(b.upvote_count, 0) AS popularity
+FROM projects p
+LEFT JOIN project_counters_base b ON b.project_id = p.id
+UNION ALL
+SELECT 'user', u.id, u.display_name, u.username, u.username,
+       setweight(to_tsvector('english', u.username), 'A')
+           || setweight(to_tsvector('english', u.display_name), 'A')
+           || setweight(to_tsvector('english', u.bio), 'C'),
+       lower(u.username || ' ' || u.display_name),
+       0
+FROM users u
+UNION ALL
+SELECT 'chain', c.id, c.name, c.description, c.slug,
+       setweight(to_tsvector('english', c.name), 'A') || setweight(to_tsvector('english', c.description), 'B'),
+       lower(c.name || ' ' || c.slug),
+       coalesce((SELECT count(*) FROM chain_members m WHERE m.chain_id = c.id), 0)
+FROM chains c;
+CREATE UNIQUE INDEX mv_search_documents_key ON mv_search_documents (doc_type, doc_id);
+CREATE INDEX mv_search_documents_fts_idx ON mv_search_documents USING gin (doc_type, document);
+CREATE INDEX mv_search_documents_popular_idx ON mv_search_documents (doc_type, popularity DESC, doc_id DESC);
+
+-- The vocabulary, as before. A misspelled word is now corrected only to a word found in at least
+-- two documents: most of the vocabulary is usernames, each in one document, and the nearest-trigram
+-- search over all 105k words took 6 ms at `standard`; over the words in two documents or more, 0.1 ms.
+CREATE MATERIALIZED VIEW mv_search_words AS
+SELECT word, ndoc FROM ts_stat($q$SELECT to_tsvector('simple', words) FROM mv_search_documents$q$);
+CREATE UNIQUE INDEX mv_search_words_key ON mv_search_words (word);
+CREATE INDEX mv_search_words_trgm_idx ON mv_search_words USING gist (word gist_trgm_ops) WHERE ndoc >= 2;
+
+-- Every match of a query within one type, through the GIN index only: the planner's estimate
+-- of how often a word occurs within a type is poor (its statistics are for the whole view), and
+-- a walk in popularity order for a word that is rare in that type reads the whole type.
+CREATE OR REPLACE FUNCTION search_type_matches(query tsquery, wanted text)
+RETURNS SETOF mv_search_documents
+LANGUAGE sql STABLE
+SET enable_indexscan = off SET enable_seqscan = off
+AS $$
+    SELECT * FROM mv_search_documents d
+    WHERE d.doc_type = wanted AND d.document @@ query
+    ORDER BY d.popularity DESC, d.doc_id DESC
+    LIMIT 200
+$$;
+
+-- A search's candidates: per type, the 200 most popular documents that match.
+-- - A common word: walking the type's 5,000 most popular documents in order finds 200 matches,
+--   and the walk stops at the 200th (1 ms for "redis" at `standard`, against 40 ms for ranking
+--   every one of its 35k matches).
+-- - Otherwise the word occurs in fewer than 4% of the popular head: every match of the type comes
+--   through the GIN index, which is cheap for a word that rare.
+CREATE OR REPLACE FUNCTION search_candidates(query tsquery, wanted text)
+RETURNS SETOF mv_search_documents
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    t text;
+    head mv_search_documents[];
+BEGIN
+    FOREACH t IN ARRAY ARRAY['project', 'user', 'chain'] LOOP
+        CONTINUE WHEN wanted IS NOT NULL AND wanted <> t;
+        SELECT array_agg(s) INTO head FROM (
+            SELECT * FROM (
+                SELECT * FROM mv_search_documents d
+                WHERE d.doc_type = t
+                ORDER BY d.popularity DESC, d.doc_id DESC
+                LIMIT 5000) p
+            WHERE p.document @@ query
+            LIMIT 200) s;
+        IF coalesce(cardinality(head), 0) >= 200 THEN
+            RETURN QUERY SELECT * FROM unnest(head);
+        ELSE
+            RETURN QUERY SELECT * FROM search_type_matches(query, t);
+        END IF;
+    END LOOP;
+END $$;
+
+ANALYZE mv_search_documents;
