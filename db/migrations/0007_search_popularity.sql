@@ -63,6 +63,23 @@ AS $$
     LIMIT 200
 $$;
 
+-- The first 200 matches among a type's 5,000 most popular documents, walking the popularity index
+-- in order: the only plan allowed, whatever the statistics say (a view just refreshed and not yet
+-- analyzed looked empty to the planner, which then sorted the whole type: 170 ms).
+CREATE OR REPLACE FUNCTION search_type_walk(query tsquery, wanted text)
+RETURNS SETOF mv_search_documents
+LANGUAGE sql STABLE
+SET enable_bitmapscan = off SET enable_seqscan = off SET enable_sort = off
+AS $$
+    SELECT * FROM (
+        SELECT * FROM mv_search_documents d
+        WHERE d.doc_type = wanted
+        ORDER BY d.popularity DESC, d.doc_id DESC
+        LIMIT 5000) p
+    WHERE p.document @@ query
+    LIMIT 200
+$$;
+
 -- A search's candidates: per type, the 200 most popular documents that match.
 -- - A common word: walking the type's 5,000 most popular documents in order finds 200 matches,
 --   and the walk stops at the 200th (1 ms for "redis" at `standard`, against 40 ms for ranking
@@ -78,14 +95,7 @@ DECLARE
 BEGIN
     FOREACH t IN ARRAY ARRAY['project', 'user', 'chain'] LOOP
         CONTINUE WHEN wanted IS NOT NULL AND wanted <> t;
-        SELECT array_agg(s) INTO head FROM (
-            SELECT * FROM (
-                SELECT * FROM mv_search_documents d
-                WHERE d.doc_type = t
-                ORDER BY d.popularity DESC, d.doc_id DESC
-                LIMIT 5000) p
-            WHERE p.document @@ query
-            LIMIT 200) s;
+        SELECT array_agg(s) INTO head FROM search_type_walk(query, t) s;
         IF coalesce(cardinality(head), 0) >= 200 THEN
             RETURN QUERY SELECT * FROM unnest(head);
         ELSE
