@@ -3,24 +3,32 @@ their writes, runs one at a time, records its runs, and says how each run ended.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import random
+import re
+import signal
+import subprocess
 import threading
 import time
+import urllib.request
 from typing import Any
 
 import psycopg
 import pytest
 import redis
 
+from db import MIGRATIONS_DIR
 from denorm.config import Settings
+from denorm.migrate import MIGRATION_LOCK_KEY
 from denorm.readmodels import all_drift
 from denorm.usercache import LOADED, set_key
 from services.reconciler.metrics import ReconcileCollector, streak
 from services.reconciler.reconcile import LOCK_KEY, Reconciler, Report
 from tests import workload
 from tests.conftest import TEST_REDIS_URL
-from tests.support import cli_env, run_denorm
+from tests.support import DENORM, cli_env, free_port, run_denorm
 
 Connection = psycopg.Connection[Any]
 
@@ -157,18 +165,21 @@ def test_repair_under_concurrent_writers_loses_no_write(
     folder = threading.Thread(target=fold)
     writers.start()
     folder.start()
-    # Batches of one id, repeated while the writers run, so repairs and writes interleave.
+    # Batches of one id, repeated while the writers run, so repairs and writes interleave. Runs
+    # follow each other at once: each must find the previous one's lock released.
     rsettings = settings.model_copy(update={"reconciler_batch_size": 1})
     runs, during, repaired = 0, 0, 0
-    while writers.is_alive() or runs < 2:
-        during += writers.is_alive()
-        report = reconcile(rsettings, repair=True)
-        repaired += sum(f.repaired for f in report.models.values())
-        runs += 1
-    writers.join()
+    try:
+        while writers.is_alive() or runs < 2:
+            during += writers.is_alive()
+            report = reconcile(rsettings, repair=True)
+            repaired += sum(f.repaired for f in report.models.values())
+            runs += 1
+    finally:  # a failed run must not leave the threads writing into the next test's teardown
+        writers.join()
+        stop.set()
+        folder.join()
     assert during >= 1 and repaired >= 10
-    stop.set()
-    folder.join()
 
     conn.execute("SELECT * FROM fold_read_model_deltas()")
     assert [d for d in all_drift(conn) if not d.clean] == []
@@ -192,13 +203,32 @@ def test_two_runs_never_overlap(seeded_url: str, rsettings: Settings) -> None:
 
 def test_a_run_that_cannot_finish_exits_non_zero_and_is_recorded(seeded_url: str, conn: Connection,
                                                                   rsettings: Settings) -> None:  # fmt: skip
-    env = cli_env(DATABASE_URL=seeded_url, REDIS_URL=TEST_REDIS_URL, RECONCILER_STATEMENT_TIMEOUT_MS="1",
-                  RECONCILER_BATCH_SIZE="100000")  # fmt: skip
-    failed = run_denorm(["reconcile"], env=env)
-    assert failed.returncode == 1
-    assert json.loads(failed.stdout.strip().splitlines()[-1])["status"] == "failed"
-    row = conn.execute("SELECT status, error FROM reconcile_runs ORDER BY id DESC LIMIT 1").fetchone()
-    assert row is not None and row[0] == "failed" and "statement timeout" in row[1]
+    env = cli_env(DATABASE_URL=seeded_url, REDIS_URL=TEST_REDIS_URL, RECONCILER_STATEMENT_TIMEOUT_MS="500")
+    # A table lock held elsewhere stalls the first comparison past the statement timeout, while the
+    # lock, the run record and its failure record go through: the run fails where it compares.
+    with psycopg.connect(seeded_url) as holder:
+        holder.execute("LOCK TABLE project_counter_deltas IN ACCESS EXCLUSIVE MODE")
+        failed = run_denorm(["reconcile"], env=env)
+        holder.rollback()
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    summary = json.loads(failed.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "failed" and "statement timeout" in summary["reason"]
+    row = conn.execute("SELECT status, error, finished_at IS NOT NULL FROM reconcile_runs ORDER BY id DESC").fetchall()
+    assert len(row) == 1 and row[0][0] == "failed" and "statement timeout" in row[0][1] and row[0][2]
+    # The failed run released its lock: the next one runs.
+    assert run_denorm(["reconcile"], env=env).returncode == 0
+
+
+def test_the_reconciler_lock_is_its_own(seeded_url: str, conn: Connection) -> None:
+    """While a run holds its lock, a refresher still collects requests (they once shared a key)."""
+    migrations = "\n".join(p.read_text() for p in sorted(MIGRATIONS_DIR.glob("*.sql")))
+    sql_keys = {int(k) for k in re.findall(r"advisory_\w*lock\((\d+)\)", migrations)}
+    assert sql_keys and LOCK_KEY not in sql_keys | {MIGRATION_LOCK_KEY}
+    with psycopg.connect(seeded_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        conn.execute("INSERT INTO mv_refresh_requests (source_table) VALUES ('projects')")
+        assert one(conn, "SELECT mv_collect_requests()") >= 1
+        assert one(conn, "SELECT count(*) FROM fold_read_model_deltas()") >= 0
 
 
 def test_runs_are_recorded_and_drift_two_nights_running_shows_in_the_metrics(
@@ -221,6 +251,60 @@ def test_runs_are_recorded_and_drift_two_nights_running_shows_in_the_metrics(
     assert streak([{"m": {"different": 1}}, {"m": {"different": 0}}, {"m": {"extra": 2}}]) == 1
 
 
+def test_the_refresher_serves_the_runs_to_prometheus(seeded_url: str, conn: Connection, rsettings: Settings) -> None:
+    """The CronJob's pod is gone by the next scrape: the long-running refresher serves its runs."""
+    conn.execute("UPDATE project_counters_base SET upvote_count = upvote_count + 1 WHERE project_id = 9")
+    reconcile(rsettings)
+    reconcile(rsettings)
+    port = free_port()
+    env = cli_env(DATABASE_URL=seeded_url, REFRESHER_METRICS_PORT=str(port), LOG_FORMAT="json")
+    proc = subprocess.Popen([*DENORM, "refresher"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, text = time.monotonic() + 20, ""
+        while time.monotonic() < deadline and "denorm_reconcile_drift_streak" not in text:
+            with contextlib.suppress(OSError):
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    assert "denorm_reconcile_drift_streak 2.0" in text
+    assert 'denorm_reconcile_drift_rows{kind="different",model="project_counters"} 1.0' in text
+    assert "denorm_reconcile_last_run_failed 0.0" in text and "denorm_reconcile_last_finished_timestamp" in text
+
+
+def test_a_run_pushes_its_drift_to_a_pushgateway(seeded_url: str, conn: Connection, rsettings: Settings) -> None:
+    received: list[tuple[str, str, bytes]] = []
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.command, self.path, body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    conn.execute("UPDATE project_counters_base SET upvote_count = upvote_count + 1 WHERE project_id = 9")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = cli_env(DATABASE_URL=seeded_url, REDIS_URL=TEST_REDIS_URL, REDIS_KEY_PREFIX=rsettings.redis_key_prefix,
+                      RECONCILER_PUSHGATEWAY_URL=f"127.0.0.1:{server.server_address[1]}")  # fmt: skip
+        done = run_denorm(["reconcile"], env=env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 0, done.stderr
+    [(method, path, body)] = received
+    assert (method, path) == ("PUT", "/metrics/job/denorm-reconciler")
+    assert b'denorm_reconcile_drift_rows{kind="different",model="project_counters"} 1.0' in body
+    # A Pushgateway that is down does not fail the run.
+    env["RECONCILER_PUSHGATEWAY_URL"] = f"127.0.0.1:{free_port()}"
+    assert run_denorm(["reconcile"], env=env).returncode == 0
+
+
 def test_a_view_past_its_staleness_bound_is_reported_and_refreshed(
     seeded_url: str, conn: Connection, rsettings: Settings
 ) -> None:
@@ -237,8 +321,6 @@ def test_a_view_past_its_staleness_bound_is_reported_and_refreshed(
 
 
 def test_a_dead_redis_is_reported_and_the_run_still_finishes(seeded_url: str, rsettings: Settings) -> None:
-    from tests.support import free_port
-
     dead = rsettings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     report = reconcile(dead)
     assert report.status == "finished" and report.redis.startswith("unreachable")

@@ -13,6 +13,7 @@ the drift per read model and, with repair, repair it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import time
@@ -31,7 +32,10 @@ from denorm.sqlfile import load_queries
 from services.reconciler.redis_sets import check_upvote_sets
 
 log = get_logger("denorm.reconciler")
-LOCK_KEY = 7305798357383151618  # the fold's key + 1: one reconciler at a time
+# Its own key ("denorm" + 2, after the migration runner's + 1). Never a key the SQL takes: the
+# collector's and the fold's transaction locks are 7305798357383151617 and ...618, and sharing one
+# would stall every refresher's collect for the whole run (and make a run "busy" during a collect).
+LOCK_KEY = 0x64656E6F726D02
 KINDS = ("missing", "extra", "different")
 
 # The user_stats_diff query's column order, and which contract table each column belongs to.
@@ -141,24 +145,34 @@ class Reconciler:
             locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
             if not locked or not locked[0]:
                 raise Busy("another reconciler is running (advisory lock held); this run did nothing")
-            row = conn.execute(self.sql["record_start"], {"mode": mode}).fetchone()
-            assert row is not None
-            report = Report(int(row[0]), mode, self.findings)
-            log.info("reconcile started", run_id=report.run_id, mode=mode, batch_size=self.size)
             try:
-                self._project_counters(conn)
-                self._user_stats(conn)
-                self._conversations(conn)
-                report.redis = self._redis_sets(conn)
-                self._views(conn, report)
-                report.status = "finished"
-            except Exception as exc:
-                report.status = "failed"
-                self._record(conn, report, repr(exc))
-                raise
+                return self._run(conn, mode, started)
             finally:
-                report.seconds = time.perf_counter() - started
-            self._record(conn, report, None)
+                # Released here, not left to the close: a backend lets go of its locks only once it
+                # has exited, after close() returns, and a run started right after would find it held.
+                if not conn.broken:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+
+    def _run(self, conn: psycopg.Connection[Any], mode: str, started: float) -> Report:
+        row = conn.execute(self.sql["record_start"], {"mode": mode}).fetchone()
+        assert row is not None
+        report = Report(int(row[0]), mode, self.findings)
+        log.info("reconcile started", run_id=report.run_id, mode=mode, batch_size=self.size)
+        try:
+            self._project_counters(conn)
+            self._user_stats(conn)
+            self._conversations(conn)
+            report.redis = self._redis_sets(conn)
+            self._views(conn, report)
+            report.status = "finished"
+        except Exception as exc:
+            report.status = "failed"
+            report.seconds = time.perf_counter() - started
+            self._record(conn, report, repr(exc))
+            raise
+        report.seconds = time.perf_counter() - started
+        self._record(conn, report, None)
         return report
 
     def _record(self, conn: psycopg.Connection[Any], report: Report, error: str | None) -> None:
@@ -166,11 +180,17 @@ class Reconciler:
         repaired = {name: f.repaired for name, f in report.models.items()}
         params = {"id": report.run_id, "status": report.status, "error": error}
         params |= {"drift": json.dumps(drift), "repaired": json.dumps(repaired)}
-        if conn.broken:  # record the failure on a fresh connection
-            with self._connect() as fresh:
-                fresh.execute(self.sql["record_finish"], params)
-        else:
+        if error is None:
             conn.execute(self.sql["record_finish"], params)
+            return
+        # A failure is recorded on a fresh connection, without the statement timeout that may be
+        # what failed the run (the run's connection may also be broken).
+        try:
+            with psycopg.connect(conninfo(self.settings.database_url, "reconciler"), autocommit=True,
+                                 connect_timeout=10) as fresh:  # fmt: skip
+                fresh.execute(self.sql["record_finish"], params)
+        except psycopg.Error as exc:
+            log.error("could not record the failed run", run_id=report.run_id, error=repr(exc))
 
     def _walk(self, conn: psycopg.Connection[Any], model: str, key: str) -> Iterator[tuple[int, int]]:
         """Key ranges [lo, hi) of `batch_size` ids, skipping gaps; logs progress every few seconds."""
