@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     from denorm.deploy import add_deploy_parser
 
     add_deploy_parser(sub)
+
+    try:
+        from loadtest.run import add_loadtest_parser
+    except ImportError:  # an installed wheel without the repository's loadtest/ folder
+        pass
+    else:
+        add_loadtest_parser(sub)
     return parser
 
 

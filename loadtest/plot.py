@@ -1,0 +1,51 @@
+"""The load test's picture: latency percentiles and throughput against the number of users (PNG, Agg).
+
+Large markers joined by lines are the steps (the steady load after spawning); small faint dots are
+Locust's 10-second windows, ramps included, which fill in the curve between and within steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loadtest.report import HistoryPoint, StepResult
+
+
+def plot(steps: list[StepResult], points: list[HistoryPoint], default_target_ms: float, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: the runner may run anywhere
+    import matplotlib.pyplot as plt
+
+    fig, (latency, throughput) = plt.subplots(2, 1, sharex=True, figsize=(9, 7.5), height_ratios=[3, 2])
+    colors = {"p50": "tab:green", "p95": "tab:orange", "p99": "tab:red"}
+    for label, attr in (("p50", "p50_ms"), ("p95", "p95_ms"), ("p99", "p99_ms")):
+        dots = [(p.users, getattr(p, attr)) for p in points if getattr(p, attr)]
+        if dots:
+            latency.scatter(*zip(*dots, strict=True), s=8, alpha=0.25, color=colors[label])
+        line = [(s.users, getattr(s, attr)) for s in steps if getattr(s, attr)]
+        if line:
+            latency.plot(*zip(*line, strict=True), marker="o", color=colors[label], label=f"{label} (step)")
+    failed = [(s.users, s.p95_ms) for s in steps if not s.passed and s.p95_ms]
+    if failed:
+        latency.scatter(*zip(*failed, strict=True), marker="x", s=120, color="black", zorder=5, label="a gate failed")
+    latency.axhline(default_target_ms, linestyle="--", color="grey", label=f"{default_target_ms:g} ms (default target)")
+    latency.set_yscale("log")
+    latency.set_ylabel("response time, ms (log)")
+    latency.legend(loc="upper left", fontsize="small")
+    latency.grid(True, which="both", alpha=0.3)
+
+    dots = [(p.users, p.rps) for p in points]
+    if dots:
+        throughput.scatter(*zip(*dots, strict=True), s=8, alpha=0.25, color="tab:blue")
+    line = [(s.users, s.rps) for s in steps]
+    if line:
+        throughput.plot(*zip(*line, strict=True), marker="o", color="tab:blue", label="requests/s (step)")
+        throughput.legend(loc="upper left", fontsize="small")
+    throughput.set_ylabel("requests/s")
+    throughput.set_xlabel("users")
+    throughput.grid(True, alpha=0.3)
+    fig.suptitle(title, fontsize="medium")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,449 @@
+"""`denorm loadtest`: the system on a seeded dataset, the Locust suite headless, the gates, the plot.
+
+    denorm loadtest [--scale small] [--users 300 | --steps 500,1000,2000,5000] [--run-time 60]
+                    [--workers N] [--api-workers 1] [--reuse] [--out DIR]
+
+Each step (a number of users) is one Locust run: a master and --workers workers spawn the users at
+--spawn-rate, then --run-time seconds of steady load follow, and only those count (--reset-stats).
+The API restarts before each step, so that its /metrics histogram (the upvote's server time) holds
+that step alone; the refresher runs throughout. Results go to --out (loadtest/results/<UTC time>/):
+per step the Locust CSVs, its HTML report, the gates' verdicts, CPU by component and every log; at
+the top plot.png, summary.json and summary.txt.
+
+Exit status: 0 every gate of every step held; 1 a gate failed or a request failed; 2 the system
+could not be prepared or started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from denorm.config import get_settings
+from denorm.logs import get_logger
+from loadtest import gates, report
+from loadtest.plot import plot
+from loadtest.report import HistoryPoint, StepResult
+
+log = get_logger("denorm.loadtest")
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+LOCUSTFILE = HERE / "locustfile.py"
+RESULTS = HERE / "results"
+SCALE_NAMES = ("tiny", "small", "standard", "large")
+_DENORM = Path(sys.executable).with_name("denorm")
+DENORM: tuple[str, ...] = (str(_DENORM),) if _DENORM.is_file() else (sys.executable, "-m", "denorm.cli")
+LOCUST: tuple[str, ...] = (sys.executable, "-m", "locust")
+
+
+@dataclass(frozen=True)
+class Options:
+    database_url: str
+    out: Path
+    scale: str = "small"
+    seed: int = 42
+    reuse: bool = False
+    steps: tuple[int, ...] = (300,)
+    spawn_rate: float | None = None
+    run_time: int = 60
+    workers: int = 2
+    api_workers: int = 1
+    think_scale: float = 1.0
+    targets: Path | None = None
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "loadtest:"
+    jwt_secret: str = ""
+    environment: str = "development"
+    goal_users: int = 5000
+
+    def rate(self, users: int) -> float:
+        # A ramp of about ten seconds; Locust itself warns above 100 users a second.
+        return self.spawn_rate or min(100.0, max(1.0, users / 10))
+
+    def ramp_seconds(self, users: int) -> int:
+        return math.ceil(users / self.rate(users))
+
+
+# --- the database ----------------------------------------------------------------------------
+
+
+def _marker(opts: Options) -> str:
+    return f"denorm loadtest dataset: scale={opts.scale} seed={opts.seed}"
+
+
+def prepare_database(opts: Options) -> None:
+    """Created, migrated, seeded (unless --reuse finds this very dataset), every view refreshed."""
+    from denorm.config import Settings
+    from denorm.migrate import ensure_database, migrate
+    from denorm.seed import SCALES, seed
+    from services.refresher.worker import Refresher
+
+    if ensure_database(opts.database_url):
+        log.info("created the database")
+    migrate(opts.database_url, echo=lambda message: log.info("migrate", message=message))
+    with psycopg.connect(opts.database_url, autocommit=True) as conn:
+        name = conn.info.dbname
+        row = conn.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = current_database()"
+        ).fetchone()
+        comment = sql.SQL("COMMENT ON DATABASE {} IS {}")
+        if opts.reuse and row is not None and row[0] == _marker(opts):
+            log.info("reusing the seeded database", database=name, scale=opts.scale, seed=opts.seed)
+        else:
+            # Unmarked while seeding: an interrupted seed must not be reused.
+            conn.execute(comment.format(sql.Identifier(name), sql.Literal(None)))
+            log.info("seeding", database=name, scale=opts.scale, seed=opts.seed)
+            seed(opts.database_url, SCALES[opts.scale], seed=opts.seed)
+            _forget_redis_sets(opts)
+            conn.execute(comment.format(sql.Identifier(name), sql.Literal(_marker(opts))))
+        settings = Settings(database_url=opts.database_url, refresher_debounce_ms=0, refresher_metrics_port=0,
+                            environment=opts.environment, jwt_secret=opts.jwt_secret)  # fmt: skip
+        refreshed = Refresher(settings).drain(conn)
+        log.info("views refreshed", views=len(refreshed))
+
+
+def _forget_redis_sets(opts: Options) -> None:
+    """Upvote sets cached for the previous dataset of this database would now be wrong."""
+    import redis
+
+    client = redis.Redis.from_url(opts.redis_url)
+    try:
+        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in opts.redis_prefix) + "*"
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i : i + 1000])
+        log.info("cleared cached upvote sets", keys=len(keys), prefix=opts.redis_prefix)
+    finally:
+        client.close()
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(name: str, cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO)
+    log.info("started", process=name, pid=proc.pid, log=str(log_path))
+    return proc
+
+
+def stop(name: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    """SIGTERM, then SIGKILL after `timeout`; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("killing", process=name, pid=proc.pid)
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
+def wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the API exited with {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"{base_url}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the API was not ready within {timeout:.0f} s")
+
+
+def service_env(opts: Options) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_READ_URL"}
+    env.update({
+        "DATABASE_URL": opts.database_url,
+        "REDIS_URL": opts.redis_url,
+        "REDIS_KEY_PREFIX": opts.redis_prefix,
+        "JWT_SECRET": opts.jwt_secret,
+        "ENVIRONMENT": opts.environment,
+        # One log line per request would cost the API CPU the load test is measuring.
+        "API_ACCESS_LOG": "false",
+        "REFRESHER_METRICS_PORT": "0",  # no fixed port to collide with another system on this machine
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    })  # fmt: skip
+    return env
+
+
+# --- one step --------------------------------------------------------------------------------
+
+
+def run_step(opts: Options, users: int, step_dir: Path, base_url: str, api: subprocess.Popen[bytes],
+             refresher: subprocess.Popen[bytes]) -> StepResult:  # fmt: skip
+    from denorm.seed import SCALES
+    from loadtest.cpu import Component, CpuSampler  # psutil: only when a step runs
+
+    port = free_port()
+    ramp = opts.ramp_seconds(users)
+    env = service_env(opts) | {
+        "LOADTEST_USER_IDS": f"1-{SCALES[opts.scale].users}",
+        "LOADTEST_THINK_SCALE": str(opts.think_scale),
+        "LOADTEST_GATES_JSON": str(step_dir / "gates.json"),
+        "LOADTEST_API_PROCESSES": str(opts.api_workers),
+    }
+    if opts.targets is not None:
+        env["LOADTEST_TARGETS"] = str(opts.targets.resolve())
+    common = ["-f", str(LOCUSTFILE), "--reset-stats", "--loglevel", "INFO"]
+    master_cmd = [
+        *LOCUST, *common, "--master", "--headless", "--only-summary",
+        "--master-bind-host=127.0.0.1", f"--master-bind-port={port}",
+        f"--expect-workers={opts.workers}", "--expect-workers-max-wait=60",
+        f"--users={users}", f"--spawn-rate={opts.rate(users):g}", f"--run-time={ramp + opts.run_time}s",
+        "--stop-timeout=10", f"--host={base_url}",
+        f"--csv={step_dir / 'locust'}", "--csv-full-history", f"--html={step_dir / 'report.html'}",
+    ]  # fmt: skip
+    worker_cmd = [*LOCUST, *common, "--worker", "--master-host=127.0.0.1", f"--master-port={port}"]
+
+    origin = time.monotonic()
+    master = start("locust master", master_cmd, env, step_dir / "locust-master.log")
+    workers = [start(f"locust worker {i}", worker_cmd, env, step_dir / f"locust-worker-{i}.log")
+               for i in range(opts.workers)]  # fmt: skip
+    conn = psycopg.connect(opts.database_url, autocommit=True)
+    backends = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    sampler = CpuSampler({
+        "api": Component(lambda: [api.pid]),
+        "refresher": Component(lambda: [refresher.pid]),
+        "locust master": Component(lambda: [master.pid], children=False),
+        "locust workers": Component(lambda: [w.pid for w in workers], children=False),
+        "postgres (this database)": Component(lambda: [int(r[0]) for r in conn.execute(backends)], children=False),
+    }).start()  # fmt: skip
+    log.info("step started", users=users, spawn_rate=opts.rate(users), ramp_s=ramp, run_time_s=opts.run_time,
+             workers=opts.workers)  # fmt: skip
+    try:
+        try:
+            code = master.wait(timeout=ramp + opts.run_time + 120)
+        except subprocess.TimeoutExpired:
+            log.error("the Locust master did not finish in time", users=users)
+            code = stop("locust master", master)
+    finally:
+        for i, w in enumerate(workers):
+            try:
+                w.wait(timeout=30)  # a worker quits when its master tells it to
+            except subprocess.TimeoutExpired:
+                stop(f"locust worker {i}", w)
+        sampler.stop()
+        conn.close()
+    sampler.write_csv(step_dir / "cpu.csv", origin)
+    steady = sampler.means(since=origin + ramp + 5)  # after spawning and Locust's start-up
+
+    verdicts = _read_gates(step_dir / "gates.json")
+    if verdicts is not None:
+        print(f"\n{users} users: gates {'hold' if verdicts['passed'] else 'FAILED'}\n"
+              f"{gates.format_table([gates.Verdict(**v) for v in verdicts['verdicts']], verdicts['percentile'])}\n",
+              flush=True)  # fmt: skip
+    agg = report.aggregate(step_dir / "locust_stats.csv")
+    return StepResult(users=users, gates_passed=None if verdicts is None else bool(verdicts["passed"]),
+                      exit_code=code, cpu_cores=steady, **agg)  # fmt: skip
+
+
+def _read_gates(path: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return data
+    except (OSError, ValueError):
+        return None
+
+
+# --- the whole run ---------------------------------------------------------------------------
+
+
+def run(opts: Options) -> int:
+    opts.out.mkdir(parents=True, exist_ok=True)
+    log.info("load test", out=str(opts.out), scale=opts.scale, steps=list(opts.steps), run_time_s=opts.run_time)
+    try:
+        prepare_database(opts)
+    except Exception as exc:
+        log.exception("could not prepare the database", error=str(exc))
+        return 2
+    env = service_env(opts)
+    results: list[StepResult] = []
+    refresher = start("refresher", [*DENORM, "refresher"], env, opts.out / "refresher.log")
+    try:
+        for users in opts.steps:
+            step_dir = opts.out / f"users-{users:05d}"
+            port = free_port()
+            base_url = f"http://127.0.0.1:{port}"
+            api_cmd = [*DENORM, "api", "--host", "127.0.0.1", "--port", str(port), "--workers", str(opts.api_workers)]
+            api = start("api", api_cmd, env, step_dir / "api.log")
+            try:
+                wait_ready(base_url, api)
+                result = run_step(opts, users, step_dir, base_url, api, refresher)
+            except RuntimeError as exc:
+                log.error("the system did not start", users=users, error=str(exc))
+                return 2
+            finally:
+                stop("api", api)
+            results.append(result)
+            log.info("step done", **asdict(result), passed=result.passed)
+    finally:
+        stop("refresher", refresher)
+
+    points = [p for users in opts.steps for p in _history(opts.out / f"users-{users:05d}")]
+    targets = gates.load_targets(opts.targets)
+    title = (f"denorm loadtest: {opts.scale} dataset, {opts.workers} Locust workers, {opts.api_workers} API "
+             f"process(es), think time x{opts.think_scale:g}, {opts.run_time} s per step")  # fmt: skip
+    plot(results, points, targets.default_ms, opts.out / "plot.png", title)
+    summary = summarize(opts, results)
+    (opts.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    text = summary_table(results, opts.goal_users)
+    (opts.out / "summary.txt").write_text(text + "\n", encoding="utf-8")
+    print(f"\n{text}\nresults: {opts.out}\n", flush=True)
+    return 0 if results and all(r.passed for r in results) else 1
+
+
+def _history(step_dir: Path) -> list[HistoryPoint]:
+    path = step_dir / "locust_stats_history.csv"
+    return report.history(path) if path.exists() else []
+
+
+def largest_passing(results: list[StepResult]) -> int | None:
+    """The most users at which every gate held, counting only steps below the first failure."""
+    best = None
+    for r in sorted(results, key=lambda r: r.users):
+        if not r.passed:
+            break
+        best = r.users
+    return best
+
+
+def summarize(opts: Options, results: list[StepResult]) -> dict[str, Any]:
+    best = largest_passing(results)
+    return {
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()
+                    if k not in ("jwt_secret", "database_url")},
+        "steps": [asdict(r) | {"passed": r.passed} for r in results],
+        "largest_passing_users": best,
+        "finished_at": datetime.now(UTC).isoformat(),
+    }  # fmt: skip
+
+
+def summary_table(results: list[StepResult], goal_users: int) -> str:
+    header = f"{'users':>6} {'requests':>9} {'failed':>7} {'req/s':>8} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}  gates"
+    lines = [header]
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:,.0f}"
+
+    for r in results:
+        cpu = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.cpu_cores.items(), key=lambda kv: -kv[1]))
+        lines.append(f"{r.users:>6} {r.requests:>9,} {r.failures:>7,} {r.rps:>8,.1f} {ms(r.p50_ms):>7} "
+                     f"{ms(r.p95_ms):>7} {ms(r.p99_ms):>7}  {'hold' if r.passed else 'FAIL'}  cpu: {cpu}")  # fmt: skip
+    best = largest_passing(results)
+    lines.append(f"largest number of users at which every gate held: {best if best is not None else 'none'}")
+    if best and best < goal_users:
+        lines.append(f"if the API scaled linearly, {goal_users} users would need {math.ceil(goal_users / best)} "
+                     f"times this system (check what saturated: the cores above)")  # fmt: skip
+    return "\n".join(lines)
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def _positive_ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from exc
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError("user counts must be positive")
+    return tuple(sorted(set(values)))
+
+
+def _seconds(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        value = int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+    except (ValueError, IndexError) as exc:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (60, 90s, 2m)") from exc
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the run time must be positive")
+    return value
+
+
+def add_loadtest_parser(sub: Any) -> None:
+    p = sub.add_parser("loadtest", help="run the Locust suite against a seeded system; gates, CSV, HTML, plot",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--scale", choices=SCALE_NAMES, default="small", help="the dataset (small)")
+    p.add_argument("--seed", type=int, default=42, help="the dataset's seed (42)")
+    p.add_argument("--database", help="database name, on DATABASE_URL's server (denorm_loadtest_<scale>)")
+    p.add_argument("--database-url", help="the database's whole URL, instead of --database")
+    p.add_argument("--reuse", action="store_true", help="do not re-seed a database that holds this scale and seed")
+    users = p.add_mutually_exclusive_group()
+    users.add_argument("--users", type=int, default=300, help="simulated users (300)")
+    users.add_argument("--steps", type=_positive_ints, help="several user counts, one run each: 500,1000,2000,5000")
+    p.add_argument("--spawn-rate", type=float, help="users started per second (users/10, at most 100)")
+    p.add_argument("--run-time", type=_seconds, default=60, help="steady load per step, after spawning (60, 90s, 2m)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="Locust workers (one per core)")
+    p.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes of the API (1)")
+    p.add_argument("--think-scale", type=float, default=1.0, help="multiply the suite's think times (1)")
+    p.add_argument("--targets", type=Path, help="a targets file instead of loadtest/targets.toml")
+    p.add_argument("--out", type=Path, help="results folder (loadtest/results/<UTC time>)")
+    p.add_argument("--redis-prefix", help="Redis key prefix of the API under test (loadtest:<database>:)")
+    p.add_argument("--goal-users", type=int, default=5000, help="the user count the summary sizes against (5000)")
+    p.set_defaults(handler=main)
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    settings = get_settings()
+    if args.database_url:
+        url = args.database_url
+    else:
+        url = psycopg.conninfo.make_conninfo(
+            settings.database_url, dbname=args.database or f"denorm_loadtest_{args.scale}"
+        )
+    dbname = psycopg.conninfo.conninfo_to_dict(url).get("dbname") or "denorm"
+    out = args.out or RESULTS / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    if args.workers < 1 or args.api_workers < 1 or args.users < 1 or args.think_scale <= 0:
+        raise SystemExit("loadtest: --workers, --api-workers and --users must be positive, --think-scale above 0")
+    return Options(
+        database_url=url,
+        out=out,
+        scale=args.scale,
+        seed=args.seed,
+        reuse=args.reuse,
+        steps=args.steps or (args.users,),
+        spawn_rate=args.spawn_rate,
+        run_time=args.run_time,
+        workers=args.workers,
+        api_workers=args.api_workers,
+        think_scale=args.think_scale,
+        targets=args.targets,
+        redis_url=settings.redis_url,
+        redis_prefix=args.redis_prefix or f"loadtest:{dbname}:",
+        jwt_secret=settings.jwt_secret,
+        environment=settings.environment,
+        goal_users=args.goal_users,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    return run(options_from_args(args))
