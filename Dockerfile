@@ -29,10 +29,13 @@ RUN pip --python /opt/venv/bin/python install --no-deps .
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="denorm" \
       org.opencontainers.image.description="denorm: read models, read API, refresher, reconciler, migrations"
-# A numeric uid, so that Kubernetes can check runAsNonRoot without resolving a name.
+# A numeric uid, so that Kubernetes can check runAsNonRoot without resolving a name. The base image's
+# own pip, setuptools and wheel go: nothing installs or builds anything here, and the venv (which
+# does not see the system site-packages) needs none of them.
 RUN groupadd --system --gid 10001 denorm \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin denorm
+        --shell /usr/sbin/nologin denorm \
+    && python -m pip uninstall --yes --no-cache-dir pip setuptools wheel
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

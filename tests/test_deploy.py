@@ -20,6 +20,7 @@ import pytest
 from kubernetes_validate import utils as kv_utils
 
 from denorm.config import Settings
+from services.reconciler.main import EXIT_BUSY
 from tests.manifests import (
     COMPONENT_LABEL,
     DEPLOY,
@@ -374,6 +375,11 @@ def test_reconciler_cronjob(target: Target) -> None:
     assert spec["jobTemplate"]["spec"]["activeDeadlineSeconds"] > 0
     assert spec["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     assert re.fullmatch(r"\S+ \S+ \S+ \S+ \S+", spec["schedule"]), spec["schedule"]
+    # A run that found the lock taken (exit 3, services/reconciler/main.py) is not retried.
+    (container,) = spec["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    rules = spec["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
+    busy = {"containerName": container["name"], "operator": "In", "values": [EXIT_BUSY]}
+    assert {"action": "FailJob", "onExitCodes": busy} in rules
 
 
 def test_reconciler_runs_daily_at_three_in_prod() -> None:
@@ -616,10 +622,12 @@ def test_dockerfile_final_stage_runs_denorm_as_a_numeric_non_root_user() -> None
     env = " ".join(args for name, args in final if name == "ENV")
     assert "PYTHONDONTWRITEBYTECODE=1" in env
     assert "PATH=/opt/venv/bin" in env
-    # Nothing is built in the final stage: no compiler, no package manager run, no pip install.
+    # Nothing is built in the final stage: no compiler, no package manager run, no pip install; and
+    # the base image's installers are removed.
     runs = " ".join(args for name, args in final if name == "RUN")
-    for tool in ("apt-get", "gcc", "build-essential", "pip ", "uv "):
+    for tool in ("apt-get", "gcc", "build-essential", "pip install", "uv "):
         assert tool not in runs, tool
+    assert re.search(r"pip uninstall --yes .*\bpip setuptools wheel\b", runs), runs
     assert ("COPY", "--from=build /opt/venv /opt/venv") in final
 
 
