@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+import yaml
 
 from db import MIGRATIONS_DIR
 from denorm.config import Settings
@@ -28,6 +29,7 @@ from services.reconciler.metrics import ReconcileCollector, streak
 from services.reconciler.reconcile import LOCK_KEY, Reconciler, Report
 from tests import workload
 from tests.conftest import TEST_REDIS_URL
+from tests.manifests import REPO
 from tests.support import DENORM, cli_env, free_port, run_denorm
 
 Connection = psycopg.Connection[Any]
@@ -271,6 +273,19 @@ def test_the_refresher_serves_the_runs_to_prometheus(seeded_url: str, conn: Conn
     assert "denorm_reconcile_drift_streak 2.0" in text
     assert 'denorm_reconcile_drift_rows{kind="different",model="project_counters"} 1.0' in text
     assert "denorm_reconcile_last_run_failed 0.0" in text and "denorm_reconcile_last_finished_timestamp" in text
+
+
+def test_the_alert_rules_name_only_metrics_the_refresher_serves(seeded_url: str, rsettings: Settings) -> None:
+    """deploy/monitoring/alerts.yaml: drift two runs running, failed or missing runs, blind metrics."""
+    reconcile(rsettings)
+    served = {m.name for m in ReconcileCollector(seeded_url).collect()}
+    (group,) = yaml.safe_load((REPO / "deploy" / "monitoring" / "alerts.yaml").read_text())["groups"]
+    rules = {rule["alert"]: rule for rule in group["rules"]}
+    for name, rule in rules.items():
+        named = set(re.findall(r"denorm_\w+", rule["expr"]))
+        assert named and named <= served, (name, named - served)
+    assert rules["DenormReadModelDriftTwoRunsRunning"]["expr"] == "max(denorm_reconcile_drift_streak) >= 2"
+    assert "absent(denorm_reconcile_drift_streak)" in rules["DenormReconcileMetricsAbsent"]["expr"]
 
 
 def test_a_run_pushes_its_drift_to_a_pushgateway(seeded_url: str, conn: Connection, rsettings: Settings) -> None:
