@@ -41,6 +41,11 @@ BENCHES ?= seed_speed hot_rows trigger_cost bulk backfill freshness refresh_cost
 bench: install  ## every benchmark, one after the other (BENCHES="hot_rows bulk" for some); figures in docs/
 	@for b in $(BENCHES); do echo "== python -m bench.$$b"; $(BIN)/python -m bench.$$b || exit 1; done
 
+LOADTEST_ARGS ?=
+
+loadtest: install  ## the Locust suite on a seeded system: gates, CSV, HTML, plot in loadtest/results/ (LOADTEST_ARGS="--users 500")
+	$(BIN)/denorm loadtest $(LOADTEST_ARGS)
+
 OVERLAYS := $(notdir $(wildcard deploy/overlays/*))
 
 manifests: install  ## render each Kubernetes overlay with the pinned kustomize into build/manifests/

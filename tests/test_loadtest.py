@@ -1,0 +1,334 @@
+"""The Locust suite and `denorm loadtest`: the gates and the histogram arithmetic on plain data, then short
+real runs (tiny dataset, a master and two workers) through the command people run, so the suite cannot rot.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from loadtest import gates, histogram
+from loadtest.catalog import Catalog, parse_id_ranges
+from loadtest.histogram import Histogram
+from loadtest.report import StepResult
+from loadtest.run import _positive_ints, _seconds, largest_passing
+from tests.conftest import TEST_REDIS_URL, AdminConnection, delete_keys_with_prefix, scratch_database
+from tests.support import run_denorm
+
+INF = math.inf
+
+# --- the histogram ---------------------------------------------------------------------------
+
+# 100 observations: 10 <= 1 ms, 40 in (1, 2.5], 40 in (2.5, 5], 10 in (5, 10].
+H = Histogram(((0.001, 10), (0.0025, 50), (0.005, 90), (0.01, 100), (INF, 100)))
+
+
+def test_quantile_interpolates_within_the_bucket_like_prometheus() -> None:
+    assert H.quantile(0.5) == pytest.approx(0.0025)
+    assert H.quantile(0.95) == pytest.approx(0.0075)  # halfway through (5, 10] ms
+    assert H.quantile(0.05) == pytest.approx(0.0005)  # the first bucket starts at 0
+    assert Histogram(((0.001, 0), (INF, 10))).quantile(0.95) == pytest.approx(0.001)  # +Inf: highest finite bound
+    assert Histogram(((0.001, 0), (INF, 0))).quantile(0.95) is None
+    assert Histogram(()).quantile(0.5) is None
+
+
+def test_the_share_within_a_bound_is_exact_at_a_bucket_bound_only() -> None:
+    assert H.fraction_at_most(0.005) == (0.9, True)
+    share, exact = H.fraction_at_most(0.0075) or (0.0, True)
+    assert share == pytest.approx(0.95) and not exact
+    assert H.fraction_at_most(60.0) == (1.0, False)
+
+
+def test_subtraction_and_validity() -> None:
+    before = Histogram(((0.001, 4), (0.0025, 10), (0.005, 10), (0.01, 10), (INF, 10)))
+    delta = H - before
+    assert delta.buckets == ((0.001, 6), (0.0025, 40), (0.005, 80), (0.01, 90), (INF, 90))
+    assert delta.is_valid()
+    assert not (before - H).is_valid()
+    assert (Histogram(()) + H) == H
+    with pytest.raises(ValueError, match="different buckets"):
+        _ = H + Histogram(((1.0, 1), (INF, 1)))
+
+
+def exposition(upvotes: list[int], healthz: int, scrapes: int) -> str:
+    """The API's /metrics text with one PUT upvote series (counts per bucket, not cumulative)."""
+    bounds = ["0.001", "0.0025", "0.005", "0.01", "+Inf"]
+    lines = ["# HELP denorm_api_request_duration_seconds Request latency by route",
+             "# TYPE denorm_api_request_duration_seconds histogram"]  # fmt: skip
+    series = [
+        ('method="PUT",route="/api/projects/{project_id}/upvote",status="200"', upvotes),
+        ('method="GET",route="/healthz",status="200"', [healthz, 0, 0, 0, 0]),
+        ('method="GET",route="/metrics",status="200"', [scrapes, 0, 0, 0, 0]),
+    ]
+    for labels, counts in series:
+        total = 0
+        for le, n in zip(bounds, counts, strict=True):
+            total += n
+            lines.append(f'denorm_api_request_duration_seconds_bucket{{{labels},le="{le}"}} {total}')
+        lines.append(f"denorm_api_request_duration_seconds_count{{{labels}}} {total}")
+        lines.append(f"denorm_api_request_duration_seconds_sum{{{labels}}} 0.1")
+    lines.append("# HELP other_total another metric\n# TYPE other_total counter\nother_total 3")
+    return "\n".join(lines) + "\n"
+
+
+def test_parse_reads_every_series_of_the_histogram() -> None:
+    series = histogram.parse(exposition([1, 2, 3, 4, 0], healthz=5, scrapes=1))
+    upvote = series[("PUT", "/api/projects/{project_id}/upvote", "200")]
+    assert upvote.buckets == ((0.001, 1), (0.0025, 3), (0.005, 6), (0.01, 10), (INF, 10))
+    assert set(series) == {
+        ("PUT", "/api/projects/{project_id}/upvote", "200"),
+        ("GET", "/healthz", "200"),
+        ("GET", "/metrics", "200"),
+    }
+
+
+def test_a_snapshot_adds_up_distinct_processes_and_ignores_scrapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two API processes answer in turn; the same process seen again (only its /metrics count moved)
+    # is not counted twice.
+    answers = iter([
+        exposition([1, 0, 0, 0, 0], healthz=2, scrapes=1),
+        exposition([1, 0, 0, 0, 0], healthz=2, scrapes=2),
+        exposition([0, 3, 0, 0, 0], healthz=0, scrapes=1),
+    ])  # fmt: skip
+    monkeypatch.setattr(histogram, "scrape", lambda _url, _timeout=5.0: next(answers))
+    snap = histogram.snapshot("http://api", processes=2)
+    assert snap.processes_seen == 2
+    assert snap.series[("PUT", "/api/projects/{project_id}/upvote", "200")].count == 4
+    assert snap.series[("GET", "/healthz", "200")].count == 2
+
+
+# --- the gates -------------------------------------------------------------------------------
+
+
+def test_the_targets_file_holds_the_seeds_after_column() -> None:
+    t = gates.load_targets()
+    assert t.percentile == 0.95 and t.default_ms == 200
+    assert t.client_target("GET /api/projects?sort=trending") == 120
+    assert t.client_target("GET /api/projects?sort=newest&cursor=[cursor] (signed in)") == 120
+    assert t.client_target("GET /api/leaderboard/projects") == 80
+    assert t.client_target("GET /api/leaderboard/users") == 80
+    assert t.client_target("GET /api/users/dashboard") == 50
+    assert t.client_target("GET /api/chains") == 90
+    assert t.client_target("GET /api/chains/[slug]") == 90
+    assert t.client_target("GET /api/search?q=[query]") == 150
+    # Everything else: under 200 ms, the upvote's round trip included; its 5 ms is server time.
+    assert t.client_target("PUT /api/projects/[id]/upvote") == 200
+    assert t.client_target("GET /api/messages/conversations") == 200
+    assert dict(t.server) == {"* /api/projects/{project_id}/upvote": 5}
+
+
+def targets() -> gates.Targets:
+    return gates.Targets(
+        0.95, 200.0, (("GET /api/projects?*", 120.0),), (("* /api/projects/{project_id}/upvote", 5.0),)
+    )
+
+
+def test_client_verdicts_judge_each_request_by_its_first_matching_target() -> None:
+    rows = [
+        gates.ClientRow("GET", "/api/projects?sort=trending", 100, 0, 119.0),
+        gates.ClientRow("GET", "/api/projects?sort=newest", 100, 0, 121.0),
+        gates.ClientRow("GET", "/api/messages/conversations", 100, 0, 150.0),  # default 200
+        gates.ClientRow("POST", "/api/messages", 100, 1, 3.0),  # fast, but one failed
+        gates.ClientRow("GET", "/api/chains?limit=100 (catalog)", 0, 0, None),  # only before the reset
+    ]
+    verdicts = {v.name: v for v in gates.client_verdicts(targets(), rows)}
+    assert verdicts["GET /api/projects?sort=trending"].passed
+    assert not verdicts["GET /api/projects?sort=newest"].passed
+    assert verdicts["GET /api/messages/conversations"].passed
+    assert verdicts["GET /api/messages/conversations"].target_ms == 200
+    assert not verdicts["POST /api/messages"].passed and verdicts["POST /api/messages"].note == "1 failed"
+    assert "GET /api/chains?limit=100 (catalog)" not in verdicts
+    assert not gates.passed(verdicts.values())
+
+
+def upvotes(within_5ms: int, total: int) -> dict[histogram.SeriesKey, Histogram]:
+    hist = Histogram(((0.001, 0), (0.0025, 0), (0.005, within_5ms), (0.01, total), (INF, total)))
+    return {("PUT", "/api/projects/{project_id}/upvote", "200"): hist,
+            ("GET", "/healthz", "200"): Histogram(((0.001, 50), (INF, 50)))}  # fmt: skip
+
+
+def test_server_verdicts_are_exact_at_a_bucket_bound() -> None:
+    (held,) = gates.server_verdicts(targets(), upvotes(95, 100))
+    assert held.passed and held.name == "PUT /api/projects/{project_id}/upvote" and held.requests == 100
+    assert held.note.startswith("95.0% within 5 ms")
+    (missed,) = gates.server_verdicts(targets(), upvotes(94, 100))
+    assert not missed.passed
+
+
+def test_a_server_target_that_cannot_be_checked_fails() -> None:
+    (nothing,) = gates.server_verdicts(targets(), {})
+    assert not nothing.passed and "not checked" in nothing.note
+    broken = {("PUT", "/api/projects/{project_id}/upvote", "200"): Histogram(((0.005, 3), (INF, 1)))}
+    (inconsistent,) = gates.server_verdicts(targets(), broken)
+    assert not inconsistent.passed and "inconsistent" in inconsistent.note
+
+
+def test_any_failed_request_or_no_request_at_all_fails_the_run() -> None:
+    assert gates.failure_verdict(1000, 0).passed
+    assert not gates.failure_verdict(1000, 1).passed
+    assert not gates.failure_verdict(0, 0).passed
+
+
+def test_the_table_puts_failures_first() -> None:
+    rows = [gates.ClientRow("GET", "/api/projects?sort=trending", 10, 0, 5.0),
+            gates.ClientRow("GET", "/api/projects?sort=newest", 10, 0, 500.0)]  # fmt: skip
+    verdicts = gates.client_verdicts(targets(), rows)
+    lines = gates.format_table(verdicts, 0.95).splitlines()
+    assert lines[0].split()[:5] == ["where", "request", "requests", "failed", "p95"]
+    assert "newest" in lines[1] and "FAIL" in lines[1]
+    assert "trending" in lines[2] and "pass" in lines[2]
+
+
+# --- the catalog and the runner's arithmetic ---------------------------------------------------
+
+
+def test_user_id_ranges() -> None:
+    assert parse_id_ranges("1-3, 7") == [range(1, 4), range(7, 8)]
+    for bad in ("", "0-5", "5-1", "a-b"):
+        with pytest.raises(ValueError):
+            parse_id_ranges(bad)
+    catalog = Catalog("1-200")
+    assert {catalog.user() for _ in range(2000)} <= set(range(1, 201))
+
+
+def test_intro_requests_reach_their_target_once() -> None:
+    catalog = Catalog("1-10")
+    catalog.come_online(1)
+    catalog.come_online(2)
+    assert catalog.online_peer(1) == 2
+    catalog.deliver_intro(2, 99)
+    assert catalog.take_intro(1) is None
+    assert catalog.take_intro(2) == 99
+    assert catalog.take_intro(2) is None
+    catalog.go_offline(2)
+    assert catalog.online_peer(1) is None
+
+
+def step(users: int, passed: bool) -> StepResult:
+    return StepResult(users, 100, 0, 10.0, 1.0, 2.0, 3.0, passed, 0 if passed else 1)
+
+
+def test_the_largest_passing_step_stops_at_the_first_failure() -> None:
+    assert largest_passing([step(500, True), step(1000, True), step(2000, False), step(5000, True)]) == 1000
+    assert largest_passing([step(500, False)]) is None
+    assert largest_passing([]) is None
+
+
+def test_command_line_values() -> None:
+    assert _positive_ints("2000,500, 1000,500") == (500, 1000, 2000)
+    assert _seconds("90") == 90 and _seconds("90s") == 90 and _seconds("2m") == 120
+    for bad in ("0", "x", "5d"):
+        with pytest.raises(Exception):  # noqa: B017 -- argparse's ArgumentTypeError
+            _seconds(bad)
+
+
+# --- short real runs ---------------------------------------------------------------------------
+
+# Every route the suite drives, as Locust names them; each class's tasks must have reached the API.
+READER_ROUTES = {
+    ("GET", "/api/projects?sort=trending"),
+    ("GET", "/api/projects?sort=newest"),
+    ("GET", "/api/projects?sort=top-rated"),
+    ("GET", "/api/projects?sort=trending&cursor=[cursor]"),
+    ("GET", "/api/leaderboard/projects"),
+    ("GET", "/api/leaderboard/users"),
+    ("GET", "/api/chains"),
+    ("GET", "/api/chains/[slug]"),
+    ("GET", "/api/search?q=[query]"),
+}
+MEMBER_ROUTES = {
+    ("GET", "/api/projects?sort=trending (signed in)"),
+    ("GET", "/api/users/dashboard"),
+    ("GET", "/api/messages/conversations"),
+    ("PUT", "/api/projects/[id]/upvote"),
+    ("DELETE", "/api/projects/[id]/upvote"),
+    ("POST", "/api/projects/[id]/upvote"),
+    ("POST", "/api/projects/[id]/comments"),
+    ("POST", "/api/messages"),
+    ("POST", "/api/messages/read"),
+    ("POST", "/api/intro-requests"),
+    ("POST", "/api/intro-requests/[id]/[decision]"),
+}
+
+
+@pytest.fixture(scope="module")
+def loadtest_db(admin_conn: AdminConnection, template_database: str) -> Iterator[tuple[str, str]]:
+    """One migrated database and Redis key prefix for this module's runs (the second reuses the seed)."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    with scratch_database(admin_conn, "loadtest", template_database) as url:
+        yield url, prefix
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    try:
+        delete_keys_with_prefix(client, prefix)
+    finally:
+        client.close()
+
+
+def loadtest(db: tuple[str, str], out: Path, targets_toml: str, *args: str) -> tuple[int, str]:
+    targets_file = out.parent / f"{out.name}-targets.toml"
+    targets_file.write_text(targets_toml, encoding="utf-8")
+    url, prefix = db
+    result = run_denorm(
+        ["loadtest", "--database-url", url, "--redis-prefix", prefix, "--scale", "tiny", "--targets",
+         str(targets_file), "--out", str(out), *args],
+        timeout=240,
+    )  # fmt: skip
+    return result.returncode, result.stdout + result.stderr
+
+
+def stats_rows(step_dir: Path) -> list[dict[str, str]]:
+    with (step_dir / "locust_stats.csv").open(newline="") as f:
+        return [r for r in csv.DictReader(f) if r["Name"] != "Aggregated"]
+
+
+@pytest.mark.slow
+def test_a_short_run_drives_every_route_and_writes_every_result(loadtest_db: tuple[str, str], tmp_path: Path) -> None:
+    # Targets no healthy run can miss: this run checks the suite and the runner, not this machine's speed.
+    lenient = 'default_ms = 10000\n[server]\n"* /api/projects/{project_id}/upvote" = 2500\n'
+    out = tmp_path / "run"
+    code, output = loadtest(loadtest_db, out, lenient, "--users", "120", "--spawn-rate", "60", "--run-time", "20",
+                            "--workers", "2", "--think-scale", "0.1")  # fmt: skip
+    assert code == 0, output[-5000:]
+
+    step_dir = out / "users-00120"
+    rows = stats_rows(step_dir)
+    made = {(r["Type"], r["Name"]) for r in rows if int(r["Request Count"]) > 0}
+    assert made >= READER_ROUTES, READER_ROUTES - made
+    assert made >= MEMBER_ROUTES, MEMBER_ROUTES - made
+    assert all(int(r["Failure Count"]) == 0 for r in rows), [r for r in rows if r["Failure Count"] != "0"]
+    assert sum(int(r["Request Count"]) for r in rows) > 1000
+
+    verdicts = json.loads((step_dir / "gates.json").read_text())
+    assert verdicts["passed"]
+    server = [v for v in verdicts["verdicts"] if v["check"] == "server"]
+    assert {v["name"] for v in server} >= {"PUT /api/projects/{project_id}/upvote"}
+    assert all(v["requests"] > 0 for v in server)
+    assert "every request" in output and "gates hold" in output
+
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "locust" in (step_dir / "report.html").read_text().lower()
+    assert (step_dir / "locust_stats_history.csv").stat().st_size > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["largest_passing_users"] == 120
+    assert summary["steps"][0]["cpu_cores"]["api"] > 0
+
+
+@pytest.mark.slow
+def test_an_impossible_target_fails_the_run(loadtest_db: tuple[str, str], tmp_path: Path) -> None:
+    impossible = 'default_ms = 0.001\n[server]\n"* /api/projects/{project_id}/upvote" = 0.001\n'
+    out = tmp_path / "impossible"
+    code, output = loadtest(loadtest_db, out, impossible, "--reuse", "--users", "30", "--spawn-rate", "30",
+                            "--run-time", "6", "--workers", "1", "--think-scale", "0.1")  # fmt: skip
+    assert code == 1, output[-5000:]
+    verdicts = json.loads((out / "users-00030" / "gates.json").read_text())
+    assert not verdicts["passed"]
+    judged = [v for v in verdicts["verdicts"] if v["check"] in ("client", "server")]
+    assert judged and not any(v["passed"] for v in judged)
+    assert "gates FAILED" in output and "FAIL" in (out / "summary.txt").read_text()
