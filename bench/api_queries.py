@@ -28,12 +28,12 @@ from typing import Any
 
 import psycopg
 
-from bench.scratch import scratch_database
+from bench.scratch import seeded_database
 from db import SQL_DIR
 from denorm.config import Settings
 from denorm.logs import configure_logging
 from denorm.pg import OLTP_SETTINGS, session_options
-from denorm.seed import SCALES, seed
+from denorm.seed import SCALES
 from denorm.sqlfile import load_queries, positional
 from services.refresher.worker import Refresher
 
@@ -170,40 +170,41 @@ def throughput(conn: Conn, query: str, seconds: float, users: int, prepared: boo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=list(SCALES), default="standard")
+    parser.add_argument(
+        "--database-url", help="an already seeded database to use as it is (default: a scratch one, seeded)"
+    )
     parser.add_argument("--runs", type=int, default=31)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     configure_logging("WARNING")
     scale = SCALES[args.scale]
     api = load_queries(SQL_DIR / "queries" / "api.sql")
-    with scratch_database("bench_api") as url:
-        seed(url, scale)
-        with (
-            psycopg.connect(url, autocommit=True) as conn,
-            psycopg.connect(url, autocommit=True, options=session_options(OLTP_SETTINGS)) as api_conn,
-        ):
-            Refresher(Settings(database_url=url, refresher_debounce_ms=0, refresher_metrics_port=0)).drain(conn)
-            conn.execute("VACUUM ANALYZE")
-            slug_row = conn.execute("SELECT slug FROM mv_chain_directory ORDER BY member_count DESC LIMIT 1").fetchone()
-            slug = str(slug_row[0]) if slug_row else ""
-            print(f"dataset={args.scale} ({scale.projects:,} projects, {scale.upvotes:,} upvotes, "
-                  f"{scale.messages:,} messages); medians, naive {max(3, args.runs // 3)} runs, read model "
-                  f"{args.runs} runs, one connection each")  # fmt: skip
-            print(f"{'':<22}{'---------- server ----------':>36}{'-------- round trip --------':>36}")
-            print(f"{'route query':<22}" + f"{'naive ms':>12}{'read model ms':>15}{'ratio':>9}" * 2)
-            for name, naive in NAIVE.items():
-                slow = medians(conn, naive, name, max(3, args.runs // 3), scale.users, slug, prepared=False)
-                fast = medians(api_conn, api[name], name, args.runs, scale.users, slug, prepared=True)
-                print(
-                    f"{name:<22}"
-                    + "".join(f"{s:>12.3f}{f:>15.3f}{s / f:>8.0f}x" for s, f in zip(slow, fast, strict=True))
-                )
-            naive_qps = throughput(conn, NAIVE["dashboard"], args.seconds, scale.users, prepared=False)
-            fast_qps = throughput(api_conn, api["dashboard"], args.seconds, scale.users, prepared=True)
+    with (
+        seeded_database("bench_api", args.scale, args.database_url) as url,
+        psycopg.connect(url, autocommit=True) as conn,
+        psycopg.connect(url, autocommit=True, options=session_options(OLTP_SETTINGS)) as api_conn,
+    ):
+        Refresher(Settings(database_url=url, refresher_debounce_ms=0, refresher_metrics_port=0)).drain(conn)
+        conn.execute("VACUUM ANALYZE")
+        slug_row = conn.execute("SELECT slug FROM mv_chain_directory ORDER BY member_count DESC LIMIT 1").fetchone()
+        slug = str(slug_row[0]) if slug_row else ""
+        print(f"dataset={args.scale} ({scale.projects:,} projects, {scale.upvotes:,} upvotes, "
+              f"{scale.messages:,} messages); medians, naive {max(3, args.runs // 3)} runs, read model "
+              f"{args.runs} runs, one connection each")  # fmt: skip
+        print(f"{'':<22}{'---------- server ----------':>36}{'-------- round trip --------':>36}")
+        print(f"{'route query':<22}" + f"{'naive ms':>12}{'read model ms':>15}{'ratio':>9}" * 2)
+        for name, naive in NAIVE.items():
+            slow = medians(conn, naive, name, max(3, args.runs // 3), scale.users, slug, prepared=False)
+            fast = medians(api_conn, api[name], name, args.runs, scale.users, slug, prepared=True)
             print(
-                f"dashboard throughput, one connection, random users: naive {naive_qps:,.0f}/s, "
-                f"read model {fast_qps:,.0f}/s, ratio {fast_qps / naive_qps:.1f}x"
+                f"{name:<22}" + "".join(f"{s:>12.3f}{f:>15.3f}{s / f:>8.0f}x" for s, f in zip(slow, fast, strict=True))
             )
+        naive_qps = throughput(conn, NAIVE["dashboard"], args.seconds, scale.users, prepared=False)
+        fast_qps = throughput(api_conn, api["dashboard"], args.seconds, scale.users, prepared=True)
+        print(
+            f"dashboard throughput, one connection, random users: naive {naive_qps:,.0f}/s, "
+            f"read model {fast_qps:,.0f}/s, ratio {fast_qps / naive_qps:.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -19,11 +19,11 @@ import sys
 import time
 import urllib.request
 
-from bench.scratch import scratch_database
+from bench.scratch import seeded_database
 from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET
 from denorm.logs import configure_logging
-from denorm.seed import SCALES, seed
+from denorm.seed import SCALES
 
 ROUTES = [
     ("healthz", "/healthz", False),
@@ -65,14 +65,16 @@ def wrk(url: str, seconds: int, connections: int, token: str | None) -> tuple[fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=list(SCALES), default="standard")
+    parser.add_argument(
+        "--database-url", help="an already seeded database to use as it is (default: a scratch one, seeded)"
+    )
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
     configure_logging("WARNING")
-    with scratch_database("bench_http") as url:
-        seed(url, SCALES[args.scale])
+    with seeded_database("bench_http", args.scale, args.database_url) as url:
         port = free_port()
         env = {**os.environ, "DATABASE_URL": url, "JWT_SECRET": DEV_JWT_SECRET, "API_ACCESS_LOG": "false",
                "REFRESHER_METRICS_PORT": "0", "LOG_LEVEL": "WARNING", "REDIS_KEY_PREFIX": f"bench-{port}:"}  # fmt: skip

@@ -17,6 +17,20 @@ ADMIN_URL = os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5
 
 
 @contextmanager
+def seeded_database(prefix: str, scale_name: str, url: str | None) -> Iterator[str]:
+    """A scratch database seeded at `scale_name`, or, with `url`, that already seeded database as it is
+    (so a benchmark can be repeated without seeding millions of rows again)."""
+    if url:
+        yield url
+        return
+    from denorm.seed import SCALES, seed
+
+    with scratch_database(prefix) as scratch:
+        seed(scratch, SCALES[scale_name])
+        yield scratch
+
+
+@contextmanager
 def scratch_database(prefix: str = "bench", keep: bool = False) -> Iterator[str]:
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:

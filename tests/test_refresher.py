@@ -153,7 +153,8 @@ def test_a_crashed_refreshers_claim_is_recovered(seeded: Connection, database_ur
     )  # a replica that claimed the view, then hangs
     assert refresher.refresh_one(seeded) is None  # skipped, not waited for
     pid = crashed.info.backend_pid
-    seeded.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    # pg_terminate_backend only signals; the claim ends when the backend has exited.
+    seeded.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
     crashed.close()
     result = refresher.refresh_one(seeded)
     assert result is not None and result.view_name == "mv_forum_threads"

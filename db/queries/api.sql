@@ -3,6 +3,8 @@
 
 -- The read routes' queries build their JSON here, in Postgres: the API process is the bottleneck
 -- (one Python core against Postgres's many), and a text column passes through it untouched.
+-- Each read model row carries its item prebuilt (migration 0008), so a read only concatenates the
+-- items of a page and appends the live counts where the answer shows them.
 -- as_of is a scalar subquery, so it runs once per query (an InitPlan): joined as a row source,
 -- the planner inlines view_as_of() into the projection and looks the queue up once per row.
 
@@ -10,13 +12,12 @@
 -- A feed page in trending order, after the keyset cursor (score, id) of the previous page (or at an
 -- offset, for page numbers). as_of: the feed reflects every write committed before it.
 -- Counts come from the zero-staleness counters, the order from the feed table.
--- One row per item: (id, its cursor key as text, the item as JSON, as_of as JSON); the API adds
--- user_has_upvoted to each item when the caller is signed in.
-SELECT f.id, f.trending_score::text, json_build_object(
-           'id', f.id, 'owner_id', f.owner_id, 'username', f.username, 'title', f.title, 'tagline', f.tagline,
-           'tags', f.tags, 'upvote_count', c.upvote_count, 'comment_count', c.comment_count,
-           'trending_score', f.trending_score, 'proof_score', f.proof_score, 'created_at', f.created_at)::text,
-       (SELECT to_json(view_as_of('mv_feed_projects'))::text)
+-- One row per item: (id, its cursor key as text, the item as JSON text, as_of as JSON text); the item
+-- is the row's prebuilt head (migration 0008) and the live counts. The API adds user_has_upvoted
+-- to each item when the caller is signed in.
+SELECT f.id, f.trending_score::text, f.item_head || ',"upvote_count":' || c.upvote_count || ',"comment_count":' || c.comment_count
+           || ',"trending_score":' || f.trending_score || ',"proof_score":' || f.proof_score || '}',
+       (SELECT json_ts(view_as_of('mv_feed_projects')))
 FROM mv_feed_projects f
 JOIN project_counters c ON c.project_id = f.id
 WHERE (f.trending_score, f.id) < (%(after_score)s::float8, %(after_id)s::bigint)
@@ -24,11 +25,9 @@ ORDER BY f.trending_score DESC, f.id DESC
 LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: feed_top_rated
-SELECT f.id, f.proof_score::text, json_build_object(
-           'id', f.id, 'owner_id', f.owner_id, 'username', f.username, 'title', f.title, 'tagline', f.tagline,
-           'tags', f.tags, 'upvote_count', c.upvote_count, 'comment_count', c.comment_count,
-           'trending_score', f.trending_score, 'proof_score', f.proof_score, 'created_at', f.created_at)::text,
-       (SELECT to_json(view_as_of('mv_feed_projects'))::text)
+SELECT f.id, f.proof_score::text, f.item_head || ',"upvote_count":' || c.upvote_count || ',"comment_count":' || c.comment_count
+           || ',"trending_score":' || f.trending_score || ',"proof_score":' || f.proof_score || '}',
+       (SELECT json_ts(view_as_of('mv_feed_projects')))
 FROM mv_feed_projects f
 JOIN project_counters c ON c.project_id = f.id
 WHERE (f.proof_score, f.id) < (%(after_score)s::float8, %(after_id)s::bigint)
@@ -36,11 +35,9 @@ ORDER BY f.proof_score DESC, f.id DESC
 LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: feed_newest
-SELECT f.id, to_json(f.created_at) #>> '{}', json_build_object(
-           'id', f.id, 'owner_id', f.owner_id, 'username', f.username, 'title', f.title, 'tagline', f.tagline,
-           'tags', f.tags, 'upvote_count', c.upvote_count, 'comment_count', c.comment_count,
-           'trending_score', f.trending_score, 'proof_score', f.proof_score, 'created_at', f.created_at)::text,
-       (SELECT to_json(view_as_of('mv_feed_projects'))::text)
+SELECT f.id, to_json(f.created_at) #>> '{}', f.item_head || ',"upvote_count":' || c.upvote_count || ',"comment_count":' || c.comment_count
+           || ',"trending_score":' || f.trending_score || ',"proof_score":' || f.proof_score || '}',
+       (SELECT json_ts(view_as_of('mv_feed_projects')))
 FROM mv_feed_projects f
 JOIN project_counters c ON c.project_id = f.id
 WHERE (f.created_at, f.id) < (%(after_time)s::timestamptz, %(after_id)s::bigint)
@@ -48,9 +45,11 @@ ORDER BY f.created_at DESC, f.id DESC
 LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: leaderboard_projects
-SELECT json_build_object('items', coalesce(json_agg(l ORDER BY l.rank), '[]'),
-                         'as_of', (SELECT view_as_of('mv_leaderboard_projects')))::text
-FROM (SELECT l.rank, l.project_id, l.title, l.owner_id, l.username, c.upvote_count, c.comment_count
+-- Ranks from the view; counts live, appended to each prebuilt item head.
+SELECT '{"items":[' || coalesce(string_agg(l.item_head || ',"upvote_count":' || l.upvote_count
+                                           || ',"comment_count":' || l.comment_count || '}', ',' ORDER BY l.rank), '')
+       || '],"as_of":' || (SELECT json_ts(view_as_of('mv_leaderboard_projects'))) || '}'
+FROM (SELECT l.rank, l.item_head, c.upvote_count, c.comment_count
       FROM mv_leaderboard_projects l
       JOIN project_counters c ON c.project_id = l.project_id
       WHERE l.rank > %(offset)s
@@ -58,9 +57,9 @@ FROM (SELECT l.rank, l.project_id, l.title, l.owner_id, l.username, c.upvote_cou
       LIMIT %(limit)s) l
 
 -- name: leaderboard_users
-SELECT json_build_object('items', coalesce(json_agg(l ORDER BY l.rank), '[]'),
-                         'as_of', (SELECT view_as_of('mv_leaderboard_users')))::text
-FROM (SELECT rank, user_id, username, display_name, upvotes_received, project_count
+SELECT '{"items":[' || coalesce(string_agg(l.item, ',' ORDER BY l.rank), '')
+       || '],"as_of":' || (SELECT json_ts(view_as_of('mv_leaderboard_users'))) || '}'
+FROM (SELECT rank, item
       FROM mv_leaderboard_users
       WHERE rank > %(offset)s
       ORDER BY rank
@@ -68,14 +67,13 @@ FROM (SELECT rank, user_id, username, display_name, upvotes_received, project_co
 
 -- name: chains
 -- next_cursor: the query string that continues after the last item of a full page.
-SELECT json_build_object(
-    'items', coalesce(json_agg(d ORDER BY d.member_count DESC, d.chain_id DESC), '[]'),
-    'next_cursor', CASE WHEN count(*) = %(limit)s THEN
-        (array_agg(format('after_members=%%s&after_id=%%s', d.member_count, d.chain_id)
-                   ORDER BY d.member_count, d.chain_id))[1] END,
-    'as_of', (SELECT view_as_of('mv_chain_directory')))::text
-FROM (SELECT chain_id, slug, name, description, owner_username, project_count, member_count, thread_count,
-             last_activity_at
+SELECT '{"items":[' || coalesce(string_agg(d.item, ',' ORDER BY d.member_count DESC, d.chain_id DESC), '')
+       || '],"next_cursor":' || CASE WHEN count(*) = %(limit)s THEN
+              json_str((array_agg('after_members=' || d.member_count || '&after_id=' || d.chain_id
+                                  ORDER BY d.member_count, d.chain_id))[1])
+          ELSE 'null' END
+       || ',"as_of":' || (SELECT json_ts(view_as_of('mv_chain_directory'))) || '}'
+FROM (SELECT chain_id, member_count, item
       FROM mv_chain_directory
       WHERE (member_count, chain_id) < (%(after_members)s::bigint, %(after_id)s::bigint)
       ORDER BY member_count DESC, chain_id DESC
@@ -84,27 +82,25 @@ FROM (SELECT chain_id, slug, name, description, owner_username, project_count, m
 -- name: chain_page
 -- One chain, its best projects (counts exact) and its latest threads, as one JSON document (text:
 -- the API sends it as it is).
-SELECT json_build_object(
-    'chain', json_build_object(
-        'chain_id', d.chain_id, 'slug', d.slug, 'name', d.name, 'description', d.description,
-        'owner_username', d.owner_username, 'project_count', d.project_count, 'member_count', d.member_count,
-        'thread_count', d.thread_count, 'last_activity_at', d.last_activity_at),
-    'projects', coalesce((
-        SELECT json_agg(p ORDER BY p.upvote_count DESC, p.project_id DESC) FROM (
-            SELECT cp.project_id, cp.title, cp.tagline, cp.username, c.upvote_count, c.comment_count, cp.added_at
-            FROM mv_chain_projects cp
-            JOIN project_counters c ON c.project_id = cp.project_id
-            WHERE cp.chain_id = d.chain_id
-            ORDER BY cp.upvote_count DESC, cp.project_id DESC
-            LIMIT %(limit)s) p), '[]'),
-    'threads', coalesce((
-        SELECT json_agg(t ORDER BY t.last_activity_at DESC, t.thread_id DESC) FROM (
-            SELECT thread_id, title, author_username, post_count, last_post_at, last_activity_at, created_at
-            FROM mv_forum_threads
-            WHERE chain_id = d.chain_id
-            ORDER BY last_activity_at DESC, thread_id DESC
-            LIMIT %(limit)s) t), '[]'),
-    'as_of', least(view_as_of('mv_chain_directory'), view_as_of('mv_chain_projects'), view_as_of('mv_forum_threads')))::text
+SELECT '{"chain":' || d.item
+    || ',"projects":[' || coalesce((
+        SELECT string_agg(p.item_head || ',"upvote_count":' || p.upvote_count || ',"comment_count":' || p.comment_count
+                          || '}', ',' ORDER BY p.upvote_count DESC, p.project_id DESC)
+        FROM (SELECT cp.project_id, cp.item_head, c.upvote_count, c.comment_count
+              FROM mv_chain_projects cp
+              JOIN project_counters c ON c.project_id = cp.project_id
+              WHERE cp.chain_id = d.chain_id
+              ORDER BY cp.upvote_count DESC, cp.project_id DESC
+              LIMIT %(limit)s) p), '')
+    || '],"threads":[' || coalesce((
+        SELECT string_agg(t.item, ',' ORDER BY t.last_activity_at DESC, t.thread_id DESC)
+        FROM (SELECT thread_id, last_activity_at, item
+              FROM mv_forum_threads
+              WHERE chain_id = d.chain_id
+              ORDER BY last_activity_at DESC, thread_id DESC
+              LIMIT %(limit)s) t), '')
+    || '],"as_of":' || json_ts(least(view_as_of('mv_chain_directory'), view_as_of('mv_chain_projects'),
+                                     view_as_of('mv_forum_threads'))) || '}'
 FROM mv_chain_directory d
 WHERE d.slug = %(slug)s
 
