@@ -42,6 +42,7 @@ def plot(steps: list[StepResult], points: list[HistoryPoint], default_target_ms:
     if line:
         throughput.plot(*zip(*line, strict=True), marker="o", color="tab:blue", label="requests/s (step)")
         throughput.legend(loc="upper left", fontsize="small")
+    throughput.set_ylim(bottom=0)
     throughput.set_ylabel("requests/s")
     throughput.set_xlabel("users")
     throughput.grid(True, alpha=0.3)

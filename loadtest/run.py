@@ -7,8 +7,9 @@ Each step (a number of users) is one Locust run: a master and --workers workers 
 --spawn-rate, then --run-time seconds of steady load follow, and only those count (--reset-stats).
 The API restarts before each step, so that its /metrics histogram (the upvote's server time) holds
 that step alone; the refresher runs throughout. Results go to --out (loadtest/results/<UTC time>/):
-per step the Locust CSVs, its HTML report, the gates' verdicts, CPU by component and every log; at
-the top plot.png, summary.json and summary.txt.
+per step the Locust CSVs, its HTML report, the gates' verdicts, CPU by component (cpu.csv), every
+log and, with --profile, a py-spy flame graph of the API (api-profile.svg); at the top plot.png,
+summary.json and summary.txt.
 
 Exit status: 0 every gate of every step held; 1 a gate failed or a request failed; 2 the system
 could not be prepared or started.
@@ -71,6 +72,7 @@ class Options:
     jwt_secret: str = ""
     environment: str = "development"
     goal_users: int = 5000
+    profile: bool = False
 
     def rate(self, users: int) -> float:
         # A ramp of about ten seconds; Locust itself warns above 100 users a second.
@@ -238,13 +240,21 @@ def run_step(opts: Options, users: int, step_dir: Path, base_url: str, api: subp
     }).start()  # fmt: skip
     log.info("step started", users=users, spawn_rate=opts.rate(users), ramp_s=ramp, run_time_s=opts.run_time,
              workers=opts.workers)  # fmt: skip
+    profiler = None
     try:
+        if opts.profile:
+            profiler = _profile_api(api, master, step_dir / "api-profile.svg", origin + ramp + 5, opts.run_time - 10)
         try:
             code = master.wait(timeout=ramp + opts.run_time + 120)
         except subprocess.TimeoutExpired:
             log.error("the Locust master did not finish in time", users=users)
             code = stop("locust master", master)
     finally:
+        if profiler is not None:
+            try:
+                profiler.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                stop("py-spy", profiler)
         for i, w in enumerate(workers):
             try:
                 w.wait(timeout=30)  # a worker quits when its master tells it to
@@ -263,6 +273,22 @@ def run_step(opts: Options, users: int, step_dir: Path, base_url: str, api: subp
     agg = report.aggregate(step_dir / "locust_stats.csv")
     return StepResult(users=users, gates_passed=None if verdicts is None else bool(verdicts["passed"]),
                       exit_code=code, cpu_cores=steady, **agg)  # fmt: skip
+
+
+def _profile_api(api: subprocess.Popen[bytes], master: subprocess.Popen[bytes], svg: Path, at: float,
+                 seconds: int) -> subprocess.Popen[bytes] | None:  # fmt: skip
+    """py-spy on the API (and its uvicorn workers) during the steady load: a flame graph of its CPU."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.is_file():
+        log.warning("no py-spy next to this Python: not profiling")
+        return None
+    while time.monotonic() < at and master.poll() is None:
+        time.sleep(0.5)
+    if master.poll() is not None:
+        return None
+    cmd = [str(spy), "record", "--pid", str(api.pid), "--subprocesses", "--nonblocking", "--rate", "100",
+           "--duration", str(max(5, seconds)), "--format", "flamegraph", "--output", str(svg)]  # fmt: skip
+    return start("py-spy", cmd, os.environ.copy(), svg.with_suffix(".log"))
 
 
 def _read_gates(path: Path) -> dict[str, Any] | None:
@@ -409,6 +435,7 @@ def add_loadtest_parser(sub: Any) -> None:
     p.add_argument("--out", type=Path, help="results folder (loadtest/results/<UTC time>)")
     p.add_argument("--redis-prefix", help="Redis key prefix of the API under test (loadtest:<database>:)")
     p.add_argument("--goal-users", type=int, default=5000, help="the user count the summary sizes against (5000)")
+    p.add_argument("--profile", action="store_true", help="py-spy the API during each step's steady load (SVG)")
     p.set_defaults(handler=main)
 
 
@@ -442,6 +469,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         jwt_secret=settings.jwt_secret,
         environment=settings.environment,
         goal_users=args.goal_users,
+        profile=args.profile,
     )
 
 
