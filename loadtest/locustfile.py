@@ -13,6 +13,8 @@ Environment:
     LOADTEST_TARGETS        the targets file (loadtest/targets.toml)
     LOADTEST_GATES_JSON     also write the gates' verdicts to this file
     LOADTEST_API_PROCESSES  API processes behind --host, for the server-side histogram (1)
+    LOADTEST_SERVER_GATES   "off" skips the server-side gates: behind a Service with several API
+                            replicas a scrape cannot tell them apart; judge those in Prometheus
 
 Gates: when Locust quits, the master judges every request name's p95 against targets.toml, the
 upvote's server time from the API's /metrics histogram, and fails the run (exit code 1) on any
@@ -332,6 +334,8 @@ def _api_processes() -> int:
 
 
 def _server_snapshot(environment: Environment) -> histogram.Snapshot | None:
+    if os.environ.get("LOADTEST_SERVER_GATES", "on") == "off":
+        return None
     try:
         return histogram.snapshot(str(environment.host), _api_processes())
     except (OSError, ValueError) as exc:
@@ -370,8 +374,9 @@ def _check_gates(environment: Environment, **_kwargs: Any) -> None:
         for e in environment.stats.entries.values()
     ]  # fmt: skip
     verdicts = gates.client_verdicts(targets, rows)
-    after = _server_snapshot(environment) if targets.server and environment.host else None
-    if targets.server:
+    server_gates = bool(targets.server) and os.environ.get("LOADTEST_SERVER_GATES", "on") != "off"
+    after = _server_snapshot(environment) if server_gates and environment.host else None
+    if server_gates:
         series = {} if after is None else histogram.subtract(after.series, _baseline.series if _baseline else {})
         seen = f"{after.processes_seen} API process(es) seen" if after else "metrics unreachable"
         verdicts += gates.server_verdicts(targets, series, seen)
