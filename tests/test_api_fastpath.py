@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -144,3 +145,26 @@ def test_a_signed_in_feed_carries_the_callers_upvotes(pair: Pair, settings: Sett
         items = client.get("/api/projects", params={"limit": 3}, headers=me).json()["items"]
         assert items[0]["user_has_upvoted"] is True
     same_answer(pair, "/api/projects?limit=3", me)
+
+
+def test_a_failing_read_answers_the_same_json_500_on_both_paths(
+    pair: Pair, seeded_url: str, settings: Settings
+) -> None:
+    """The direct path runs outside FastAPI's error handling, so it answers unexpected errors itself."""
+    direct, _plain = pair
+    quiet = settings.model_copy(update={"api_access_log": False, "api_fast_reads": False})
+    before = read_counts(direct)
+    # FastAPI answers, then re-raises for the server to log: this client must not raise it.
+    with (
+        TestClient(create_app(quiet), raise_server_exceptions=False) as plain,
+        psycopg.connect(seeded_url, autocommit=True) as conn,
+    ):
+        conn.execute("ALTER MATERIALIZED VIEW mv_leaderboard_users RENAME TO mv_leaderboard_users_gone")
+        try:
+            for client in (direct, plain):
+                answer = client.get("/api/leaderboard/users")
+                assert answer.status_code == 500
+                assert answer.json() == {"error": {"code": "internal", "message": "internal error", "details": None}}
+        finally:
+            conn.execute("ALTER MATERIALIZED VIEW mv_leaderboard_users_gone RENAME TO mv_leaderboard_users")
+    assert read_counts(direct)["direct"] == before.get("direct", 0) + 1

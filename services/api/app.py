@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -12,7 +11,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.responses import PlainTextResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from denorm.cache import open_redis
 from denorm.config import Settings, get_settings
@@ -22,12 +21,12 @@ from denorm.usercache import Breaker, UserCache
 from services.api import errors
 from services.api.deps import Services
 from services.api.fastpath import FastReads, FastStats
+from services.api.front import Front
 from services.api.models import Health, Readiness
 from services.api.responses import JSONBytes
 from services.api.routes import projects, reads, social
 
 log = get_logger("denorm.api")
-MAX_BODY_BYTES = 64 * 1024
 BREAKER_STATES = ("closed", "half_open", "open")
 
 
@@ -65,48 +64,15 @@ class CacheCollector(Collector):
         yield fast
 
 
-class Observe:
-    """Pure ASGI middleware: body size limit, latency histogram per route, one JSON log line per request."""
+class Api(FastAPI):
+    """FastAPI with the front door (services/api/front.py) and the direct read path outermost, outside
+    Starlette's and FastAPI's own middleware, which only the requests FastAPI answers pass through."""
 
-    def __init__(self, app: ASGIApp, histogram: Histogram, access_log: bool) -> None:
-        self.app = app
-        self.histogram = histogram
-        self.access_log = access_log
+    front: Callable[[ASGIApp], ASGIApp] | None = None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            response = errors.error_response(413, "payload_too_large", f"bodies are limited to {MAX_BODY_BYTES} bytes")
-            await response(scope, receive, send)
-            status = 413
-        else:
-            seen = 0
-
-            async def limited_receive() -> Message:
-                nonlocal seen
-                message = await receive()
-                seen += len(message.get("body", b""))
-                if seen > MAX_BODY_BYTES:
-                    raise errors.ApiError(413, "payload_too_large", f"bodies are limited to {MAX_BODY_BYTES} bytes")
-                return message
-
-            async def observed_send(message: Message) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = int(message["status"])
-                await send(message)
-
-            await self.app(scope, limited_receive, observed_send)
-        route = getattr(scope.get("route"), "path", "unmatched")
-        elapsed = time.perf_counter() - started
-        self.histogram.labels(scope["method"], route, str(status)).observe(elapsed)
-        if self.access_log:
-            log.info("request", method=scope["method"], route=route, status=status, ms=round(elapsed * 1000, 2))
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        return self.front(stack) if self.front is not None else stack
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -133,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await read_pool.close()
             await write_pool.close()
 
-    app = FastAPI(
+    app = Api(
         title="denorm read API",
         version="1.0",
         description="Fast read paths for a social product, served from read models Postgres keeps right.",
@@ -151,11 +117,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     fast = FastStats()
     registry.register(CacheCollector(app, fast))
-    if settings.api_fast_reads:
-        app.add_middleware(
-            FastReads, routes=lambda: app.routes, services=lambda: getattr(app.state, "services", None), stats=fast
-        )
-    app.add_middleware(Observe, histogram=histogram, access_log=settings.api_access_log)  # outermost: sees both
+
+    def front(stack: ASGIApp) -> ASGIApp:
+        if settings.api_fast_reads:
+            stack = FastReads(
+                stack, routes=lambda: app.routes, services=lambda: getattr(app.state, "services", None), stats=fast
+            )
+        return Front(stack, histogram=histogram, access_log=settings.api_access_log)  # outermost: sees both
+
+    app.front = front
 
     @app.get("/healthz", tags=["operations"], response_model=Health, response_class=JSONBytes)
     async def healthz() -> JSONBytes:

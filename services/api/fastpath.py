@@ -22,10 +22,12 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from denorm.auth import AuthError, verify_token
+from denorm.logs import get_logger
 from services.api.deps import Services
 from services.api.errors import ApiError, error_response
 from services.api.routes import projects, reads, social
 
+log = get_logger("denorm.api")
 _DIGITS = re.compile(r"0|[1-9][0-9]{0,18}")
 
 
@@ -211,6 +213,10 @@ class FastReads:
             body = await read.body(svc, **args)
         except ApiError as exc:
             await error_response(exc.status, exc.code, exc.message, exc.details)(scope, receive, send)
+            return
+        except Exception as exc:  # this path is outside FastAPI's error handling: answer as it would
+            log.error("unhandled error", path=path, error=repr(exc))
+            await error_response(500, "internal", "internal error")(scope, receive, send)
             return
         await send(
             {
