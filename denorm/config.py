@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     redis_breaker_cooldown_ms: int = Field(default=5000, ge=1, description="how long an open breaker skips Redis")
     api_access_log: bool = Field(default=True, description="one JSON log line per request")
     api_fast_reads: bool = Field(default=True, description="serve valid hot GET reads without FastAPI's machinery")
+    api_search_cache_seconds: float = Field(
+        default=5.0, ge=0, le=300, description="how long a search answer is reused (0: never)"
+    )
+    api_search_cache_entries: int = Field(default=10_000, ge=1, description="search answers kept per process")
 
     # The refresher (services/refresher).
     refresher_debounce_ms: int = Field(default=1000, ge=0, description="wait after a view's first dirty mark")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -238,3 +240,34 @@ def test_writes_reach_every_read_model(client: TestClient, settings: Settings, c
     thread = client.post(f"/api/chains/{slug}/threads", json={"title": "Hello"}, headers=me).json()["id"]
     assert client.post(f"/api/threads/{thread}/posts", json={"body": "reply"}, headers=other).status_code == 201
     assert client.delete(f"/api/chains/{slug}/membership", headers=me).json()["changed"] == 1
+
+
+def test_a_search_answer_is_reused_for_a_few_seconds_then_recomputed(
+    seeded_url: str, settings: Settings, conn: Connection
+) -> None:
+    from tests.test_refresher import settle
+
+    quiet = settings.model_copy(update={"api_access_log": False, "api_search_cache_seconds": 1.0})
+    with TestClient(create_app(quiet)) as client:
+
+        def search() -> dict[str, Any]:
+            found: dict[str, Any] = client.get("/api/search", params={"q": "zebracorn"}).json()
+            return found
+
+        def cache_counts() -> tuple[float, float]:
+            text = client.get("/metrics").text
+            hits = re.search(r"denorm_api_search_cache_hits_total ([0-9.e+]+)", text)
+            misses = re.search(r"denorm_api_search_cache_misses_total ([0-9.e+]+)", text)
+            assert hits is not None and misses is not None
+            return float(hits[1]), float(misses[1])
+
+        first = search()
+        assert first["items"] == []
+        conn.execute("INSERT INTO projects (owner_id, title) VALUES (3, 'Zebracorn Tracker')")
+        settle(conn, seeded_url)
+        assert search() == first  # the same answer, as_of included: it says how old it is
+        assert cache_counts() == (1, 1)
+        time.sleep(1.1)
+        fresh = search()
+        assert [h["title"] for h in fresh["items"]] == ["Zebracorn Tracker"] and fresh["as_of"] > first["as_of"]
+        assert cache_counts() == (1, 2)

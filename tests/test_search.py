@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
@@ -17,8 +18,19 @@ Connection = psycopg.Connection[Any]
 SEARCH = load_queries(SQL_DIR / "queries" / "api.sql")["search"]
 
 
+def answer(conn: Connection, q: str, doc_type: str | None = None, limit: int = 10) -> dict[str, Any]:
+    """The search query's JSON document."""
+    row = conn.execute(SEARCH.encode(), {"q": q, "doc_type": doc_type, "limit": limit}).fetchone()
+    assert row is not None
+    document: dict[str, Any] = json.loads(row[0])
+    return document
+
+
 def search(conn: Connection, q: str, doc_type: str | None = None, limit: int = 10) -> list[tuple[Any, ...]]:
-    return conn.execute(SEARCH.encode(), {"q": q, "doc_type": doc_type, "limit": limit}).fetchall()
+    """The hits as (type, id, title, subtitle, slug, corrected query, score)."""
+    found = answer(conn, q, doc_type, limit)
+    return [(h["type"], h["id"], h["title"], h["subtitle"], h["slug"], found["corrected"], h["score"])
+            for h in found["items"]]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +61,7 @@ def searchable(admin_conn: Connection, template_database: str) -> Any:
 def test_projects_are_found_despite_typos(searchable: Connection, query: str, must_contain: list[str]) -> None:
     hits = search(searchable, query, "project")
     assert len(hits) == 10
-    for _type, _id, title, _subtitle, _slug, _corrected, _score, _as_of in hits:
+    for _type, _id, title, _subtitle, _slug, _corrected, _score in hits:
         assert all(word in title.lower() for word in must_contain), (query, title)
 
 
@@ -75,9 +87,16 @@ def test_the_corrected_query_is_reported(searchable: Connection) -> None:
     assert hits[0][5] == "redis"
 
 
-def test_no_match_is_an_empty_answer(searchable: Connection) -> None:
-    assert search(searchable, "zzqqxx") == []
-    assert search(searchable, "   ") == []
+def test_no_match_is_an_empty_answer_that_still_says_how_old_it_is(searchable: Connection) -> None:
+    nothing = answer(searchable, "zzqqxx")
+    assert nothing["items"] == [] and nothing["corrected"] == "zzqqxx" and nothing["as_of"] is not None
+    blank = answer(searchable, "   ")
+    assert blank["items"] == [] and blank["corrected"] is None and blank["as_of"] is not None
+
+
+def test_hits_come_best_first(searchable: Connection) -> None:
+    scores = [h[6] for h in search(searchable, "redis", None, limit=50)]
+    assert len(scores) == 50 and scores == sorted(scores, reverse=True)
 
 
 @pytest.mark.parametrize("word", ["redis", "postgres", "lovelace", "guild", "zzqqxx"])

@@ -163,22 +163,30 @@ WITH tokens AS (
     FROM tokens
 ), corrected AS MATERIALIZED (
     SELECT string_agg(word, ' ' ORDER BY ord) AS text FROM fixed
+), hits AS (
+    SELECT hit.doc_type, hit.doc_id, hit.title, hit.subtitle, hit.slug,
+           (hit.relevance + ln(1 + coalesce(
+               (SELECT c.upvote_count FROM project_counters_base c
+                WHERE hit.doc_type = 'project' AND c.project_id = hit.doc_id), 0)) / 100)::float8 AS score
+    FROM (
+        -- The 200 most relevant candidates; popularity then breaks near-ties among them.
+        SELECT c.doc_type, c.doc_id, c.title, c.subtitle, c.slug,
+               ts_rank_cd(c.document, (SELECT plainto_tsquery('english', text) FROM corrected), 32) AS relevance
+        FROM search_candidates((SELECT plainto_tsquery('english', text) FROM corrected), %(doc_type)s::text) c
+        ORDER BY relevance DESC
+        LIMIT 200
+    ) hit
+    ORDER BY score DESC, hit.doc_type, hit.doc_id
+    LIMIT %(limit)s
 )
-SELECT hit.doc_type, hit.doc_id, hit.title, hit.subtitle, hit.slug, (SELECT text FROM corrected),
-       hit.relevance + ln(1 + coalesce(
-           (SELECT c.upvote_count FROM project_counters_base c
-            WHERE hit.doc_type = 'project' AND c.project_id = hit.doc_id), 0)) / 100 AS score,
-       (SELECT view_as_of('mv_search_documents'))
-FROM (
-    -- The 200 most relevant candidates; popularity then breaks near-ties among them.
-    SELECT c.doc_type, c.doc_id, c.title, c.subtitle, c.slug,
-           ts_rank_cd(c.document, (SELECT plainto_tsquery('english', text) FROM corrected), 32) AS relevance
-    FROM search_candidates((SELECT plainto_tsquery('english', text) FROM corrected), %(doc_type)s::text) c
-    ORDER BY relevance DESC
-    LIMIT 200
-) hit
-ORDER BY score DESC, hit.doc_type, hit.doc_id
-LIMIT %(limit)s
+-- One JSON document, as_of included even when nothing matched.
+SELECT '{"query":' || json_str(%(q)s) || ',"corrected":' || json_str((SELECT text FROM corrected))
+       || ',"items":[' || coalesce((
+           SELECT string_agg('{"type":' || json_str(doc_type) || ',"id":' || doc_id || ',"title":' || json_str(title)
+                             || ',"subtitle":' || json_str(subtitle) || ',"slug":' || json_str(slug)
+                             || ',"score":' || score || '}', ',' ORDER BY score DESC, doc_type, doc_id)
+           FROM hits), '')
+       || '],"as_of":' || (SELECT json_ts(view_as_of('mv_search_documents'))) || '}'
 
 -- name: refresh_status
 SELECT q.view_name, q.status, q.refresh_requested_at, q.first_requested_at, q.last_refreshed_at,

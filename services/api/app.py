@@ -19,6 +19,7 @@ from denorm.logs import get_logger
 from denorm.pg import open_pool
 from denorm.usercache import Breaker, UserCache
 from services.api import errors
+from services.api.answercache import AnswerCache
 from services.api.deps import Services
 from services.api.fastpath import FastReads, FastStats
 from services.api.front import Front
@@ -56,6 +57,15 @@ class CacheCollector(Collector):
         for s in BREAKER_STATES:
             state.add_metric([s], 1.0 if svc.cache.breaker.state == s else 0.0)
         yield state
+        search = svc.search_cache.stats
+        for name, value, doc in (
+            ("denorm_api_search_cache_hits", search.hits, "Searches answered from the answer cache"),
+            ("denorm_api_search_cache_misses", search.misses, "Searches computed in Postgres"),
+            ("denorm_api_search_cache_coalesced", search.coalesced, "Searches that waited for an identical one"),
+        ):
+            counter = CounterMetricFamily(name, doc)
+            counter.add_metric([], value)
+            yield counter
         fast = CounterMetricFamily(
             "denorm_api_read_requests", "Hot read requests by the path that answered them", labels=["path"]
         )
@@ -90,7 +100,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = open_redis(settings.redis_url, settings.redis_timeout_ms / 1000)
         breaker = Breaker(settings.redis_breaker_failures, settings.redis_breaker_cooldown_ms / 1000)
         cache = UserCache(client, settings.redis_key_prefix, settings.redis_set_ttl_seconds, breaker)
-        app.state.services = Services(settings, write_pool, read_pool, cache)
+        search_cache = AnswerCache(settings.api_search_cache_seconds, settings.api_search_cache_entries)
+        app.state.services = Services(settings, write_pool, read_pool, cache, search_cache)
         try:
             yield
         finally:

@@ -12,6 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 from denorm.auth import AuthError, verify_token
 from denorm.config import Settings
 from denorm.usercache import UserCache
+from services.api.answercache import AnswerCache
 from services.api.errors import ApiError
 
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
@@ -23,6 +24,7 @@ class Services:
     write_pool: Pool
     read_pool: Pool
     cache: UserCache
+    search_cache: AnswerCache
 
 
 async def services(request: Request) -> Services:

@@ -18,7 +18,7 @@ from services.api.models import (
     SearchResults,
     UserLeaderboard,
 )
-from services.api.responses import JSONBytes, RawJSON, dumps
+from services.api.responses import JSONBytes, RawJSON
 
 router = APIRouter(responses=ERROR_RESPONSES)
 MAX_ID = 2**63 - 1
@@ -105,12 +105,8 @@ SearchType = Literal["all", "projects", "users", "chains"]
 
 async def search_body(svc: Services, q: str, type: SearchType, limit: int) -> bytes:
     doc_type = None if type == "all" else type.removesuffix("s")
-    rows = await fetch_all(svc.read_pool, queries()["search"], {"q": q, "doc_type": doc_type, "limit": limit})
-    items = [
-        {"type": r[0], "id": r[1], "title": r[2], "subtitle": r[3], "slug": r[4], "score": float(r[6])} for r in rows
-    ]
-    return dumps({"query": q, "corrected": rows[0][5] if rows else None, "items": items,
-                  "as_of": rows[0][7] if rows else None})  # fmt: skip
+    params = {"q": q, "doc_type": doc_type, "limit": limit}
+    return await svc.search_cache.get((q, type, limit), lambda: json_of(svc.read_pool, "search", params))
 
 
 @router.get("/api/search", tags=["search"], response_model=SearchResults, response_class=JSONBytes)
