@@ -8,7 +8,7 @@ import time
 import jwt
 import pytest
 
-from denorm.auth import AuthError, mint_token, verify_token
+from denorm.auth import AuthError, TokenVerifier, mint_token, verify_token
 from tests.support import cli_env, run_denorm
 
 SECRET = "test-secret-for-the-cli-0123456789abcdef"
@@ -70,3 +70,47 @@ def test_token_signed_with_another_secret_is_refused() -> None:
 def test_malformed_tokens_are_refused(token: str) -> None:
     with pytest.raises(AuthError):
         verify_token(token, SECRET)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_verifier_remembers_an_accepted_token_only_until_it_expires() -> None:
+    clock = Clock()
+    verifier = TokenVerifier(SECRET, clock=clock)
+    token = mint_token(7, SECRET, ttl_seconds=60, now=clock.now)
+    assert verifier(token) == 7
+    assert verifier(token) == 7  # remembered
+    clock.now += 61
+    with pytest.raises(AuthError, match="expired"):
+        verifier(token)
+    with pytest.raises(AuthError, match="expired"):  # and checked in full again, not remembered
+        verifier(token)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(mint_token(7, OTHER_SECRET), id="other-secret"),
+        pytest.param(mint_token(7, SECRET)[:-2] + "xx", id="tampered-signature"),
+        pytest.param(jwt.encode({"sub": "7", "exp": 2**40}, None, algorithm="none"), id="alg-none"),
+        pytest.param("not.a.token", id="garbage"),
+    ],
+)
+def test_the_verifier_refuses_what_verify_token_refuses_every_time(token: str) -> None:
+    verifier = TokenVerifier(SECRET)
+    for _ in range(2):
+        with pytest.raises(AuthError):
+            verifier(token)
+
+
+def test_the_verifier_forgets_the_oldest_token_when_full() -> None:
+    verifier = TokenVerifier(SECRET, max_entries=2)
+    tokens = [mint_token(user, SECRET) for user in (1, 2, 3)]
+    assert [verifier(t) for t in tokens] == [1, 2, 3]
+    assert len(verifier._accepted) == 2 and tokens[0] not in verifier._accepted

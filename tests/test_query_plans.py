@@ -18,9 +18,15 @@ LARGE_ROWS = 2_000  # a table past this size must never be read whole by an API 
 MAX_ID = 2**63 - 1
 
 PARAMS: dict[str, dict[str, Any]] = {
-    "feed_trending": {"after_score": float("inf"), "after_id": MAX_ID, "limit": 20, "offset": 0},
-    "feed_top_rated": {"after_score": float("inf"), "after_id": MAX_ID, "limit": 20, "offset": 0},
-    "feed_newest": {"after_time": datetime.max.replace(tzinfo=UTC), "after_id": MAX_ID, "limit": 20, "offset": 0},
+    "feed_trending": {"after_score": float("inf"), "after_id": MAX_ID, "limit": 20, "offset": 0, "page": None},
+    "feed_top_rated": {"after_score": float("inf"), "after_id": MAX_ID, "limit": 20, "offset": 0, "page": None},
+    "feed_newest": {
+        "after_time": datetime.max.replace(tzinfo=UTC),
+        "after_id": MAX_ID,
+        "limit": 20,
+        "offset": 0,
+        "page": None,
+    },
     "leaderboard_projects": {"offset": 0, "limit": 50},
     "leaderboard_users": {"offset": 0, "limit": 50},
     "chains": {"after_members": MAX_ID, "after_id": MAX_ID, "limit": 20},
@@ -104,6 +110,7 @@ def test_the_generic_plan_the_api_runs_is_an_index_walk(small_dataset_url: str, 
         large = [(rel, sizes.get(rel, 0)) for rel, _rows in seq_scans(plan) if sizes.get(rel, 0) > LARGE_ROWS]
         assert large == [], f"{name} reads whole tables: {large}"
         assert not [n for n in nodes(plan) if n["Node Type"].startswith("Gather")], f"{name} plans parallel workers"
+        assert conn.execute("SHOW jit").fetchone() == ("off",)  # the generic plans' costs pass jit_above_cost
         # A ledger is empty after each fold, and a plan made then lives as long as the connection.
         # (refresh_status, an operator's read, must read the ledger whole to find its oldest entry.)
         if name != "refresh_status":

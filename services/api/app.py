@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp
 
+from denorm.auth import TokenVerifier
 from denorm.cache import open_redis
 from denorm.config import Settings, get_settings
 from denorm.logs import get_logger
@@ -101,7 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         breaker = Breaker(settings.redis_breaker_failures, settings.redis_breaker_cooldown_ms / 1000)
         cache = UserCache(client, settings.redis_key_prefix, settings.redis_set_ttl_seconds, breaker)
         search_cache = AnswerCache(settings.api_search_cache_seconds, settings.api_search_cache_entries)
-        app.state.services = Services(settings, write_pool, read_pool, cache, search_cache)
+        tokens = TokenVerifier(settings.jwt_secret)
+        app.state.services = Services(settings, write_pool, read_pool, cache, search_cache, tokens)
         try:
             yield
         finally:

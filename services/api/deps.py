@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from denorm.auth import AuthError, verify_token
+from denorm.auth import AuthError, TokenVerifier
 from denorm.config import Settings
 from denorm.usercache import UserCache
 from services.api.answercache import AnswerCache
@@ -25,6 +25,7 @@ class Services:
     read_pool: Pool
     cache: UserCache
     search_cache: AnswerCache
+    tokens: TokenVerifier
 
 
 async def services(request: Request) -> Services:
@@ -47,7 +48,7 @@ async def optional_user(request: Request, svc: Annotated[Services, Depends(servi
     if token is None:
         return None
     try:
-        return verify_token(token, svc.settings.jwt_secret)
+        return svc.tokens(token)
     except AuthError as exc:
         raise ApiError(401, "unauthorized", f"invalid token: {exc}") from exc
 

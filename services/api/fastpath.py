@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from denorm.auth import AuthError, verify_token
+from denorm.auth import AuthError
 from denorm.logs import get_logger
 from services.api.deps import Services
 from services.api.errors import ApiError, error_response
@@ -237,6 +237,6 @@ class FastReads:
         if scheme.lower() != "bearer" or not token.strip():
             raise _Invalid
         try:
-            return verify_token(token.strip(), svc.settings.jwt_secret)
+            return svc.tokens(token.strip())
         except AuthError as exc:
             raise _Invalid from exc

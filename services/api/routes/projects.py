@@ -10,11 +10,11 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Path, Query
 
-from services.api.db import fetch_all, fetch_one, queries
+from services.api.db import fetch_one, queries
 from services.api.deps import OptionalUserDep, Services, ServicesDep, UserDep
 from services.api.errors import ERROR_RESPONSES, ApiError
 from services.api.models import Created, FeedPage, NewComment, NewProject, UpvoteState
-from services.api.responses import JSONBytes, RawJSON, dumps
+from services.api.responses import JSONBytes, RawJSON
 from services.api.upvotes import set_upvote, upvoted_among
 
 router = APIRouter(prefix="/api/projects", tags=["projects"], responses=ERROR_RESPONSES)
@@ -28,13 +28,10 @@ ProjectId = Annotated[int, Path(gt=0, lt=2**63, description="project id")]
 SORTS: dict[str, str] = {"trending": "feed_trending", "top-rated": "feed_top_rated", "newest": "feed_newest"}
 
 
-_UPVOTED = ',"user_has_upvoted":true}'
-_NOT_UPVOTED = ',"user_has_upvoted":false}'
-
-
-def encode_cursor(sort: str, key: Any, last_id: int) -> str:
-    value = key.isoformat() if isinstance(key, datetime) else key
-    return base64.urlsafe_b64encode(orjson.dumps([sort, value, last_id])).decode().rstrip("=")
+# Each item of a page from Postgres ends in this; a signed-in caller gets true or false instead.
+_UNKNOWN = '"user_has_upvoted":null'
+_UPVOTED = '"user_has_upvoted":true'
+_NOT_UPVOTED = '"user_has_upvoted":false'
 
 
 def decode_cursor(cursor: str, sort: str) -> tuple[Any, int]:
@@ -63,25 +60,28 @@ async def feed_body(
     name = SORTS[sort]
     if cursor is not None and page is not None:
         raise ApiError(400, "bad_request", "give either page or cursor, not both")
-    params: dict[str, Any] = {"limit": limit, "offset": ((page or 1) - 1) * limit}
+    params: dict[str, Any] = {"limit": limit, "offset": ((page or 1) - 1) * limit, "page": page}
     if cursor is not None:
         after, after_id = decode_cursor(cursor, sort)
     else:
         after, after_id = (datetime.max.replace(tzinfo=UTC) if sort == "newest" else float("inf")), MAX_ID
     params.update({"after_time" if sort == "newest" else "after_score": after, "after_id": after_id})
-    rows = await fetch_all(svc.read_pool, queries()[name], params)
-    # Each row: (id, cursor key as text, the item as JSON text, as_of as JSON text).
-    items = [str(r[2]) for r in rows]
-    if user is not None and rows:
-        mine = await upvoted_among(svc, user, [int(r[0]) for r in rows])
-        items = [item[:-1] + (_UPVOTED if r[0] in mine else _NOT_UPVOTED) for item, r in zip(items, rows, strict=True)]
-    next_cursor = None
-    if len(rows) == limit:
-        last_key = str(rows[-1][1])
-        next_cursor = encode_cursor(sort, last_key if sort == "newest" else float(last_key), int(rows[-1][0]))
-    tail = dumps({"sort": sort, "page": page if cursor is None else None, "next_cursor": next_cursor})
-    as_of = str(rows[0][3]) if rows else "null"
-    return f'{{"items":[{",".join(items)}],"as_of":{as_of},'.encode() + tail[1:]
+    # One row: the page as JSON (next_cursor and as_of included) and its items' ids, in order.
+    row = await fetch_one(svc.read_pool, queries()[name], params)
+    assert row is not None
+    page_json, ids = str(row[0]), row[1]
+    if user is None or ids is None:
+        return page_json.encode()
+    order = [int(i) for i in str(ids).split(",")]
+    mine = await upvoted_among(svc, user, order)
+    parts = page_json.split(_UNKNOWN)
+    if len(parts) != len(order) + 1:
+        raise RuntimeError("a feed page's items and ids disagree")
+    out = [parts[0]]
+    for project, rest in zip(order, parts[1:], strict=True):
+        out.append(_UPVOTED if project in mine else _NOT_UPVOTED)
+        out.append(rest)
+    return "".join(out).encode()
 
 
 @router.get("", response_model=FeedPage, response_class=JSONBytes)
