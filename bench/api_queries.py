@@ -1,32 +1,47 @@
 """Each seed route's naive query (joins and aggregates over the source tables, the seed's "before")
 against the read-model query the route issues (db/queries/api.sql), side by side, at the database.
 
+A naive query computes the same answer as the route from the normalized tables, with only the
+foreign-key indexes the source schema has: the same rows in the same order, with the same counts.
+Before timing, the bench runs both once with the same parameters and checks that they agree (a
+ratio between two different answers would mean nothing). Search is the exception: ILIKE cannot
+rank by relevance or correct a typo, so its two naive forms, ranked by popularity and unranked
+(the first twenty matches), are shown against the read model without an equality check.
+
 The read-model query runs as the API runs it: prepared, with the API's session settings (a generic
-plan, no parallel workers; denorm/pg.py). The naive query runs as a naive application would issue
-it: unprepared, with Postgres's defaults. Each query runs after one warm-up, with random user ids
-where a route has one, and the table shows medians:
+plan, no parallel workers, no JIT; denorm/pg.py). The naive query runs as a naive application
+would send it: unprepared, with Postgres's defaults. Medians over random parameters:
 
 - "server": time inside Postgres (EXPLAIN ANALYZE with TIMING OFF: planning plus execution), which
   is what "at the database" means;
 - "round trip": the same query from a client on this machine, socket and driver included; a bare
   `SELECT 1` takes about 0.1 ms here, which caps every round-trip ratio.
 
-The dashboard also gets throughput (queries per second on one connection over --seconds), since its
-naive form is already fast.
+The dashboard's naive form is already fast, so it also gets database throughput: pgbench, several
+clients, each form prepared, random users, side by side.
 
-    python -m bench.api_queries [--scale standard] [--runs 31]
+    python -m bench.api_queries [--scale standard] [--database-url URL] [--runs 101]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
+import re
+import shutil
 import statistics
+import subprocess
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from bench.scratch import seeded_database
 from db import SQL_DIR
@@ -38,47 +53,81 @@ from denorm.sqlfile import load_queries, positional
 from services.refresher.worker import Refresher
 
 MAX_ID = 2**63 - 1
+Conn = psycopg.Connection[Any]
+Rows = list[tuple[Any, ...]]
+
+# The counts every project item shows, computed from the source tables.
+_COUNTS = """
+    LEFT JOIN (SELECT project_id, count(*) AS n FROM project_upvotes GROUP BY project_id) v ON v.project_id = p.id
+    LEFT JOIN (SELECT project_id, count(*) AS n FROM project_comments GROUP BY project_id) c ON c.project_id = p.id"""
 
 NAIVE: dict[str, str] = {
-    "feed_trending": """
+    "feed_trending": f"""
         SELECT p.id, p.owner_id, u.username, p.title, p.tagline, p.tags, coalesce(v.n, 0), coalesce(c.n, 0),
-               log(greatest(coalesce(v.n, 0), 1)) + (date_part('epoch', p.created_at) - 1134028003) / 45000.0 AS hot
-        FROM projects p JOIN users u ON u.id = p.owner_id
-        LEFT JOIN (SELECT project_id, count(*) AS n FROM project_upvotes GROUP BY project_id) v ON v.project_id = p.id
-        LEFT JOIN (SELECT project_id, count(*) AS n FROM project_comments GROUP BY project_id) c ON c.project_id = p.id
-        ORDER BY hot DESC, p.id DESC LIMIT 20""",
-    "feed_top_rated": """
-        SELECT p.id, u.username, p.title, coalesce(v.n, 0) AS up, coalesce(c.n, 0) AS co
-        FROM projects p JOIN users u ON u.id = p.owner_id
-        LEFT JOIN (SELECT project_id, count(*) AS n FROM project_upvotes GROUP BY project_id) v ON v.project_id = p.id
-        LEFT JOIN (SELECT project_id, count(*) AS n FROM project_comments GROUP BY project_id) c ON c.project_id = p.id
-        ORDER BY proof_score(coalesce(v.n, 0), coalesce(c.n, 0)) DESC, p.id DESC LIMIT 20""",
+               trending_score(coalesce(v.n, 0), p.created_at) AS hot,
+               proof_score(coalesce(v.n, 0), coalesce(c.n, 0)), p.created_at
+        FROM projects p JOIN users u ON u.id = p.owner_id {_COUNTS}
+        ORDER BY hot DESC, p.id DESC LIMIT %(limit)s""",
+    "feed_top_rated": f"""
+        SELECT p.id, p.owner_id, u.username, p.title, p.tagline, p.tags, coalesce(v.n, 0), coalesce(c.n, 0),
+               trending_score(coalesce(v.n, 0), p.created_at),
+               proof_score(coalesce(v.n, 0), coalesce(c.n, 0)) AS proof, p.created_at
+        FROM projects p JOIN users u ON u.id = p.owner_id {_COUNTS}
+        ORDER BY proof DESC, p.id DESC LIMIT %(limit)s""",
     "feed_newest": """
-        SELECT p.id, u.username, p.title,
-               (SELECT count(*) FROM project_upvotes v WHERE v.project_id = p.id),
-               (SELECT count(*) FROM project_comments c WHERE c.project_id = p.id)
-        FROM projects p JOIN users u ON u.id = p.owner_id
-        ORDER BY p.created_at DESC, p.id DESC LIMIT 20""",
+        SELECT id, owner_id, username, title, tagline, tags, up, co, trending_score(up, created_at),
+               proof_score(up, co), created_at
+        FROM (SELECT p.*, u.username,
+                     (SELECT count(*) FROM project_upvotes v WHERE v.project_id = p.id) AS up,
+                     (SELECT count(*) FROM project_comments c WHERE c.project_id = p.id) AS co
+              FROM projects p JOIN users u ON u.id = p.owner_id
+              ORDER BY p.created_at DESC, p.id DESC LIMIT %(limit)s) p""",
     "leaderboard_projects": """
-        SELECT p.id, p.title, u.username, count(*) AS n
-        FROM project_upvotes v JOIN projects p ON p.id = v.project_id JOIN users u ON u.id = p.owner_id
-        GROUP BY p.id, p.title, u.username ORDER BY n DESC, p.id DESC LIMIT 50""",
+        SELECT p.id, p.title, p.owner_id, u.username, v.n,
+               (SELECT count(*) FROM project_comments c WHERE c.project_id = p.id)
+        FROM (SELECT project_id, count(*) AS n FROM project_upvotes GROUP BY project_id) v
+        JOIN projects p ON p.id = v.project_id JOIN users u ON u.id = p.owner_id
+        ORDER BY v.n DESC, p.id DESC LIMIT %(limit)s""",
     "leaderboard_users": """
-        SELECT u.id, u.username, count(*) AS n
-        FROM project_upvotes v JOIN projects p ON p.id = v.project_id JOIN users u ON u.id = p.owner_id
-        GROUP BY u.id, u.username ORDER BY n DESC, u.id DESC LIMIT 50""",
+        SELECT u.id, u.username, u.display_name, sum(coalesce(v.n, 0))::bigint AS received, count(*) AS projects
+        FROM users u JOIN projects p ON p.owner_id = u.id
+        LEFT JOIN (SELECT project_id, count(*) AS n FROM project_upvotes GROUP BY project_id) v ON v.project_id = p.id
+        GROUP BY u.id ORDER BY received DESC, u.id DESC LIMIT %(limit)s""",
     "chains": """
-        SELECT c.id, c.slug, c.name, u.username,
-               (SELECT count(*) FROM chain_projects cp WHERE cp.chain_id = c.id),
-               (SELECT count(*) FROM chain_members cm WHERE cm.chain_id = c.id) AS members,
-               (SELECT count(*) FROM forum_threads t WHERE t.chain_id = c.id)
+        SELECT c.id, c.slug, c.name, c.description, u.username, coalesce(cp.n, 0), coalesce(cm.n, 0) AS members,
+               coalesce(ft.n, 0), greatest(c.created_at, cp.last_at, cm.last_at, ft.last_at)
         FROM chains c JOIN users u ON u.id = c.owner_id
-        ORDER BY members DESC, c.id DESC LIMIT 20""",
+        LEFT JOIN (SELECT chain_id, count(*) AS n, max(added_at) AS last_at FROM chain_projects GROUP BY chain_id) cp
+               ON cp.chain_id = c.id
+        LEFT JOIN (SELECT chain_id, count(*) AS n, max(joined_at) AS last_at FROM chain_members GROUP BY chain_id) cm
+               ON cm.chain_id = c.id
+        LEFT JOIN (SELECT chain_id, count(*) AS n, max(created_at) AS last_at FROM forum_threads GROUP BY chain_id) ft
+               ON ft.chain_id = c.id
+        ORDER BY members DESC, c.id DESC LIMIT %(limit)s""",
     "chain_page": """
-        SELECT p.id, p.title, count(v.user_id) AS n
-        FROM chains c JOIN chain_projects cp ON cp.chain_id = c.id JOIN projects p ON p.id = cp.project_id
-        LEFT JOIN project_upvotes v ON v.project_id = p.id
-        WHERE c.slug = %(slug)s GROUP BY p.id, p.title ORDER BY n DESC LIMIT 20""",
+        WITH chain AS (SELECT * FROM chains WHERE slug = %(slug)s)
+        SELECT json_build_object(
+            'chain', (SELECT json_build_object(
+                'chain_id', c.id, 'slug', c.slug, 'name', c.name, 'description', c.description,
+                'owner_username', (SELECT username FROM users WHERE id = c.owner_id),
+                'project_count', (SELECT count(*) FROM chain_projects WHERE chain_id = c.id),
+                'member_count', (SELECT count(*) FROM chain_members WHERE chain_id = c.id),
+                'thread_count', (SELECT count(*) FROM forum_threads WHERE chain_id = c.id)) FROM chain c),
+            'projects', (SELECT json_agg(x ORDER BY x.upvote_count DESC, x.project_id DESC) FROM (
+                SELECT p.id AS project_id, p.title, p.tagline, u.username, cp.added_at,
+                       (SELECT count(*) FROM project_upvotes v WHERE v.project_id = p.id) AS upvote_count,
+                       (SELECT count(*) FROM project_comments m WHERE m.project_id = p.id) AS comment_count
+                FROM chain JOIN chain_projects cp ON cp.chain_id = chain.id
+                JOIN projects p ON p.id = cp.project_id JOIN users u ON u.id = p.owner_id
+                ORDER BY upvote_count DESC, p.id DESC LIMIT %(limit)s) x),
+            'threads', (SELECT json_agg(t ORDER BY t.last_activity_at DESC, t.thread_id DESC) FROM (
+                SELECT t.id AS thread_id, t.title, u.username AS author_username, count(fp.id) AS post_count,
+                       max(fp.created_at) AS last_post_at,
+                       greatest(t.created_at, max(fp.created_at)) AS last_activity_at, t.created_at
+                FROM chain JOIN forum_threads t ON t.chain_id = chain.id JOIN users u ON u.id = t.author_id
+                LEFT JOIN forum_posts fp ON fp.thread_id = t.id
+                GROUP BY t.id, u.username
+                ORDER BY last_activity_at DESC, t.id DESC LIMIT %(limit)s) t))""",
     "dashboard": """
         SELECT (SELECT count(*) FROM projects WHERE owner_id = %(user_id)s),
                (SELECT count(*) FROM project_upvotes v JOIN projects p ON p.id = v.project_id
@@ -88,83 +137,219 @@ NAIVE: dict[str, str] = {
                (SELECT count(*) FROM project_upvotes WHERE user_id = %(user_id)s),
                (SELECT count(*) FROM messages WHERE recipient_id = %(user_id)s AND read_at IS NULL),
                (SELECT count(*) FROM intro_requests WHERE target_id = %(user_id)s AND status = 'pending'),
-               (SELECT count(*) FROM chain_members WHERE user_id = %(user_id)s)""",
+               (SELECT count(*) FROM chain_members WHERE user_id = %(user_id)s),
+               (SELECT count(*) FROM intro_requests WHERE requester_id = %(user_id)s AND status = 'pending'),
+               (SELECT count(*) FROM intro_requests WHERE requester_id = %(user_id)s AND status = 'accepted'),
+               (SELECT count(*) FROM intro_requests WHERE requester_id = %(user_id)s AND status = 'declined'),
+               (SELECT count(*) FROM intro_requests WHERE target_id = %(user_id)s AND status = 'pending'),
+               (SELECT count(*) FROM intro_requests WHERE target_id = %(user_id)s AND status = 'accepted'),
+               (SELECT count(*) FROM intro_requests WHERE target_id = %(user_id)s AND status = 'declined')""",
     "conversations": """
-        SELECT other, count(*), max(created_at)
-        FROM (SELECT recipient_id AS other, created_at FROM messages WHERE sender_id = %(user_id)s
-              UNION ALL
-              SELECT sender_id, created_at FROM messages WHERE recipient_id = %(user_id)s) m
-        GROUP BY other ORDER BY max(created_at) DESC LIMIT 50""",
-    "search": """
+        SELECT m.other, u.username, last.id, last.created_at, left(last.body, 120), last.sender_id, m.n, m.unread
+        FROM (SELECT other, count(*) AS n, count(*) FILTER (WHERE unread) AS unread
+              FROM (SELECT recipient_id AS other, false AS unread FROM messages WHERE sender_id = %(user_id)s
+                    UNION ALL
+                    SELECT sender_id, read_at IS NULL FROM messages WHERE recipient_id = %(user_id)s) x
+              GROUP BY other) m
+        JOIN users u ON u.id = m.other
+        CROSS JOIN LATERAL (
+            SELECT id, created_at, body, sender_id FROM messages
+            WHERE (sender_id, recipient_id) IN ((%(user_id)s, m.other), (m.other, %(user_id)s))
+            ORDER BY created_at DESC, id DESC LIMIT 1) last
+        ORDER BY last.created_at DESC, m.other DESC LIMIT %(limit)s""",
+}
+
+# Search's naive forms: what an application without a search index does. Ranked: every match of
+# the word in any text field, ordered by popularity (the upvotes, counted per match). Unranked:
+# the first matches in table order, which stops early on a common word and ranks nothing.
+_LIKE = "'%%' || %(q)s || '%%'"
+NAIVE_SEARCH: dict[str, str] = {
+    "search, ILIKE ranked": f"""
+        (SELECT 'project', p.id, p.title FROM projects p
+         WHERE p.title ILIKE {_LIKE} OR p.tagline ILIKE {_LIKE} OR p.description ILIKE {_LIKE}
+               OR array_to_string(p.tags, ' ') ILIKE {_LIKE}
+         ORDER BY (SELECT count(*) FROM project_upvotes v WHERE v.project_id = p.id) DESC, p.id DESC
+         LIMIT %(limit)s)
+        UNION ALL
+        (SELECT 'user', u.id, u.display_name FROM users u
+         WHERE u.username ILIKE {_LIKE} OR u.display_name ILIKE {_LIKE} OR u.bio ILIKE {_LIKE}
+         ORDER BY u.id LIMIT %(limit)s)
+        UNION ALL
+        (SELECT 'chain', c.id, c.name FROM chains c
+         WHERE c.name ILIKE {_LIKE} OR c.description ILIKE {_LIKE}
+         ORDER BY (SELECT count(*) FROM chain_members m WHERE m.chain_id = c.id) DESC, c.id DESC
+         LIMIT %(limit)s)
+        LIMIT %(limit)s""",
+    "search, ILIKE unranked": f"""
         SELECT 'project', id, title FROM projects
-        WHERE title ILIKE '%%' || %(q)s || '%%' OR tagline ILIKE '%%' || %(q)s || '%%'
-              OR description ILIKE '%%' || %(q)s || '%%'
+        WHERE title ILIKE {_LIKE} OR tagline ILIKE {_LIKE} OR description ILIKE {_LIKE}
         UNION ALL SELECT 'user', id, display_name FROM users
-        WHERE username ILIKE '%%' || %(q)s || '%%' OR display_name ILIKE '%%' || %(q)s || '%%'
-        UNION ALL SELECT 'chain', id, name FROM chains WHERE name ILIKE '%%' || %(q)s || '%%'
-        LIMIT 20""",
+        WHERE username ILIKE {_LIKE} OR display_name ILIKE {_LIKE}
+        UNION ALL SELECT 'chain', id, name FROM chains WHERE name ILIKE {_LIKE}
+        LIMIT %(limit)s""",
+}
+SEARCH_WORDS = ["redis", "postgres", "kafka", "lovelace", "dashboard", "scheduler"]
+
+
+def _doc(rows: Rows) -> Any:
+    return json.loads(rows[0][0])
+
+
+def _items(keys: tuple[str, ...], field: str = "items") -> Callable[[Rows], list[tuple[Any, ...]]]:
+    return lambda rows: [tuple(item[k] for k in keys) for item in _doc(rows)[field]]
+
+
+def _columns(*indexes: int) -> Callable[[Rows], list[tuple[Any, ...]]]:
+    return lambda rows: [tuple(row[i] for i in indexes) for row in rows]
+
+
+def _chain_page(doc: Any) -> tuple[Any, ...]:
+    chain = doc["chain"]
+    return (
+        tuple(chain[k] for k in ("chain_id", "project_count", "member_count", "thread_count")),
+        [(p["project_id"], p["upvote_count"], p["comment_count"]) for p in doc["projects"] or []],
+        [(t["thread_id"], t["post_count"]) for t in doc["threads"] or []],
+    )
+
+
+_DASHBOARD = ("project_count", "upvotes_received", "comments_received", "upvotes_given", "unread_messages",
+              "pending_intros_received", "chains_joined")  # fmt: skip
+_INTROS = ("sent_pending", "sent_accepted", "sent_declined", "received_pending", "received_accepted",
+           "received_declined")  # fmt: skip
+
+
+def _dashboard(doc: Any) -> tuple[Any, ...]:
+    return tuple(doc[k] for k in _DASHBOARD) + tuple(doc["intro_stats"][k] for k in _INTROS)
+
+
+# (what the read model answered, what the naive query answered), reduced to comparable keys.
+AGREE: dict[str, tuple[Callable[[Rows], Any], Callable[[Rows], Any]]] = {
+    **{
+        sort: (_items(("id", "upvote_count", "comment_count")), _columns(0, 6, 7))
+        for sort in ("feed_trending", "feed_top_rated", "feed_newest")
+    },
+    "leaderboard_projects": (_items(("project_id", "upvote_count", "comment_count")), _columns(0, 4, 5)),
+    "leaderboard_users": (_items(("user_id", "upvotes_received", "project_count")), _columns(0, 3, 4)),
+    "chains": (_items(("chain_id", "project_count", "member_count", "thread_count")), _columns(0, 5, 6, 7)),
+    "chain_page": (lambda rows: _chain_page(_doc(rows)), lambda rows: _chain_page(rows[0][0])),
+    "dashboard": (lambda rows: _dashboard(_doc(rows)), lambda rows: tuple(rows[0])),
+    "conversations": (
+        _items(("other_user_id", "last_message_id", "message_count", "unread_count")),
+        _columns(0, 2, 6, 7),
+    ),
 }
 
 
-def params_for(name: str, rng: random.Random, users: int, slug: str) -> dict[str, Any]:
-    user = rng.randint(1, users)
-    return {
-        "after_score": float("inf"), "after_id": MAX_ID, "after_time": datetime.max.replace(tzinfo=UTC),
-        "limit": 50 if "leaderboard" in name or name == "conversations" else 20, "offset": 0,
-        "after_members": MAX_ID, "slug": slug, "user_id": user, "q": rng.choice(["redis", "postgres", "kafka"]),
-        "doc_type": None,
-    }  # fmt: skip
+@dataclass
+class Params:
+    users: int
+    slug: str
+    busy_users: list[int]  # users with conversations, so that the query has something to do
+
+    def draw(self, name: str, rng: random.Random) -> dict[str, Any]:
+        user = rng.choice(self.busy_users) if name == "conversations" else rng.randint(1, self.users)
+        return {
+            "after_score": float("inf"), "after_id": MAX_ID, "after_time": datetime.max.replace(tzinfo=UTC),
+            "after_members": MAX_ID, "limit": 50 if "leaderboard" in name or name == "conversations" else 20,
+            "offset": 0, "page": None, "slug": self.slug, "user_id": user, "q": rng.choice(SEARCH_WORDS),
+            "doc_type": None,
+        }  # fmt: skip
 
 
-Conn = psycopg.Connection[Any]
+EXPLAIN = "EXPLAIN (ANALYZE, TIMING OFF, SUMMARY, FORMAT JSON) "
 
 
-def server_ms(conn: Conn, query: str, params: dict[str, Any], prepared: bool) -> float:
-    """Planning plus execution inside Postgres, without per-node timing (TIMING OFF keeps it cheap)."""
-    explain = psycopg.sql.SQL("EXPLAIN (ANALYZE, TIMING OFF, SUMMARY, FORMAT JSON) ")
-    if prepared:  # the statement prepared as the API prepares it: planned once, executed many times
-        sql, names = positional(query)
-        values = psycopg.sql.SQL(", ").join(psycopg.sql.Literal(params[n]) for n in names)
-        call = (
-            psycopg.sql.SQL("EXECUTE bench_stmt ({})").format(values)
-            if names
-            else psycopg.sql.SQL("EXECUTE bench_stmt")
-        )
-        conn.execute(f"PREPARE bench_stmt AS {sql}".encode())
-        try:
-            conn.execute(explain + call)  # the first execution makes the generic plan
-            row = conn.execute(explain + call).fetchone()
-        finally:
-            conn.execute("DEALLOCATE bench_stmt")
-    else:
-        row = conn.execute(explain + psycopg.sql.SQL(query.replace("%%", "%%%%")), params).fetchone()
+def summary_ms(row: tuple[Any, ...] | None) -> float:
+    """Planning plus execution inside Postgres, from EXPLAIN's JSON (TIMING OFF keeps it cheap)."""
     assert row is not None
     summary = row[0][0]
     return float(summary.get("Planning Time", 0.0)) + float(summary["Execution Time"])
 
 
-def medians(conn: Conn, query: str, name: str, runs: int, users: int, slug: str, prepared: bool) -> tuple[float, float]:
-    """(median server ms, median round-trip ms) over `runs` random parameter sets."""
+def medians(conn: Conn, query: str, name: str, runs: int, params: Params, prepared: bool) -> tuple[float, float]:
+    """(median server ms, median round-trip ms) over `runs` random parameter sets.
+
+    Prepared, as the API runs it: one server-side statement, planned once (a generic plan), then
+    executed with each parameter set. Unprepared: parsed and planned on every run."""
     rng = random.Random(name)
-    conn.execute(query.encode(), params_for(name, rng, users, slug), prepare=prepared).fetchall()  # warm up
     server, trip = [], []
-    for _ in range(runs):
-        p = params_for(name, rng, users, slug)
-        started = time.perf_counter()
-        conn.execute(query.encode(), p, prepare=prepared).fetchall()
-        trip.append(time.perf_counter() - started)
-        server.append(server_ms(conn, query, p, prepared))
+    if prepared:
+        sql, names = positional(query)
+        conn.execute(f"PREPARE bench_stmt AS {sql}".encode())
+
+        def execute(p: dict[str, Any]) -> psycopg.sql.Composed:
+            values = psycopg.sql.SQL(", ").join(psycopg.sql.Literal(p[n]) for n in names)
+            if not names:
+                return psycopg.sql.Composed([psycopg.sql.SQL("EXECUTE bench_stmt")])
+            return psycopg.sql.SQL("EXECUTE bench_stmt ({})").format(values)
+
+    try:
+        for _ in range(3):  # warm up: caches, and the prepared statement's generic plan
+            conn.execute(query.encode(), params.draw(name, rng), prepare=prepared).fetchall()
+            if prepared:
+                conn.execute(execute(params.draw(name, rng))).fetchall()
+        for _ in range(runs):
+            p = params.draw(name, rng)
+            started = time.perf_counter()
+            conn.execute(query.encode(), p, prepare=prepared).fetchall()
+            trip.append(time.perf_counter() - started)
+            if prepared:
+                server.append(summary_ms(conn.execute(psycopg.sql.SQL(EXPLAIN) + execute(p)).fetchone()))
+            else:
+                explain = psycopg.sql.SQL(EXPLAIN) + psycopg.sql.SQL(query.replace("%%", "%%%%"))
+                server.append(summary_ms(conn.execute(explain, p).fetchone()))
+    finally:
+        if prepared:
+            conn.execute("DEALLOCATE bench_stmt")
     return statistics.median(server), statistics.median(trip) * 1000
 
 
-def throughput(conn: Conn, query: str, seconds: float, users: int, prepared: bool) -> float:
-    rng = random.Random(1)
-    done = 0
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        conn.execute(query.encode(), {"user_id": rng.randint(1, users)}, prepare=prepared).fetchall()
-        done += 1
-    return done / seconds
+def check_agreement(conn: Conn, api_conn: Conn, api: dict[str, str], params: Params) -> None:
+    """Both forms answer alike for a few random parameter sets, or the bench stops."""
+    rng = random.Random(7)
+    for name, (from_model, from_naive) in AGREE.items():
+        for _ in range(3):
+            p = params.draw(name, rng)
+            model = from_model(api_conn.execute(api[name].encode(), p, prepare=True).fetchall())
+            naive = from_naive(conn.execute(NAIVE[name].encode(), p).fetchall())
+            if model != naive:
+                raise SystemExit(f"{name}: the naive query and the read model disagree for {p}:\n{naive}\n{model}")
+
+
+def pgbench_tps(url: str, script: str, clients: int, seconds: int, as_the_api: bool) -> float:
+    """Transactions per second of one statement under pgbench, `clients` at once. As the API runs it:
+    prepared, with the API's session settings; otherwise as a naive application: the simple query
+    protocol (each statement parsed and planned) and Postgres's defaults."""
+    info = conninfo_to_dict(url)
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+        f.write(script)
+    env = {**os.environ, "PGOPTIONS": session_options(OLTP_SETTINGS) if as_the_api else ""}
+    try:
+        protocol = "prepared" if as_the_api else "simple"
+        host, port, user = str(info.get("host", "127.0.0.1")), str(info.get("port", 5432)), str(info.get("user", ""))
+        cmd = ["pgbench", "-n", "-M", protocol, "-c", str(clients), "-j", "2", "-T", str(seconds), "-f", f.name,
+               "-h", host, "-p", port, "-U", user or "postgres", str(info["dbname"])]  # fmt: skip
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+    found = re.search(r"tps = ([0-9.]+)", out)
+    assert found is not None, out
+    return float(found.group(1))
+
+
+CLIENTS = 4
+
+
+def dashboard_throughput(url: str, api: dict[str, str], users: int, seconds: int) -> tuple[float, float]:
+    def script(query: str) -> str:
+        sql, names = positional(query)
+        assert names == ["user_id"]
+        code = (line.split("--")[0] for line in sql.replace("$1", ":user_id").splitlines())  # pgbench: one line
+        return f"\\set user_id random(1, {users})\n" + " ".join(" ".join(code).split()) + ";\n"
+
+    naive = pgbench_tps(url, script(NAIVE["dashboard"]), CLIENTS, seconds, as_the_api=False)
+    model = pgbench_tps(url, script(api["dashboard"]), CLIENTS, seconds, as_the_api=True)
+    return naive, model
 
 
 def main() -> None:
@@ -173,8 +358,8 @@ def main() -> None:
     parser.add_argument(
         "--database-url", help="an already seeded database to use as it is (default: a scratch one, seeded)"
     )
-    parser.add_argument("--runs", type=int, default=31)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--runs", type=int, default=101, help="read-model runs per query (naive: a third)")
+    parser.add_argument("--seconds", type=int, default=10, help="pgbench seconds per dashboard form")
     args = parser.parse_args()
     configure_logging("WARNING")
     scale = SCALES[args.scale]
@@ -187,23 +372,33 @@ def main() -> None:
         Refresher(Settings(database_url=url, refresher_debounce_ms=0, refresher_metrics_port=0)).drain(conn)
         conn.execute("VACUUM ANALYZE")
         slug_row = conn.execute("SELECT slug FROM mv_chain_directory ORDER BY member_count DESC LIMIT 1").fetchone()
-        slug = str(slug_row[0]) if slug_row else ""
+        busy = conn.execute("SELECT DISTINCT sender_id FROM messages ORDER BY 1 LIMIT 500").fetchall()
+        params = Params(scale.users, str(slug_row[0]) if slug_row else "", [int(r[0]) for r in busy])
+        check_agreement(conn, api_conn, api, params)
+        naive_runs = max(3, args.runs // 10)
         print(f"dataset={args.scale} ({scale.projects:,} projects, {scale.upvotes:,} upvotes, "
-              f"{scale.messages:,} messages); medians, naive {max(3, args.runs // 3)} runs, read model "
-              f"{args.runs} runs, one connection each")  # fmt: skip
-        print(f"{'':<22}{'---------- server ----------':>36}{'-------- round trip --------':>36}")
-        print(f"{'route query':<22}" + f"{'naive ms':>12}{'read model ms':>15}{'ratio':>9}" * 2)
+              f"{scale.messages:,} messages); medians, naive {naive_runs} runs, read model {args.runs} runs; "
+              "each naive query checked to give the read model's answer")  # fmt: skip
+        print(f"{'':<24}{'---------- server ----------':>36}{'-------- round trip --------':>36}")
+        print(f"{'route query':<24}" + f"{'naive ms':>12}{'read model ms':>15}{'ratio':>9}" * 2)
+
+        def row(label: str, slow: tuple[float, float], fast: tuple[float, float]) -> None:
+            cells = "".join(f"{s:>12.3f}{f:>15.3f}{s / f:>8.0f}x" for s, f in zip(slow, fast, strict=True))
+            print(f"{label:<24}{cells}")
+
         for name, naive in NAIVE.items():
-            slow = medians(conn, naive, name, max(3, args.runs // 3), scale.users, slug, prepared=False)
-            fast = medians(api_conn, api[name], name, args.runs, scale.users, slug, prepared=True)
-            print(
-                f"{name:<22}" + "".join(f"{s:>12.3f}{f:>15.3f}{s / f:>8.0f}x" for s, f in zip(slow, fast, strict=True))
-            )
-        naive_qps = throughput(conn, NAIVE["dashboard"], args.seconds, scale.users, prepared=False)
-        fast_qps = throughput(api_conn, api["dashboard"], args.seconds, scale.users, prepared=True)
+            slow = medians(conn, naive, name, naive_runs, params, prepared=False)
+            row(name, slow, medians(api_conn, api[name], name, args.runs, params, prepared=True))
+        fast = medians(api_conn, api["search"], "search", args.runs, params, prepared=True)
+        for label, naive in NAIVE_SEARCH.items():
+            row(label, medians(conn, naive, "search", naive_runs, params, prepared=False), fast)
+        if shutil.which("pgbench") is None:
+            print("dashboard throughput: pgbench not found (apt-get install postgresql-client)")
+            return
+        naive_tps, model_tps = dashboard_throughput(url, api, scale.users, args.seconds)
         print(
-            f"dashboard throughput, one connection, random users: naive {naive_qps:,.0f}/s, "
-            f"read model {fast_qps:,.0f}/s, ratio {fast_qps / naive_qps:.1f}x"
+            f"dashboard throughput, pgbench -c {CLIENTS} -j 2 -T {args.seconds}, random users: naive (simple protocol) "
+            f"{naive_tps:,.0f}/s, read model (prepared) {model_tps:,.0f}/s, ratio {model_tps / naive_tps:.1f}x"
         )
 
 

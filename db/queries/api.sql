@@ -79,7 +79,7 @@ FROM (SELECT f.id, f.item_head, f.trending_score, f.proof_score, f.created_at, c
 -- name: leaderboard_projects
 -- Ranks from the view; counts live, appended to each prebuilt item head.
 SELECT '{"items":[' || coalesce(string_agg(l.item_head || ',"upvote_count":' || l.upvote_count
-                                           || ',"comment_count":' || l.comment_count || '}', ',' ORDER BY l.rank), '')
+                                           || ',"comment_count":' || l.comment_count || '}', ','), '')
        || '],"as_of":' || (SELECT json_ts(view_as_of('mv_leaderboard_projects'))) || '}'
 FROM (SELECT l.rank, l.item_head, c.upvote_count, c.comment_count
       FROM mv_leaderboard_projects l
@@ -89,7 +89,7 @@ FROM (SELECT l.rank, l.item_head, c.upvote_count, c.comment_count
       LIMIT %(limit)s) l
 
 -- name: leaderboard_users
-SELECT '{"items":[' || coalesce(string_agg(l.item, ',' ORDER BY l.rank), '')
+SELECT '{"items":[' || coalesce(string_agg(l.item, ','), '')
        || '],"as_of":' || (SELECT json_ts(view_as_of('mv_leaderboard_users'))) || '}'
 FROM (SELECT rank, item
       FROM mv_leaderboard_users
@@ -98,12 +98,13 @@ FROM (SELECT rank, item
       LIMIT %(limit)s) l
 
 -- name: chains
--- next_cursor: the query string that continues after the last item of a full page.
-SELECT '{"items":[' || coalesce(string_agg(d.item, ',' ORDER BY d.member_count DESC, d.chain_id DESC), '')
-       || '],"next_cursor":' || CASE WHEN count(*) = %(limit)s THEN
-              json_str((array_agg('after_members=' || d.member_count || '&after_id=' || d.chain_id
-                                  ORDER BY d.member_count, d.chain_id))[1])
-          ELSE 'null' END
+-- next_cursor: the query string that continues after the last item of a full page. The aggregates
+-- take the rows in the subquery's order (see the feed above).
+SELECT '{"items":[' || coalesce(string_agg(d.item, ','), '')
+       || '],"next_cursor":' || CASE WHEN count(*) = %(limit)s
+              THEN '"after_members=' || (array_agg(d.member_count))[count(*)]
+                   || '&after_id=' || (array_agg(d.chain_id))[count(*)] || '"'
+              ELSE 'null' END
        || ',"as_of":' || (SELECT json_ts(view_as_of('mv_chain_directory'))) || '}'
 FROM (SELECT chain_id, member_count, item
       FROM mv_chain_directory
@@ -125,7 +126,7 @@ SELECT '{"chain":' || d.item
               ORDER BY cp.upvote_count DESC, cp.project_id DESC
               LIMIT %(limit)s) p), '')
     || '],"threads":[' || coalesce((
-        SELECT string_agg(t.item, ',' ORDER BY t.last_activity_at DESC, t.thread_id DESC)
+        SELECT string_agg(t.item, ',')  -- in the subquery's order
         FROM (SELECT thread_id, last_activity_at, item
               FROM mv_forum_threads
               WHERE chain_id = d.chain_id
@@ -140,18 +141,25 @@ WHERE d.slug = %(slug)s
 SELECT tag, project_count, upvotes FROM mv_trending_tags ORDER BY upvotes DESC, tag LIMIT %(limit)s
 
 -- name: dashboard
-SELECT json_build_object(
-    'user_id', d.user_id, 'project_count', d.project_count, 'upvotes_received', d.upvotes_received,
-    'comments_received', d.comments_received, 'upvotes_given', d.upvotes_given,
-    'unread_messages', d.unread_messages, 'pending_intros_received', d.pending_intros_received,
-    'chains_joined', d.chains_joined, 'updated_at', d.updated_at,
-    'intro_stats', json_build_object(
-        'sent_pending', i.sent_pending, 'sent_accepted', i.sent_accepted, 'sent_declined', i.sent_declined,
-        'received_pending', i.received_pending, 'received_accepted', i.received_accepted,
-        'received_declined', i.received_declined))::text
-FROM user_dashboard_stats d
-JOIN intro_request_stats i ON i.user_id = d.user_id
-WHERE d.user_id = %(user_id)s
+-- user_dashboard_stats and intro_request_stats are both views over user_stats (base + ledger);
+-- joining the two read it twice, so the route reads user_stats once and adds the received
+-- counts as user_dashboard_stats defines them (the owned projects' exact counters).
+SELECT '{"user_id":' || s.user_id || ',"project_count":' || s.project_count
+       || ',"upvotes_received":' || coalesce(r.upvotes, 0) || ',"comments_received":' || coalesce(r.comments, 0)
+       || ',"upvotes_given":' || s.upvotes_given || ',"unread_messages":' || s.unread_messages
+       || ',"pending_intros_received":' || s.received_pending || ',"chains_joined":' || s.chains_joined
+       || ',"updated_at":' || json_ts(greatest(s.updated_at, r.updated_at))
+       || ',"intro_stats":{"sent_pending":' || s.sent_pending || ',"sent_accepted":' || s.sent_accepted
+       || ',"sent_declined":' || s.sent_declined || ',"received_pending":' || s.received_pending
+       || ',"received_accepted":' || s.received_accepted || ',"received_declined":' || s.received_declined || '}}'
+FROM user_stats s
+LEFT JOIN LATERAL (
+    SELECT sum(c.upvote_count)::bigint AS upvotes, sum(c.comment_count)::bigint AS comments,
+           max(c.updated_at) AS updated_at
+    FROM projects p
+    JOIN project_counters c ON c.project_id = p.id
+    WHERE p.owner_id = s.user_id) r ON true
+WHERE s.user_id = %(user_id)s
 
 -- name: conversations
 SELECT json_build_object('items', coalesce(json_agg(c ORDER BY c.last_message_at DESC, c.other_user_id DESC), '[]'))::text
