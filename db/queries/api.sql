@@ -162,7 +162,15 @@ LEFT JOIN LATERAL (
 WHERE s.user_id = %(user_id)s
 
 -- name: conversations
-SELECT json_build_object('items', coalesce(json_agg(c ORDER BY c.last_message_at DESC, c.other_user_id DESC), '[]'))::text
+-- The page in the subquery's order (see the feed above), each item concatenated.
+SELECT '{"items":[' || coalesce(string_agg(
+           '{"other_user_id":' || c.other_user_id || ',"other_username":' || json_str(c.other_username)
+           || ',"last_message_id":' || coalesce(c.last_message_id::text, 'null')
+           || ',"last_message_at":' || json_ts(c.last_message_at)
+           || ',"last_message_preview":' || json_str(c.last_message_preview)
+           || ',"last_sender_id":' || coalesce(c.last_sender_id::text, 'null')
+           || ',"message_count":' || c.message_count || ',"unread_count":' || c.unread_count || '}', ','), '')
+       || ']}'
 FROM (SELECT c.other_user_id, u.username AS other_username, c.last_message_id, c.last_message_at,
              c.last_message_preview, c.last_sender_id, c.message_count, c.unread_count
       FROM message_conversations_denorm c
