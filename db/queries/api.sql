@@ -5,8 +5,8 @@
 -- (one Python core against Postgres's many), and a text column passes through it untouched.
 -- Each read model row carries its item prebuilt (migration 0008), so a read only concatenates the
 -- items of a page and appends the live counts where the answer shows them.
--- as_of is a scalar subquery, so it runs once per query (an InitPlan): joined as a row source,
--- the planner inlines view_as_of() into the projection and looks the queue up once per row.
+-- as_of is a scalar subquery on view_freshness (migration 0010), so it runs once per query (an
+-- InitPlan) inside the query's own plan.
 
 -- name: feed_trending
 -- A feed page in trending order, after the keyset cursor (score, id) of the previous page (or at an
@@ -24,7 +24,7 @@ SELECT '{"items":[' || coalesce(string_agg(
            f.item_head || ',"upvote_count":' || f.upvote_count || ',"comment_count":' || f.comment_count
            || ',"trending_score":' || f.trending_score || ',"proof_score":' || f.proof_score
            || ',"user_has_upvoted":null}', ','), '')
-       || '],"as_of":' || (SELECT json_ts(view_as_of('mv_feed_projects')))
+       || '],"as_of":' || (SELECT json_ts(as_of) FROM view_freshness WHERE view_name = 'mv_feed_projects')
        || ',"sort":"trending","page":' || coalesce(%(page)s::int::text, 'null')
        || ',"next_cursor":' || CASE WHEN count(*) = %(limit)s
               THEN feed_cursor('trending', (array_agg(f.trending_score))[count(*)]::text || ',' || (array_agg(f.id))[count(*)])
@@ -43,7 +43,7 @@ SELECT '{"items":[' || coalesce(string_agg(
            f.item_head || ',"upvote_count":' || f.upvote_count || ',"comment_count":' || f.comment_count
            || ',"trending_score":' || f.trending_score || ',"proof_score":' || f.proof_score
            || ',"user_has_upvoted":null}', ','), '')
-       || '],"as_of":' || (SELECT json_ts(view_as_of('mv_feed_projects')))
+       || '],"as_of":' || (SELECT json_ts(as_of) FROM view_freshness WHERE view_name = 'mv_feed_projects')
        || ',"sort":"top-rated","page":' || coalesce(%(page)s::int::text, 'null')
        || ',"next_cursor":' || CASE WHEN count(*) = %(limit)s
               THEN feed_cursor('top-rated', (array_agg(f.proof_score))[count(*)]::text || ',' || (array_agg(f.id))[count(*)])
@@ -62,7 +62,7 @@ SELECT '{"items":[' || coalesce(string_agg(
            f.item_head || ',"upvote_count":' || f.upvote_count || ',"comment_count":' || f.comment_count
            || ',"trending_score":' || f.trending_score || ',"proof_score":' || f.proof_score
            || ',"user_has_upvoted":null}', ','), '')
-       || '],"as_of":' || (SELECT json_ts(view_as_of('mv_feed_projects')))
+       || '],"as_of":' || (SELECT json_ts(as_of) FROM view_freshness WHERE view_name = 'mv_feed_projects')
        || ',"sort":"newest","page":' || coalesce(%(page)s::int::text, 'null')
        || ',"next_cursor":' || CASE WHEN count(*) = %(limit)s
               THEN feed_cursor('newest', json_ts((array_agg(f.created_at))[count(*)]) || ',' || (array_agg(f.id))[count(*)])
@@ -80,7 +80,7 @@ FROM (SELECT f.id, f.item_head, f.trending_score, f.proof_score, f.created_at, c
 -- Ranks from the view; counts live, appended to each prebuilt item head.
 SELECT '{"items":[' || coalesce(string_agg(l.item_head || ',"upvote_count":' || l.upvote_count
                                            || ',"comment_count":' || l.comment_count || '}', ','), '')
-       || '],"as_of":' || (SELECT json_ts(view_as_of('mv_leaderboard_projects'))) || '}'
+       || '],"as_of":' || (SELECT json_ts(as_of) FROM view_freshness WHERE view_name = 'mv_leaderboard_projects') || '}'
 FROM (SELECT l.rank, l.item_head, c.upvote_count, c.comment_count
       FROM mv_leaderboard_projects l
       JOIN project_counters c ON c.project_id = l.project_id
@@ -90,7 +90,7 @@ FROM (SELECT l.rank, l.item_head, c.upvote_count, c.comment_count
 
 -- name: leaderboard_users
 SELECT '{"items":[' || coalesce(string_agg(l.item, ','), '')
-       || '],"as_of":' || (SELECT json_ts(view_as_of('mv_leaderboard_users'))) || '}'
+       || '],"as_of":' || (SELECT json_ts(as_of) FROM view_freshness WHERE view_name = 'mv_leaderboard_users') || '}'
 FROM (SELECT rank, item
       FROM mv_leaderboard_users
       WHERE rank > %(offset)s
@@ -105,7 +105,7 @@ SELECT '{"items":[' || coalesce(string_agg(d.item, ','), '')
               THEN '"after_members=' || (array_agg(d.member_count))[count(*)]
                    || '&after_id=' || (array_agg(d.chain_id))[count(*)] || '"'
               ELSE 'null' END
-       || ',"as_of":' || (SELECT json_ts(view_as_of('mv_chain_directory'))) || '}'
+       || ',"as_of":' || (SELECT json_ts(as_of) FROM view_freshness WHERE view_name = 'mv_chain_directory') || '}'
 FROM (SELECT chain_id, member_count, item
       FROM mv_chain_directory
       WHERE (member_count, chain_id) < (%(after_members)s::bigint, %(after_id)s::bigint)
@@ -132,8 +132,8 @@ SELECT '{"chain":' || d.item
               WHERE chain_id = d.chain_id
               ORDER BY last_activity_at DESC, thread_id DESC
               LIMIT %(limit)s) t), '')
-    || '],"as_of":' || json_ts(least(view_as_of('mv_chain_directory'), view_as_of('mv_chain_projects'),
-                                     view_as_of('mv_forum_threads'))) || '}'
+    || '],"as_of":' || (SELECT json_ts(min(as_of)) FROM view_freshness
+                        WHERE view_name IN ('mv_chain_directory', 'mv_chain_projects', 'mv_forum_threads')) || '}'
 FROM mv_chain_directory d
 WHERE d.slug = %(slug)s
 
@@ -234,7 +234,7 @@ SELECT '{"query":' || json_str(%(q)s) || ',"corrected":' || json_str((SELECT tex
                              || ',"subtitle":' || json_str(subtitle) || ',"slug":' || json_str(slug)
                              || ',"score":' || score || '}', ',' ORDER BY score DESC, doc_type, doc_id)
            FROM hits), '')
-       || '],"as_of":' || (SELECT json_ts(view_as_of('mv_search_documents'))) || '}'
+       || '],"as_of":' || (SELECT json_ts(as_of) FROM view_freshness WHERE view_name = 'mv_search_documents') || '}'
 
 -- name: refresh_status
 SELECT q.view_name, q.status, q.refresh_requested_at, q.first_requested_at, q.last_refreshed_at,
