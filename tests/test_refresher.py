@@ -73,12 +73,8 @@ def test_every_view_equals_its_definition_after_random_writes(seeded: Connection
     seeded.execute("DELETE FROM chain_members WHERE user_id % 2 = 0")
     settle(seeded, database_url)
     assert_matviews_match_their_definitions(seeded)
-    # and the feed, which the fold keeps, equals its definition too
-    diff = seeded.execute(
-        "SELECT count(*) FROM ((TABLE mv_feed_projects EXCEPT TABLE mv_feed_projects_truth)"
-        " UNION ALL (TABLE mv_feed_projects_truth EXCEPT TABLE mv_feed_projects)) d"
-    ).fetchone()
-    assert diff == (0,)
+    # and the tables the fold keeps equal their definitions too
+    assert_fold_kept_tables_match_their_truth(seeded)
 
 
 def test_a_thousand_writes_cost_one_refresh(seeded: Connection, database_url: str) -> None:
@@ -190,11 +186,48 @@ def test_the_fold_keeps_the_feed(seeded: Connection, database_url: str) -> None:
     row = seeded.execute("SELECT title FROM mv_feed_projects WHERE id = 6").fetchone()
     assert row == ("Renamed project",)
     assert seeded.execute("SELECT count(*) FROM mv_feed_projects WHERE id = 7").fetchone() == (0,)
-    diff = seeded.execute(
-        "SELECT count(*) FROM ((TABLE mv_feed_projects EXCEPT TABLE mv_feed_projects_truth)"
-        " UNION ALL (TABLE mv_feed_projects_truth EXCEPT TABLE mv_feed_projects)) d"
+    assert_fold_kept_tables_match_their_truth(seeded)
+
+
+def test_the_fold_keeps_each_chains_projects(seeded: Connection) -> None:
+    """mv_chain_projects follows votes, renames, deletions and chain membership, at the next fold."""
+    chain, project = seeded.execute("SELECT chain_id, project_id FROM mv_chain_projects LIMIT 1").fetchone() or (0, 0)
+    outsider = seeded.execute(
+        "SELECT id FROM projects WHERE id NOT IN (SELECT project_id FROM chain_projects WHERE chain_id = %s) LIMIT 1",
+        (chain,),
     ).fetchone()
-    assert diff == (0,)
+    assert outsider is not None
+    seeded.execute("INSERT INTO project_upvotes (user_id, project_id) SELECT id, %s FROM users LIMIT 30 "
+                   "ON CONFLICT DO NOTHING", (project,))  # fmt: skip
+    seeded.execute("UPDATE projects SET title = 'A chain favourite' WHERE id = %s", (project,))
+    seeded.execute("INSERT INTO chain_projects (chain_id, project_id) VALUES (%s, %s)", (chain, outsider[0]))
+    before = seeded.execute("SELECT count(*) FROM mv_chain_projects WHERE chain_id = %s", (chain,)).fetchone()
+    fold_all(seeded)
+    after = seeded.execute("SELECT count(*) FROM mv_chain_projects WHERE chain_id = %s", (chain,)).fetchone()
+    assert before is not None and after == (before[0] + 1,)
+    title = seeded.execute(
+        "SELECT title FROM mv_chain_projects WHERE chain_id = %s AND project_id = %s", (chain, project)
+    ).fetchone()
+    assert title == ("A chain favourite",)
+    assert_fold_kept_tables_match_their_truth(seeded)
+    seeded.execute("DELETE FROM chain_projects WHERE chain_id = %s AND project_id = %s", (chain, outsider[0]))
+    seeded.execute("DELETE FROM projects WHERE id = %s", (project,))
+    fold_all(seeded)
+    assert seeded.execute("SELECT count(*) FROM mv_chain_projects WHERE chain_id = %s", (chain,)).fetchone() == (
+        before[0] - 1,
+    )
+    assert_fold_kept_tables_match_their_truth(seeded)
+    seeded.execute("TRUNCATE chain_projects")
+    assert seeded.execute("SELECT count(*) FROM mv_chain_projects").fetchone() == (0,)
+
+
+def assert_fold_kept_tables_match_their_truth(conn: Connection) -> None:
+    for table in ("mv_feed_projects", "mv_chain_projects"):
+        diff = conn.execute(
+            f"SELECT count(*) FROM ((TABLE {table} EXCEPT ALL TABLE {table}_truth)"
+            f" UNION ALL (TABLE {table}_truth EXCEPT ALL TABLE {table})) d".encode()
+        ).fetchone()
+        assert diff == (0,), f"{table} differs from its truth"
 
 
 def test_the_service_refreshes_serves_metrics_and_stops_on_sigterm(database_url: str, conn: Connection) -> None:

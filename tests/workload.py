@@ -88,6 +88,8 @@ SINGLE: dict[str, str] = {
     "delete_intro": "DELETE FROM intro_requests WHERE id = "
     "(SELECT max(id) FROM intro_requests WHERE requester_id = %(u)s)",
     "join": "INSERT INTO chain_members (chain_id, user_id) VALUES (%(c)s, %(u)s) ON CONFLICT DO NOTHING",
+    "add_to_chain": "INSERT INTO chain_projects (chain_id, project_id) VALUES (%(c)s, %(p)s) ON CONFLICT DO NOTHING",
+    "remove_from_chain": "DELETE FROM chain_projects WHERE chain_id = %(c)s AND project_id = %(p)s",
     "leave": "DELETE FROM chain_members WHERE chain_id = %(c)s AND user_id = %(u)s",
     "fold": "SELECT * FROM fold_read_model_deltas(%(k)s)",
 }

@@ -114,7 +114,8 @@ FROM (SELECT chain_id, member_count, item
 
 -- name: chain_page
 -- One chain, its best projects (counts exact) and its latest threads, as one JSON document (text:
--- the API sends it as it is).
+-- the API sends it as it is). The projects' order is the fold's (mv_chain_projects, migration 0011),
+-- so as_of counts the feed's.
 SELECT '{"chain":' || d.item
     || ',"projects":[' || coalesce((
         SELECT string_agg(p.item_head || ',"upvote_count":' || p.upvote_count || ',"comment_count":' || p.comment_count
@@ -133,7 +134,7 @@ SELECT '{"chain":' || d.item
               ORDER BY last_activity_at DESC, thread_id DESC
               LIMIT %(limit)s) t), '')
     || '],"as_of":' || (SELECT json_ts(min(as_of)) FROM view_freshness
-                        WHERE view_name IN ('mv_chain_directory', 'mv_chain_projects', 'mv_forum_threads')) || '}'
+                        WHERE view_name IN ('mv_chain_directory', 'mv_feed_projects', 'mv_forum_threads')) || '}'
 FROM mv_chain_directory d
 WHERE d.slug = %(slug)s
 

@@ -39,7 +39,6 @@ REFRESHABLE = frozenset(
         "mv_leaderboard_projects",
         "mv_leaderboard_users",
         "mv_chain_directory",
-        "mv_chain_projects",
         "mv_forum_threads",
         "mv_trending_tags",
         "mv_search_documents",
