@@ -47,6 +47,7 @@ def _cmd_api(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=get_settings().api_keepalive_seconds,
     )
     return 0
 

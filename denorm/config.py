@@ -39,6 +39,10 @@ class Settings(BaseSettings):
         default=5.0, ge=0, le=300, description="how long a search answer is reused (0: never)"
     )
     api_search_cache_entries: int = Field(default=10_000, ge=1, description="search answers kept per process")
+    # Longer than a client's pause between clicks and than a load balancer's idle timeout (60 s on
+    # most): a server that closes an idle connection first races the client's next request on it,
+    # which then fails (seen in the load test with uvicorn's default of 5 s).
+    api_keepalive_seconds: int = Field(default=75, ge=1, description="how long an idle HTTP connection stays open")
 
     # The refresher (services/refresher).
     refresher_debounce_ms: int = Field(default=1000, ge=0, description="wait after a view's first dirty mark")

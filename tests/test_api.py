@@ -271,3 +271,18 @@ def test_a_search_answer_is_reused_for_a_few_seconds_then_recomputed(
         fresh = search()
         assert [h["title"] for h in fresh["items"]] == ["Zebracorn Tracker"] and fresh["as_of"] > first["as_of"]
         assert cache_counts() == (1, 2)
+
+
+def test_an_upvote_waits_for_a_stuck_lock_only_so_long(
+    client: TestClient, settings: Settings, conn: Connection, database_url: str
+) -> None:
+    """A (user, project) lock left held somewhere makes that upvote a 503 after a bounded wait, not a hang."""
+    before = upvote_rows(conn, 9)
+    with psycopg.connect(database_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtextextended('upvote:9:13', 0))")
+        started = time.monotonic()
+        answer = client.put("/api/projects/13/upvote", headers=auth(settings, 9))
+        assert answer.status_code == 503 and answer.json()["error"]["code"] == "unavailable"
+        assert time.monotonic() - started < 10
+    assert upvote_rows(conn, 9) == before  # nothing written
+    assert client.put("/api/projects/13/upvote", headers=auth(settings, 9)).status_code == 200  # and it recovers

@@ -24,6 +24,7 @@ from services.api.answercache import AnswerCache
 from services.api.deps import Services
 from services.api.fastpath import FastReads, FastStats
 from services.api.front import Front
+from services.api.gcwatch import GcPauses
 from services.api.models import Health, Readiness
 from services.api.responses import JSONBytes
 from services.api.routes import projects, reads, social
@@ -104,9 +105,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         search_cache = AnswerCache(settings.api_search_cache_seconds, settings.api_search_cache_entries)
         tokens = TokenVerifier(settings.jwt_secret)
         app.state.services = Services(settings, write_pool, read_pool, cache, search_cache, tokens)
+        gc_pauses.install()
         try:
             yield
         finally:
+            gc_pauses.uninstall()
             await client.aclose()
             if read_pool is not write_pool:
                 await read_pool.close()
@@ -130,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     fast = FastStats()
     registry.register(CacheCollector(app, fast))
+    gc_pauses = GcPauses(registry)
 
     def front(stack: ASGIApp) -> ASGIApp:
         if settings.api_fast_reads:

@@ -31,6 +31,8 @@ def as_api_error(exc: psycopg.Error) -> ApiError | None:
         return ApiError(422, "invalid_input", "the values break a rule of the data model")
     if isinstance(exc, errors.DataError):  # a NUL in text, a number out of range, ...
         return ApiError(422, "invalid_input", "a value cannot be stored as given")
+    if isinstance(exc, errors.LockNotAvailable):  # a bounded wait ran out (upvote_set)
+        return ApiError(503, "unavailable", "busy; try again")
     return None
 
 

@@ -10,28 +10,15 @@ from services.api.db import as_api_error, fetch_all, queries
 from services.api.deps import Services
 from services.api.errors import ApiError
 
-# Each returns (upvoted, changed) for (user u, project p).
-_TOGGLE = b"""
-WITH gone AS (DELETE FROM project_upvotes WHERE user_id = %(u)s AND project_id = %(p)s RETURNING 1),
-     added AS (INSERT INTO project_upvotes (user_id, project_id) SELECT %(u)s, %(p)s
-               WHERE NOT EXISTS (SELECT 1 FROM gone) RETURNING 1)
-SELECT EXISTS (SELECT 1 FROM added), true
-"""
-_SET = b"""
-WITH added AS (INSERT INTO project_upvotes (user_id, project_id) VALUES (%(u)s, %(p)s)
-               ON CONFLICT DO NOTHING RETURNING 1)
-SELECT true, EXISTS (SELECT 1 FROM added)
-"""
-_CLEAR = b"""
-WITH gone AS (DELETE FROM project_upvotes WHERE user_id = %(u)s AND project_id = %(p)s RETURNING 1)
-SELECT false, EXISTS (SELECT 1 FROM gone)
-"""
-_LOCK = b"SELECT pg_advisory_lock(hashtextextended(%(k)s, 0))"
-_COUNT_AND_UNLOCK = b"""
-SELECT (SELECT upvote_count FROM project_counters WHERE project_id = %(p)s),
-       pg_advisory_unlock(hashtextextended(%(k)s, 0))
-"""
-_UNLOCK = b"SELECT pg_advisory_unlock(hashtextextended(%(k)s, 0))"
+# One call: the advisory lock of (user, project) and the change (migration 0012).
+_CHANGE = (
+    b"SELECT present, upvoted, changed, upvote_count FROM upvote_set(%(u)s::bigint, %(p)s::bigint, %(want)s::boolean)"
+)
+_KEY = b"hashtextextended('upvote:' || %(u)s || ':' || %(p)s, 0)"
+_COUNT_AND_UNLOCK = (
+    b"SELECT (SELECT upvote_count FROM project_counters WHERE project_id = %(p)s), pg_advisory_unlock(" + _KEY + b")"
+)
+_UNLOCK = b"SELECT pg_advisory_unlock(" + _KEY + b")"
 
 
 async def set_upvote(svc: Services, user: int, project: int, want: bool | None) -> tuple[bool, int]:
@@ -39,37 +26,40 @@ async def set_upvote(svc: Services, user: int, project: int, want: bool | None) 
 
     One (user, project) at a time: the advisory lock is held from before the change until after
     its write-through, so Redis receives the changes of one upvote in the order Postgres made them.
+    upvote_set() takes the lock and makes the change in one round trip; when nothing changed it
+    also counts and releases the lock. After a change, the count is read (after the commit, so it
+    includes every change committed before it) and the lock released in one more, once Redis has
+    the change.
     """
-    params = {"u": user, "p": project, "k": f"upvote:{user}:{project}"}
-    statement = _TOGGLE if want is None else _SET if want else _CLEAR
+    params = {"u": user, "p": project, "want": want}
     async with svc.write_pool.connection() as conn:
-        await conn.execute(_LOCK, params)
-        unlocked = False
         try:
+            row = await (await conn.execute(_CHANGE, params)).fetchone()
+        except psycopg.Error as exc:
+            # Typically a foreign key: no such user. Nothing changed; the lock may be held.
+            if not conn.broken:
+                await conn.execute(_UNLOCK, params)
+            mapped = as_api_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        assert row is not None
+        present, upvoted, changed, count = bool(row[0]), bool(row[1]), bool(row[2]), row[3]
+        if not present:
+            raise ApiError(404, "not_found", "no such project")
+        if changed:
+            unlocked = False
             try:
-                cur = await conn.execute(statement, params)
-            except psycopg.Error as exc:
-                # Typically a foreign key: no such project (or user). Nothing changed.
-                await conn.execute(_UNLOCK, params)
-                unlocked = True
-                mapped = as_api_error(exc)
-                if mapped is None:
-                    raise
-                raise mapped from exc
-            row = await cur.fetchone()
-            assert row is not None
-            upvoted, changed = bool(row[0]), bool(row[1])
-            if changed:
                 await svc.cache.write_through(user, project, upvoted)
-            cur = await conn.execute(_COUNT_AND_UNLOCK, params)
-            unlocked = True
-            counted = await cur.fetchone()
-        finally:
-            if not unlocked and not conn.broken:
-                await conn.execute(_UNLOCK, params)
-    if counted is None or counted[0] is None:
+                counted = await (await conn.execute(_COUNT_AND_UNLOCK, params)).fetchone()
+                unlocked = True
+                count = counted[0] if counted is not None else None
+            finally:
+                if not unlocked and not conn.broken:
+                    await conn.execute(_UNLOCK, params)
+    if count is None:
         raise ApiError(404, "not_found", "no such project")
-    return upvoted, int(counted[0])
+    return upvoted, int(count)
 
 
 async def upvoted_among(svc: Services, user: int, project_ids: Sequence[int]) -> set[int]:
