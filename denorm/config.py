@@ -39,6 +39,10 @@ class Settings(BaseSettings):
         default=5.0, ge=0, le=300, description="how long a search answer is reused (0: never)"
     )
     api_search_cache_entries: int = Field(default=10_000, ge=1, description="search answers kept per process")
+    # An upvote's commit waits for the WAL flush only when this is true (upvote_set, migration 0012).
+    # False answers at cache speed (the seed's ~5 ms), and a Postgres crash can lose the last fraction
+    # of a second of upvotes: a trade most products make for a like button (docs/api.md).
+    api_upvote_durable: bool = Field(default=False, description="upvotes wait for the WAL to reach the disk")
     # Longer than a client's pause between clicks and than a load balancer's idle timeout (60 s on
     # most): a server that closes an idle connection first races the client's next request on it,
     # which then fails (seen in the load test with uvicorn's default of 5 s).
@@ -47,6 +51,12 @@ class Settings(BaseSettings):
     # The refresher (services/refresher).
     refresher_debounce_ms: int = Field(default=1000, ge=0, description="wait after a view's first dirty mark")
     refresher_max_staleness_ms: int = Field(default=5000, ge=0, description="alert bound on a view's staleness")
+    # Under a steady stream of votes the views that read the feed are dirty after every fold, and
+    # were refreshed back to back (a third of a core at the 5000-user load, and the upvote's tail
+    # latency: docs/performance.md). Spaced by this, they stay within the staleness bound.
+    refresher_min_interval_ms: int = Field(
+        default=3000, ge=0, description="a view is refreshed at most once per this interval (0: no limit)"
+    )
     refresher_poll_ms: int = Field(default=200, ge=10, description="polling interval when no NOTIFY arrives")
     refresher_fold_ms: int = Field(default=500, ge=10, description="interval between folds of the delta ledgers")
     refresher_refresh_loops: int = Field(default=2, ge=1, le=16, description="views refreshed at once")

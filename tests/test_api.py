@@ -286,3 +286,13 @@ def test_an_upvote_waits_for_a_stuck_lock_only_so_long(
         assert time.monotonic() - started < 10
     assert upvote_rows(conn, 9) == before  # nothing written
     assert client.put("/api/projects/13/upvote", headers=auth(settings, 9)).status_code == 200  # and it recovers
+
+
+@pytest.mark.parametrize(("durable", "commit"), [(False, "off"), (True, "on")])
+def test_an_upvote_waits_for_the_disk_only_when_asked(seeded_url: str, durable: bool, commit: str) -> None:
+    with psycopg.connect(seeded_url) as db:  # one transaction, rolled back: nothing kept
+        db.execute("SELECT * FROM upvote_set(3, 5, true, %s)", (durable,))
+        assert db.execute("SHOW synchronous_commit").fetchone() == (commit,)
+        db.rollback()
+        db.execute("SELECT pg_advisory_unlock_all()")  # the session lock outlives the rollback
+        assert db.execute("SHOW synchronous_commit").fetchone() == ("on",)  # for that transaction only

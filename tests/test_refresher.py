@@ -15,7 +15,7 @@ import pytest
 
 from denorm.config import Settings
 from denorm.seed import SCALES, fold_all, seed
-from services.refresher.worker import REFRESHABLE, Refresher
+from services.refresher.worker import QUERIES, REFRESHABLE, Refresher
 from tests.support import DENORM, cli_env, free_port
 from tests.workload import random_program, reset, run_concurrently
 
@@ -25,6 +25,8 @@ MATVIEWS = sorted(REFRESHABLE | {"mv_search_words"})
 
 
 def settings_for(url: str, **overrides: Any) -> Settings:
+    """Test settings: no spacing between refreshes of a view unless a test asks for it."""
+    overrides.setdefault("refresher_min_interval_ms", 0)
     return Settings(database_url=url, environment="test", refresher_metrics_port=0, **overrides)
 
 
@@ -102,6 +104,27 @@ def test_a_view_waits_for_its_debounce_window(seeded: Connection, database_url: 
     time.sleep(1.6)
     result = refresher.refresh_one(seeded)
     assert result is not None and result.view_name == "mv_chain_directory"
+
+
+def test_a_view_is_refreshed_at_most_once_per_interval(seeded: Connection, database_url: str) -> None:
+    refresher = Refresher(settings_for(database_url, refresher_debounce_ms=0, refresher_min_interval_ms=1500))
+    seeded.execute("UPDATE mv_refresh_queue SET last_refreshed_at = now() - interval '1 minute'")  # long ago
+    seeded.execute("INSERT INTO chain_members (chain_id, user_id) VALUES (1, 198) ON CONFLICT DO NOTHING")
+    refresher.collect(seeded)
+    first = refresher.refresh_one(seeded)
+    assert first is not None and first.view_name == "mv_chain_directory"
+    seeded.execute("INSERT INTO chain_members (chain_id, user_id) VALUES (2, 198) ON CONFLICT DO NOTHING")
+    refresher.collect(seeded)
+    assert refresher.refresh_one(seeded) is None  # refreshed too recently: it waits, pending
+    assert queue(seeded)["mv_chain_directory"][0] == "pending"
+    due_in = seeded.execute(QUERIES["next_due_in"].encode(), refresher._timing()).fetchone()
+    assert due_in is not None and 0.5 < due_in[0] <= 1.5  # and the loop knows when it will be
+    time.sleep(1.6)
+    again = refresher.refresh_one(seeded)
+    assert again is not None and again.view_name == "mv_chain_directory"
+    # drain (tests, --once) refreshes what is pending however recent
+    seeded.execute("INSERT INTO chain_members (chain_id, user_id) VALUES (3, 198) ON CONFLICT DO NOTHING")
+    assert "mv_chain_directory" in [r.view_name for r in refresher.drain(seeded)]
 
 
 def test_a_rolled_back_write_requests_nothing(seeded: Connection, database_url: str) -> None:

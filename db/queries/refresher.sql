@@ -1,14 +1,17 @@
 -- Queries of the refresher (services/refresher), one named block each.
 
 -- name: claim_due_view
--- The oldest pending view whose debounce window has passed and whose retry backoff is over. The
--- claim row stays locked for the whole refresh transaction; SKIP LOCKED passes over views another
--- replica holds, and a crashed replica's lock ends with its session.
+-- The oldest pending view whose debounce window has passed, whose last refresh ended at least
+-- min_interval_s ago (the feed, which the fold keeps, excepted) and whose retry backoff is over.
+-- The claim row stays locked for the whole refresh transaction; SKIP LOCKED passes over views
+-- another replica holds, and a crashed replica's lock ends with its session.
 SELECT q.view_name, q.generation, q.first_requested_at
 FROM mv_refresh_queue q
 JOIN mv_refresh_claims c ON c.view_name = q.view_name
 WHERE q.status = 'pending'
   AND q.first_requested_at <= now() - make_interval(secs => %(debounce_s)s)
+  AND (q.last_refreshed_at IS NULL OR q.view_name = 'mv_feed_projects'
+       OR q.last_refreshed_at <= now() - make_interval(secs => %(min_interval_s)s))
   AND (q.next_attempt_at IS NULL OR q.next_attempt_at <= now())
 ORDER BY q.first_requested_at, q.view_name
 LIMIT 1
@@ -42,6 +45,8 @@ WHERE view_name = %(view_name)s
 -- Seconds until the next pending view becomes due (null when none is pending).
 SELECT extract(epoch FROM min(greatest(
            q.first_requested_at + make_interval(secs => %(debounce_s)s),
+           CASE WHEN q.view_name = 'mv_feed_projects' THEN '-infinity'
+                ELSE coalesce(q.last_refreshed_at + make_interval(secs => %(min_interval_s)s), '-infinity') END,
            coalesce(q.next_attempt_at, '-infinity'))) - now())::float8
 FROM mv_refresh_queue q WHERE q.status = 'pending'
 

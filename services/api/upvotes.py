@@ -12,7 +12,8 @@ from services.api.errors import ApiError
 
 # One call: the advisory lock of (user, project) and the change (migration 0012).
 _CHANGE = (
-    b"SELECT present, upvoted, changed, upvote_count FROM upvote_set(%(u)s::bigint, %(p)s::bigint, %(want)s::boolean)"
+    b"SELECT present, upvoted, changed, upvote_count"
+    b" FROM upvote_set(%(u)s::bigint, %(p)s::bigint, %(want)s::boolean, %(durable)s::boolean)"
 )
 _KEY = b"hashtextextended('upvote:' || %(u)s || ':' || %(p)s, 0)"
 _COUNT_AND_UNLOCK = (
@@ -31,7 +32,7 @@ async def set_upvote(svc: Services, user: int, project: int, want: bool | None) 
     includes every change committed before it) and the lock released in one more, once Redis has
     the change.
     """
-    params = {"u": user, "p": project, "want": want}
+    params = {"u": user, "p": project, "want": want, "durable": svc.settings.api_upvote_durable}
     async with svc.write_pool.connection() as conn:
         try:
             row = await (await conn.execute(_CHANGE, params)).fetchone()

@@ -4,7 +4,9 @@ Two loops, each on its own connection, so that a long REFRESH never delays the f
 
 - the folder calls fold_read_model_deltas() every REFRESHER_FOLD_MS;
 - the refresher coalesces refresh requests into mv_refresh_queue, then refreshes each view whose
-  debounce window has passed, CONCURRENTLY, in a transaction that holds the view's claim row.
+  debounce window has passed, CONCURRENTLY, in a transaction that holds the view's claim row. A
+  view is refreshed at most once per REFRESHER_MIN_INTERVAL_MS, so that a view that every fold
+  makes stale is not refreshed back to back.
 
 NOTIFY mv_refresh only wakes the refresher early; it polls every REFRESHER_POLL_MS regardless.
 SIGTERM (or stop()) lets the current fold or refresh finish, then both loops return.
@@ -184,9 +186,10 @@ class Refresher:
             return poll
         return max(0.01, min(poll, float(row[0])))
 
-    def _timing(self) -> dict[str, float]:
+    def _timing(self, spacing: bool = True) -> dict[str, float]:
         return {
             "debounce_s": self.settings.refresher_debounce_ms / 1000,
+            "min_interval_s": self.settings.refresher_min_interval_ms / 1000 if spacing else 0.0,
             "retry_base_s": self.settings.refresher_retry_base_ms / 1000,
             "retry_max_s": self.settings.refresher_retry_max_ms / 1000,
         }
@@ -198,9 +201,10 @@ class Refresher:
             metrics.REQUESTS_COLLECTED.inc(collected)
         return collected
 
-    def refresh_one(self, conn: psycopg.Connection[Any]) -> RefreshResult | None:
-        """Claim and refresh one due view; None when no view is due."""
-        timing = self._timing()
+    def refresh_one(self, conn: psycopg.Connection[Any], spacing: bool = True) -> RefreshResult | None:
+        """Claim and refresh one due view; None when no view is due. Without spacing, a view refreshed
+        less than REFRESHER_MIN_INTERVAL_MS ago is due too."""
+        timing = self._timing(spacing)
         claimed: tuple[str, int, datetime | None] | None = None
         started_at: datetime | None = None
         started = time.perf_counter()
@@ -307,11 +311,12 @@ class Refresher:
         metrics.STALENESS.labels("mv_feed_projects").set(float(feed[0]) if feed and feed[0] else 0.0)
 
     def drain(self, conn: psycopg.Connection[Any]) -> list[RefreshResult]:
-        """Fold, collect, and refresh every view that is due now (for tests and `--once`)."""
+        """Fold, collect, and refresh every pending view now, however recently it was refreshed (for
+        tests and `--once`)."""
         self.fold_once(conn)
         self.collect(conn)
         done = []
-        while (result := self.refresh_one(conn)) is not None:
+        while (result := self.refresh_one(conn, spacing=False)) is not None:
             done.append(result)
         self.update_gauges(conn)
         return done
