@@ -1,0 +1,123 @@
+"""An upvote's time at the server, durable commits against asynchronous ones, side by side.
+
+One `denorm api` process and the refresher on a seeded database, once with API_UPVOTE_DURABLE=false
+(the default) and once with true. Each run sends --rate PUT upvotes a second for --seconds, from
+random users, on the twenty projects of the feed's first page (where the product's votes land), and
+reads the API's latency histogram before and after: the share of upvotes within 2.5 and 5 ms at the
+server (the seed's target is about 5 ms), and the client's p50 and p95.
+
+    python -m bench.upvote_latency [--scale standard] [--database-url URL] [--rate 30] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+import httpx2 as httpx
+
+from bench.api_throughput import free_port
+from bench.scratch import seeded_database
+from denorm.auth import mint_token
+from denorm.config import DEV_JWT_SECRET
+from denorm.logs import configure_logging
+from denorm.seed import SCALES
+
+ROUTE = 'method="PUT",route="/api/projects/{project_id}/upvote",status="200"'
+
+
+def buckets(base: str) -> dict[str, float]:
+    """The upvote's histogram buckets (le -> cumulative count), and its count under "count"."""
+    text = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+    found = {m[0]: float(m[1]) for m in re.findall(r'_bucket\{le="([^"]+)",' + re.escape(ROUTE) + r"\} (\S+)", text)}
+    total = re.search(r"_count\{" + re.escape(ROUTE) + r"\} (\S+)", text)
+    found["count"] = float(total.group(1)) if total else 0.0
+    return found
+
+
+async def drive(base: str, rate: float, seconds: float, users: int, hot: list[int]) -> list[float]:
+    rng = random.Random(11)
+    latencies: list[float] = []
+    async with httpx.AsyncClient(base_url=base) as client:
+
+        async def one() -> None:
+            headers = {"Authorization": f"Bearer {mint_token(rng.randint(1, users), DEV_JWT_SECRET)}"}
+            started = time.perf_counter()
+            answer = await client.put(f"/api/projects/{rng.choice(hot)}/upvote", headers=headers)
+            answer.raise_for_status()
+            latencies.append((time.perf_counter() - started) * 1000)
+
+        tasks = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            tasks.append(asyncio.ensure_future(one()))
+            await asyncio.sleep(1 / rate)
+        await asyncio.gather(*tasks)
+    return sorted(latencies)
+
+
+def run(url: str, durable: bool, rate: float, seconds: float, users: int) -> str:
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": url, "JWT_SECRET": DEV_JWT_SECRET, "API_ACCESS_LOG": "false",
+           "REFRESHER_METRICS_PORT": "0", "LOG_LEVEL": "WARNING", "REDIS_KEY_PREFIX": f"bench-{port}:",
+           "API_UPVOTE_DURABLE": "true" if durable else "false"}  # fmt: skip
+    denorm = os.path.join(os.path.dirname(sys.executable), "denorm")
+    refresher = subprocess.Popen([denorm, "refresher"], env=env, stdout=subprocess.DEVNULL)
+    api = subprocess.Popen([denorm, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{base}/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        time.sleep(3)  # the refresher's first pass
+        page = json.load(urllib.request.urlopen(f"{base}/api/projects?limit=20", timeout=5))
+        hot = [int(item["id"]) for item in page["items"]]
+        asyncio.run(drive(base, rate, 2, users, hot))  # warm the pool's connections and plans
+        before = buckets(base)
+        client = asyncio.run(drive(base, rate, seconds, users, hot))
+        after = buckets(base)
+    finally:
+        api.terminate()
+        refresher.terminate()
+        api.wait(timeout=30)
+        refresher.wait(timeout=30)
+    n = after["count"] - before["count"]
+    within = {le: (after.get(le, 0) - before.get(le, 0)) / n for le in ("0.0025", "0.005")}
+    p50, p95 = client[len(client) // 2], client[int(len(client) * 0.95)]
+    mode = "durable (synchronous commit)" if durable else "asynchronous commit (default)"
+    return (f"{mode:<32}{int(n):>8}{within['0.0025']:>12.1%}{within['0.005']:>10.1%}"
+            f"{p50:>12.1f}{p95:>10.1f}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=list(SCALES), default="standard")
+    parser.add_argument(
+        "--database-url", help="an already seeded database to use as it is (default: a scratch one, seeded)"
+    )
+    parser.add_argument("--rate", type=float, default=30.0, help="upvotes a second")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    configure_logging("WARNING")
+    with seeded_database("bench_upvote", args.scale, args.database_url) as url:
+        users = SCALES[args.scale].users
+        print(f"dataset={args.scale}; {args.rate:g} PUT upvotes/s for {args.seconds:g} s, random users, "
+              "the feed's first twenty projects; one API process, refresher running")  # fmt: skip
+        print(f"{'upvote commit':<32}{'upvotes':>8}{'<= 2.5 ms':>12}{'<= 5 ms':>10}{'client p50':>12}{'p95 ms':>10}")
+        for durable in (False, True):
+            print(run(url, durable, args.rate, args.seconds, users))
+
+
+if __name__ == "__main__":
+    main()
