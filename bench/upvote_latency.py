@@ -1,7 +1,7 @@
 """An upvote's time at the server, durable commits against asynchronous ones, side by side.
 
 One `denorm api` process and the refresher on a seeded database, once with API_UPVOTE_DURABLE=false
-(the default) and once with true. Each run sends --rate PUT upvotes a second for --seconds, from
+and once with true (the default). Each run sends --rate PUT upvotes a second for --seconds, from
 random users, on the twenty projects of the feed's first page (where the product's votes land), and
 reads the API's latency histogram before and after: the share of upvotes within 2.5 and 5 ms at the
 server (the seed's target is about 5 ms), and the client's p50 and p95.
@@ -95,7 +95,7 @@ def run(url: str, durable: bool, rate: float, seconds: float, users: int) -> str
     n = after["count"] - before["count"]
     within = {le: (after.get(le, 0) - before.get(le, 0)) / n for le in ("0.0025", "0.005")}
     p50, p95 = client[len(client) // 2], client[int(len(client) * 0.95)]
-    mode = "durable (synchronous commit)" if durable else "asynchronous commit (default)"
+    mode = "durable (the default)" if durable else "asynchronous commit"
     return (f"{mode:<32}{int(n):>8}{within['0.0025']:>12.1%}{within['0.005']:>10.1%}"
             f"{p50:>12.1f}{p95:>10.1f}")  # fmt: skip
 

@@ -40,9 +40,10 @@ class Settings(BaseSettings):
     )
     api_search_cache_entries: int = Field(default=10_000, ge=1, description="search answers kept per process")
     # An upvote's commit waits for the WAL flush only when this is true (upvote_set, migration 0012).
-    # False answers at cache speed (the seed's ~5 ms), and a Postgres crash can lose the last fraction
-    # of a second of upvotes: a trade most products make for a like button (docs/api.md).
-    api_upvote_durable: bool = Field(default=False, description="upvotes wait for the WAL to reach the disk")
+    # False does not wait, and a Postgres crash can then lose the last fraction of a second of
+    # upvotes. Measured side by side (bench.upvote_latency, docs/api.md) it gained little here, so
+    # upvotes are durable unless a deployment chooses otherwise.
+    api_upvote_durable: bool = Field(default=True, description="upvotes wait for the WAL to reach the disk")
     # Longer than a client's pause between clicks and than a load balancer's idle timeout (60 s on
     # most): a server that closes an idle connection first races the client's next request on it,
     # which then fails (seen in the load test with uvicorn's default of 5 s).
