@@ -21,17 +21,15 @@ import itertools
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from dataclasses import dataclass
 
 import psycopg
 
 from bench.scratch import seeded_database
+from bench.system import running_system
 from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET
 from denorm.logs import configure_logging
@@ -50,12 +48,6 @@ class Route:
     label: str
     paths: list[str]  # rotated through, one per request
     signed: bool = False  # each request carries the next user's token
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def lua_string(text: str) -> str:
@@ -146,44 +138,28 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
     configure_logging("WARNING")
-    with seeded_database("bench_http", args.scale, args.database_url) as url:
-        port = free_port()
-        env = {**os.environ, "DATABASE_URL": url, "JWT_SECRET": DEV_JWT_SECRET, "API_ACCESS_LOG": "false",
-               "REFRESHER_METRICS_PORT": "0", "LOG_LEVEL": "WARNING", "REDIS_KEY_PREFIX": f"bench-{port}:"}  # fmt: skip
-        denorm = os.path.join(os.path.dirname(sys.executable), "denorm")
-        refresher = subprocess.Popen([denorm, "refresher"], env=env, stdout=subprocess.DEVNULL)
-        api = subprocess.Popen([denorm, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{port}"
-        tick = os.sysconf("SC_CLK_TCK")
-        try:
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(f"{base}/healthz", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.2)
-            time.sleep(3)  # the refresher's first pass
-            with psycopg.connect(url) as conn:
-                slugs = [str(r[0]) for r in conn.execute("SELECT slug FROM chains ORDER BY id LIMIT 100")]
-            users = SCALES[args.scale].users
-            tokens = [mint_token(1 + (i * 7919) % users, DEV_JWT_SECRET, ttl_seconds=3600) for i in range(1000)]
-            print(f"dataset={args.scale}; one API process; wrk -t2 -c{args.connections} -d{args.seconds}s")
-            print(f"{'route':<22}{'req/s':>10}{'p99 ms':>9}{'of healthz':>12}{'API µs/req':>12}{'PG µs/req':>11}")
-            healthz = 0.0
-            for route in routes(slugs):
-                pg = backends(url)
-                before = cpu_ticks([api.pid]), cpu_ticks(pg)
-                rps, p99 = wrk(base, route, tokens, args.seconds, args.connections)
-                after = cpu_ticks([api.pid]), cpu_ticks(pg)
-                n = rps * args.seconds
-                api_us, pg_us = ((a - b) / tick / n * 1e6 for a, b in zip(after, before, strict=True))
-                healthz = healthz or rps
-                print(f"{route.label:<22}{rps:>10,.0f}{p99:>9.1f}{rps / healthz:>11.0%}{api_us:>12.0f}{pg_us:>11.0f}")
-        finally:
-            api.terminate()
-            refresher.terminate()
-            api.wait(timeout=30)
-            refresher.wait(timeout=30)
+    tick = os.sysconf("SC_CLK_TCK")
+    with (
+        seeded_database("bench_http", args.scale, args.database_url) as url,
+        running_system(url) as system,
+    ):
+        base, api = system.base, system.api
+        with psycopg.connect(url) as conn:
+            slugs = [str(r[0]) for r in conn.execute("SELECT slug FROM chains ORDER BY id LIMIT 100")]
+        users = SCALES[args.scale].users
+        tokens = [mint_token(1 + (i * 7919) % users, DEV_JWT_SECRET, ttl_seconds=3600) for i in range(1000)]
+        print(f"dataset={args.scale}; one API process; wrk -t2 -c{args.connections} -d{args.seconds}s")
+        print(f"{'route':<22}{'req/s':>10}{'p99 ms':>9}{'of healthz':>12}{'API µs/req':>12}{'PG µs/req':>11}")
+        healthz = 0.0
+        for route in routes(slugs):
+            pg = backends(url)
+            before = cpu_ticks([api.pid]), cpu_ticks(pg)
+            rps, p99 = wrk(base, route, tokens, args.seconds, args.connections)
+            after = cpu_ticks([api.pid]), cpu_ticks(pg)
+            n = rps * args.seconds
+            api_us, pg_us = ((a - b) / tick / n * 1e6 for a, b in zip(after, before, strict=True))
+            healthz = healthz or rps
+            print(f"{route.label:<22}{rps:>10,.0f}{p99:>9.1f}{rps / healthz:>11.0%}{api_us:>12.0f}{pg_us:>11.0f}")
 
 
 if __name__ == "__main__":

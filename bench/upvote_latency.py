@@ -14,18 +14,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import re
-import subprocess
-import sys
 import time
 import urllib.request
 
 import httpx2 as httpx
 
-from bench.api_throughput import free_port
 from bench.scratch import seeded_database
+from bench.system import running_system
 from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET
 from denorm.logs import configure_logging
@@ -65,33 +62,14 @@ async def drive(base: str, rate: float, seconds: float, users: int, hot: list[in
 
 
 def run(url: str, durable: bool, rate: float, seconds: float, users: int) -> str:
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": url, "JWT_SECRET": DEV_JWT_SECRET, "API_ACCESS_LOG": "false",
-           "REFRESHER_METRICS_PORT": "0", "LOG_LEVEL": "WARNING", "REDIS_KEY_PREFIX": f"bench-{port}:",
-           "API_UPVOTE_DURABLE": "true" if durable else "false"}  # fmt: skip
-    denorm = os.path.join(os.path.dirname(sys.executable), "denorm")
-    refresher = subprocess.Popen([denorm, "refresher"], env=env, stdout=subprocess.DEVNULL)
-    api = subprocess.Popen([denorm, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
-        time.sleep(3)  # the refresher's first pass
+    with running_system(url, API_UPVOTE_DURABLE="true" if durable else "false") as system:
+        base = system.base
         page = json.load(urllib.request.urlopen(f"{base}/api/projects?limit=20", timeout=5))
         hot = [int(item["id"]) for item in page["items"]]
         asyncio.run(drive(base, rate, 2, users, hot))  # warm the pool's connections and plans
         before = buckets(base)
         client = asyncio.run(drive(base, rate, seconds, users, hot))
         after = buckets(base)
-    finally:
-        api.terminate()
-        refresher.terminate()
-        api.wait(timeout=30)
-        refresher.wait(timeout=30)
     n = after["count"] - before["count"]
     within = {le: (after.get(le, 0) - before.get(le, 0)) / n for le in ("0.0025", "0.005")}
     p50, p95 = client[len(client) // 2], client[int(len(client) * 0.95)]

@@ -1,0 +1,55 @@
+"""The system under a benchmark: `denorm api` and `denorm refresher` as processes on a database."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from denorm.config import DEV_JWT_SECRET
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class System:
+    base: str  # the API's URL
+    api: subprocess.Popen[bytes]
+
+
+@contextmanager
+def running_system(url: str, **env: str) -> Iterator[System]:
+    """One API process and the refresher on `url`, ready once the refresher's first pass is done;
+    `env` adds settings (API_UPVOTE_DURABLE="false", ...). Both are stopped on the way out."""
+    port = free_port()
+    environment = {**os.environ, "DATABASE_URL": url, "JWT_SECRET": DEV_JWT_SECRET, "API_ACCESS_LOG": "false",
+                   "REFRESHER_METRICS_PORT": "0", "LOG_LEVEL": "WARNING", "REDIS_KEY_PREFIX": f"bench-{port}:",
+                   **env}  # fmt: skip
+    denorm = os.path.join(os.path.dirname(sys.executable), "denorm")
+    refresher = subprocess.Popen([denorm, "refresher"], env=environment, stdout=subprocess.DEVNULL)
+    api = subprocess.Popen([denorm, "api", "--port", str(port)], env=environment, stdout=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{base}/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        time.sleep(3)  # the refresher's first pass
+        yield System(base, api)
+    finally:
+        api.terminate()
+        refresher.terminate()
+        api.wait(timeout=30)
+        refresher.wait(timeout=30)
