@@ -8,8 +8,8 @@
 --
 -- How it stays right, with one writer only (the fold, under its advisory lock), so no writer ever
 -- waits for it:
--- - feed_apply(ids), which the fold calls for every project it touched, now also brings these
---   projects' chain rows up to date from chain_projects and the feed rows it just wrote;
+-- - rm_projects_folded(ids), which the fold calls for every project it touched, now also brings
+--   these projects' chain rows up to date from chain_projects and the feed rows it just wrote;
 -- - a change to chain_projects marks its projects for the next fold with a zero counter delta,
 --   the way a change to projects already does;
 -- - rebuild_feed() rebuilds it, and TRUNCATE chain_projects rebuilds it.
@@ -81,31 +81,17 @@ LANGUAGE sql AS $$
     FROM mv_chain_projects_truth;
 $$;
 
-CREATE OR REPLACE FUNCTION feed_apply(ids bigint[]) RETURNS void
-LANGUAGE sql AS $$
-    WITH fresh AS (
-        SELECT p.id, p.owner_id, u.username, p.title, p.tagline, p.tags, c.upvote_count, c.comment_count,
-               trending_score(c.upvote_count, p.created_at) AS trending_score,
-               proof_score(c.upvote_count, c.comment_count) AS proof_score,
-               p.created_at
-        FROM unnest(ids) AS k(id)
-        JOIN projects p ON p.id = k.id
-        JOIN users u ON u.id = p.owner_id
-        JOIN project_counters c ON c.project_id = p.id
-    ), gone AS (
-        DELETE FROM mv_feed_projects f USING unnest(ids) AS k(id)
-        WHERE f.id = k.id AND NOT EXISTS (SELECT 1 FROM fresh WHERE fresh.id = k.id)
-    )
-    INSERT INTO mv_feed_projects AS f (id, owner_id, username, title, tagline, tags, upvote_count, comment_count,
-                                       trending_score, proof_score, created_at)
-    SELECT * FROM fresh
-    ON CONFLICT (id) DO UPDATE SET
-        owner_id = excluded.owner_id, username = excluded.username, title = excluded.title,
-        tagline = excluded.tagline, tags = excluded.tags, upvote_count = excluded.upvote_count,
-        comment_count = excluded.comment_count, trending_score = excluded.trending_score,
-        proof_score = excluded.proof_score, created_at = excluded.created_at;
-    SELECT chain_projects_apply(ids);
-$$;
+-- The fold's hook for the projects it touched (migration 0003): the feed rows, then their chain rows.
+CREATE OR REPLACE FUNCTION rm_projects_folded(ids bigint[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF cardinality(ids) = 0 THEN
+        RETURN;
+    END IF;
+    PERFORM feed_apply(ids);
+    PERFORM chain_projects_apply(ids);
+    INSERT INTO mv_refresh_requests (source_table) VALUES ('mv_feed_projects');
+END $$;
 
 CREATE OR REPLACE FUNCTION rebuild_feed() RETURNS void
 LANGUAGE sql AS $$

@@ -44,11 +44,14 @@ class CacheCollector(Collector):
         svc: Services | None = getattr(self.app.state, "services", None)
         if svc is None:
             return
-        stats = svc.cache.stats
+        stats, search = svc.cache.stats, svc.search_cache.stats
         for name, value, doc in (
             ("denorm_api_cache_hits", stats.hits, "Feed pages answered from Redis"),
             ("denorm_api_cache_misses", stats.misses, "Feed pages whose user set was not in Redis"),
             ("denorm_api_cache_errors", stats.errors, "Redis calls that failed or timed out"),
+            ("denorm_api_search_cache_hits", search.hits, "Searches answered from the answer cache"),
+            ("denorm_api_search_cache_misses", search.misses, "Searches computed in Postgres"),
+            ("denorm_api_search_cache_coalesced", search.coalesced, "Searches that waited for an identical one"),
         ):
             counter = CounterMetricFamily(name, doc)
             counter.add_metric([], value)
@@ -59,15 +62,6 @@ class CacheCollector(Collector):
         for s in BREAKER_STATES:
             state.add_metric([s], 1.0 if svc.cache.breaker.state == s else 0.0)
         yield state
-        search = svc.search_cache.stats
-        for name, value, doc in (
-            ("denorm_api_search_cache_hits", search.hits, "Searches answered from the answer cache"),
-            ("denorm_api_search_cache_misses", search.misses, "Searches computed in Postgres"),
-            ("denorm_api_search_cache_coalesced", search.coalesced, "Searches that waited for an identical one"),
-        ):
-            counter = CounterMetricFamily(name, doc)
-            counter.add_metric([], value)
-            yield counter
         fast = CounterMetricFamily(
             "denorm_api_read_requests", "Hot read requests by the path that answered them", labels=["path"]
         )
