@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     redis_breaker_cooldown_ms: int = Field(default=5000, ge=1, description="how long an open breaker skips Redis")
     api_access_log: bool = Field(default=True, description="one JSON log line per request")
     api_fast_reads: bool = Field(default=True, description="serve valid hot GET reads without FastAPI's machinery")
+    # The short reads (feed, leaderboards, chains, dashboard, conversations) are pipelined over
+    # this many connections of their own (denorm/pgpipe.py); search and writes use the pool.
+    api_read_lanes: int = Field(default=2, ge=1, le=32, description="connections that carry the pipelined reads")
+    api_read_timeout_ms: int = Field(
+        default=5000, ge=10, description="a pipelined read's bound (also its statement_timeout)"
+    )
     api_search_cache_seconds: float = Field(
         default=5.0, ge=0, le=300, description="how long a search answer is reused (0: never)"
     )

@@ -11,6 +11,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from denorm.pgpipe import PipelinedReads
+
 APPLICATION_NAME = "denorm"
 
 
@@ -133,3 +135,17 @@ async def open_pool(url: str, application: str, min_size: int, max_size: int) ->
     )
     await pool.open(wait=False)
     return pool
+
+
+async def open_pipeline(
+    url: str, application: str, queries: dict[str, bytes], lanes: int, timeout_ms: int
+) -> PipelinedReads:
+    """The API's pipelined short reads (denorm/pgpipe.py), with the pool's session settings and a
+    statement_timeout of `timeout_ms`."""
+    from psycopg.conninfo import make_conninfo
+
+    settings = {**OLTP_SETTINGS, "statement_timeout": str(timeout_ms)}
+    info = make_conninfo(conninfo(url, application), options=session_options(settings), connect_timeout=5)
+    reads = PipelinedReads(info, queries, lanes_wanted=lanes, timeout=timeout_ms / 1000)
+    await reads.open()
+    return reads

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from denorm.cache import Batcher
 from denorm.logs import get_logger
 
 log = get_logger("denorm.usercache")
@@ -109,6 +110,9 @@ class UserCache:
     # Users whose write-through failed: their sets may be stale and go once Redis is back.
     stale_users: set[int] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        self.batcher = Batcher(self.client)  # the feed's checks, pipelined across requests
+
     def _keys(self, user_id: int) -> list[str]:
         return [set_key(self.prefix, user_id), generation_key(self.prefix, user_id)]
 
@@ -150,7 +154,7 @@ class UserCache:
         if not self.breaker.allow():
             return None
         try:
-            flags = await self.client.smismember(self._keys(user_id)[0], [LOADED, *project_ids])
+            flags = await self.batcher.execute("SMISMEMBER", self._keys(user_id)[0], LOADED, *project_ids)
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return None

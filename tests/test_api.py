@@ -296,3 +296,20 @@ def test_an_upvote_waits_for_the_disk_only_when_asked(seeded_url: str, durable: 
         db.rollback()
         db.execute("SELECT pg_advisory_unlock_all()")  # the session lock outlives the rollback
         assert db.execute("SHOW synchronous_commit").fetchone() == ("on",)  # for that transaction only
+
+
+def test_without_postgres_reads_answer_503_and_readiness_says_so(settings: Settings) -> None:
+    """Postgres is the source of truth: without it there is no answer, but a clear JSON 503, not a 500."""
+    from tests.support import free_port
+
+    dead = settings.model_copy(
+        update={"database_url": f"postgresql://postgres@127.0.0.1:{free_port()}/none", "api_access_log": False}
+    )
+    with TestClient(create_app(dead)) as client:
+        for path in ("/api/projects", "/api/leaderboard/users", "/api/chains"):
+            answer = client.get(path)
+            assert answer.status_code == 503, path
+            assert answer.json()["error"]["code"] == "unavailable"
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["read_pipeline"] == "0/2 up"

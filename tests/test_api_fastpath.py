@@ -42,6 +42,13 @@ def read_counts(client: TestClient) -> dict[str, float]:
     return {m[0]: float(m[1]) for m in re.findall(r'denorm_api_read_requests_total\{path="(\w+)"\} ([0-9.e+]+)', text)}
 
 
+def route_labels(client: TestClient) -> set[str]:
+    text = client.get("/metrics").text
+    return set(re.findall(r'denorm_api_request_duration_seconds_count\{method="GET",route="([^"]+)"', text)) - {
+        "/metrics"
+    }
+
+
 def without_as_of(body: Any) -> Any:
     if isinstance(body, dict):
         return {k: without_as_of(v) for k, v in body.items() if k != "as_of"}
@@ -100,7 +107,7 @@ def test_both_paths_answer_alike(pair: Pair, settings: Settings, request: tuple[
 
 
 def test_valid_reads_take_the_direct_path_and_bad_ones_do_not(pair: Pair, settings: Settings) -> None:
-    direct, _plain = pair
+    direct, plain = pair
     me = {"Authorization": f"Bearer {mint_token(3, settings.jwt_secret)}"}
     slug = direct.get("/api/chains", params={"limit": 1}).json()["items"][0]["slug"]
     before = read_counts(direct)
@@ -134,6 +141,11 @@ def test_valid_reads_take_the_direct_path_and_bad_ones_do_not(pair: Pair, settin
     after = read_counts(direct)
     assert after["direct"] == middle["direct"]
     assert after["fastapi"] - middle.get("fastapi", 0) == len(bad) - 1  # the bad slug never matches a read
+    # Both paths label the latency histogram by the same route templates.
+    labels = route_labels(direct)
+    assert labels == route_labels(plain)
+    assert {"/api/projects", "/api/chains/{slug}", "/api/users/dashboard"} <= labels
+    assert "unmatched" not in labels
 
 
 def test_a_signed_in_feed_carries_the_callers_upvotes(pair: Pair, settings: Settings) -> None:

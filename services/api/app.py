@@ -17,10 +17,11 @@ from denorm.auth import TokenVerifier
 from denorm.cache import open_redis
 from denorm.config import Settings, get_settings
 from denorm.logs import get_logger
-from denorm.pg import open_pool
+from denorm.pg import open_pipeline, open_pool
 from denorm.usercache import Breaker, UserCache
 from services.api import errors
 from services.api.answercache import AnswerCache
+from services.api.db import pipelined_queries
 from services.api.deps import Services
 from services.api.fastpath import FastReads, FastStats
 from services.api.front import Front
@@ -62,6 +63,18 @@ class CacheCollector(Collector):
         for s in BREAKER_STATES:
             state.add_metric([s], 1.0 if svc.cache.breaker.state == s else 0.0)
         yield state
+        pipe = svc.reads.stats
+        for name, value, doc in (
+            ("denorm_api_pipelined_reads", pipe.reads, "Short reads sent through the read pipeline"),
+            ("denorm_api_pipelined_writes", pipe.writes, "Socket writes that carried them (reads per write: batching)"),
+            ("denorm_api_pipeline_reconnects", pipe.reconnects, "Pipeline connections made again after a failure"),
+        ):
+            counter = CounterMetricFamily(name, doc)
+            counter.add_metric([], value)
+            yield counter
+        lanes = GaugeMetricFamily("denorm_api_pipeline_lanes_up", "Pipeline connections up")
+        lanes.add_metric([], svc.reads.up)
+        yield lanes
         fast = CounterMetricFamily(
             "denorm_api_read_requests", "Hot read requests by the path that answered them", labels=["path"]
         )
@@ -93,18 +106,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.database_read_url
             else write_pool
         )
+        reads = await open_pipeline(
+            settings.read_url, "api-pipe", pipelined_queries(), settings.api_read_lanes, settings.api_read_timeout_ms
+        )
         client = open_redis(settings.redis_url, settings.redis_timeout_ms / 1000)
         breaker = Breaker(settings.redis_breaker_failures, settings.redis_breaker_cooldown_ms / 1000)
         cache = UserCache(client, settings.redis_key_prefix, settings.redis_set_ttl_seconds, breaker)
         search_cache = AnswerCache(settings.api_search_cache_seconds, settings.api_search_cache_entries)
         tokens = TokenVerifier(settings.jwt_secret)
-        app.state.services = Services(settings, write_pool, read_pool, cache, search_cache, tokens)
+        app.state.services = Services(settings, write_pool, read_pool, reads, cache, search_cache, tokens)
         gc_pauses.install()
         try:
             yield
         finally:
             gc_pauses.uninstall()
             await client.aclose()
+            await reads.close()
             if read_pool is not write_pool:
                 await read_pool.close()
             await write_pool.close()
@@ -131,9 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def front(stack: ASGIApp) -> ASGIApp:
         if settings.api_fast_reads:
-            stack = FastReads(
-                stack, routes=lambda: app.routes, services=lambda: getattr(app.state, "services", None), stats=fast
-            )
+            stack = FastReads(stack, services=lambda: getattr(app.state, "services", None), stats=fast)
         return Front(stack, histogram=histogram, access_log=settings.api_access_log)  # outermost: sees both
 
     app.front = front
@@ -164,6 +179,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except Exception as exc:  # any failure to reach Postgres means not ready
             body["postgres"] = f"unreachable: {type(exc).__name__}"
             body["schema"] = "unknown"
+            status = 503
+        body["read_pipeline"] = f"{svc.reads.up}/{len(svc.reads.lanes)} up"
+        if svc.reads.up == 0:  # the short reads cannot be served
             status = 503
         try:
             await svc.cache.client.ping()

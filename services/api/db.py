@@ -1,5 +1,5 @@
-"""Running the API's SQL: one round trip per call, prepared by psycopg after a few uses, and
-constraint violations turned into 4xx answers."""
+"""Running the API's SQL: the short reads pipelined (denorm/pgpipe.py), everything else on the pool
+with statements prepared by psycopg, and database errors turned into 4xx or 503 answers."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from typing import Any
 
 import psycopg
 from psycopg import errors, pq
+from psycopg_pool import PoolTimeout
 
 from db import SQL_DIR
+from denorm.pgpipe import PipelinedReads
 from denorm.sqlfile import load_queries
 from services.api.deps import Pool
 from services.api.errors import ApiError
@@ -17,9 +19,18 @@ from services.api.errors import ApiError
 TUPLES_OK = pq.ExecStatus.TUPLES_OK
 
 
+# The reads that go through the pipeline: each a short index walk answering one row.
+PIPELINED = ("feed_trending", "feed_top_rated", "feed_newest", "leaderboard_projects", "leaderboard_users",
+             "dashboard", "chains", "chain_page", "conversations")  # fmt: skip
+
+
 @cache
 def queries() -> dict[str, bytes]:
     return {name: text.encode() for name, text in load_queries(SQL_DIR / "queries" / "api.sql").items()}
+
+
+def pipelined_queries() -> dict[str, bytes]:
+    return {name: queries()[name] for name in PIPELINED}
 
 
 def as_api_error(exc: psycopg.Error) -> ApiError | None:
@@ -33,6 +44,10 @@ def as_api_error(exc: psycopg.Error) -> ApiError | None:
         return ApiError(422, "invalid_input", "a value cannot be stored as given")
     if isinstance(exc, errors.LockNotAvailable):  # a bounded wait ran out (upvote_set)
         return ApiError(503, "unavailable", "busy; try again")
+    if isinstance(exc, errors.QueryCanceled):  # statement_timeout
+        return ApiError(503, "unavailable", "the database did not answer in time; try again")
+    if isinstance(exc, psycopg.OperationalError):  # no connection (down, restarting, reconnecting)
+        return ApiError(503, "unavailable", "the database is unreachable; try again")
     return None
 
 
@@ -48,6 +63,8 @@ async def fetch_all(pool: Pool, query: bytes | str, params: dict[str, Any] | Non
         if mapped is None:
             raise
         raise mapped from exc
+    except PoolTimeout as exc:
+        raise ApiError(503, "unavailable", "every database connection is busy; try again") from exc
 
 
 async def fetch_one(pool: Pool, query: bytes | str, params: dict[str, Any] | None = None) -> tuple[Any, ...] | None:
@@ -55,9 +72,30 @@ async def fetch_one(pool: Pool, query: bytes | str, params: dict[str, Any] | Non
     return rows[0] if rows else None
 
 
-async def json_of(pool: Pool, query: str, params: dict[str, Any], missing: str = "") -> bytes:
-    """The JSON document a read query built (one row, one text column); no row is a 404 saying `missing`."""
-    row = await fetch_one(pool, queries()[query], params)
-    if row is None:
+async def read_row(reads: PipelinedReads, query: str, params: dict[str, Any]) -> tuple[bytes | None, ...] | None:
+    """The row of a pipelined read (each column as Postgres's text), or None."""
+    try:
+        return await reads.fetch(query, params)
+    except psycopg.Error as exc:
+        mapped = as_api_error(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+def _document(row: tuple[Any, ...] | None, missing: str) -> bytes:
+    if row is None or row[0] is None:
         raise ApiError(404, "not_found", missing or "not found")
-    return str(row[0]).encode()
+    value = row[0]
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+async def json_of(reads: PipelinedReads, query: str, params: dict[str, Any], missing: str = "") -> bytes:
+    """The JSON document a pipelined read built (one row, one text column), untouched: no row is a
+    404 saying `missing`."""
+    return _document(await read_row(reads, query, params), missing)
+
+
+async def json_of_pool(pool: Pool, query: str, params: dict[str, Any], missing: str = "") -> bytes:
+    """As json_of, for a read that stays on the pool (a slow one: see denorm/pgpipe.py)."""
+    return _document(await fetch_one(pool, queries()[query], params), missing)

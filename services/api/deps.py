@@ -11,6 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from denorm.auth import AuthError, TokenVerifier
 from denorm.config import Settings
+from denorm.pgpipe import PipelinedReads
 from denorm.usercache import UserCache
 from services.api.answercache import AnswerCache
 from services.api.errors import ApiError
@@ -23,6 +24,7 @@ class Services:
     settings: Settings
     write_pool: Pool
     read_pool: Pool
+    reads: PipelinedReads  # the short reads, pipelined on connections of their own (read_url)
     cache: UserCache
     search_cache: AnswerCache
     tokens: TokenVerifier

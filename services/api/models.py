@@ -235,3 +235,4 @@ class Readiness(BaseModel):
     schema_: str = Field(alias="schema")
     redis: str
     redis_breaker: Literal["closed", "half_open", "open"]
+    read_pipeline: str = Field(description="pipelined read connections up, as 'n/m up'")

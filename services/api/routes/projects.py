@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Path, Query
 
-from services.api.db import fetch_one, queries
+from services.api.db import fetch_one, read_row
 from services.api.deps import OptionalUserDep, Services, ServicesDep, UserDep
 from services.api.errors import ERROR_RESPONSES, ApiError
 from services.api.models import Created, FeedPage, NewComment, NewProject, UpvoteState
@@ -29,9 +29,9 @@ SORTS: dict[str, str] = {"trending": "feed_trending", "top-rated": "feed_top_rat
 
 
 # Each item of a page from Postgres ends in this; a signed-in caller gets true or false instead.
-_UNKNOWN = '"user_has_upvoted":null'
-_UPVOTED = '"user_has_upvoted":true'
-_NOT_UPVOTED = '"user_has_upvoted":false'
+_UNKNOWN = b'"user_has_upvoted":null'
+_UPVOTED = b'"user_has_upvoted":true'
+_NOT_UPVOTED = b'"user_has_upvoted":false'
 
 
 def decode_cursor(cursor: str, sort: str) -> tuple[Any, int]:
@@ -67,12 +67,12 @@ async def feed_body(
         after, after_id = (datetime.max.replace(tzinfo=UTC) if sort == "newest" else float("inf")), MAX_ID
     params.update({"after_time" if sort == "newest" else "after_score": after, "after_id": after_id})
     # One row: the page as JSON (next_cursor and as_of included) and its items' ids, in order.
-    row = await fetch_one(svc.read_pool, queries()[name], params)
-    assert row is not None
-    page_json, ids = str(row[0]), row[1]
+    row = await read_row(svc.reads, name, params)
+    assert row is not None and row[0] is not None
+    page_json, ids = row[0], row[1]
     if user is None or ids is None:
-        return page_json.encode()
-    order = [int(i) for i in str(ids).split(",")]
+        return page_json
+    order = [int(i) for i in ids.split(b",")]
     mine = await upvoted_among(svc, user, order)
     parts = page_json.split(_UNKNOWN)
     if len(parts) != len(order) + 1:
@@ -81,7 +81,7 @@ async def feed_body(
     for project, rest in zip(order, parts[1:], strict=True):
         out.append(_UPVOTED if project in mine else _NOT_UPVOTED)
         out.append(rest)
-    return "".join(out).encode()
+    return b"".join(out)
 
 
 @router.get("", response_model=FeedPage, response_class=JSONBytes)

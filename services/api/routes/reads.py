@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
 
-from services.api.db import fetch_all, json_of, queries
+from services.api.db import fetch_all, json_of, json_of_pool, queries
 from services.api.deps import Services, ServicesDep, UserDep
 from services.api.errors import ERROR_RESPONSES
 from services.api.models import (
@@ -39,7 +39,7 @@ def rows_as(columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[dict[
 
 
 async def leaderboard_projects_body(svc: Services, limit: int, offset: int) -> bytes:
-    return await json_of(svc.read_pool, "leaderboard_projects", {"limit": limit, "offset": offset})
+    return await json_of(svc.reads, "leaderboard_projects", {"limit": limit, "offset": offset})
 
 
 @router.get("/api/leaderboard/projects", tags=["leaderboards"], response_model=ProjectLeaderboard,
@@ -50,7 +50,7 @@ async def leaderboard_projects(svc: ServicesDep, limit: Limit = 50, offset: Offs
 
 
 async def leaderboard_users_body(svc: Services, limit: int, offset: int) -> bytes:
-    return await json_of(svc.read_pool, "leaderboard_users", {"limit": limit, "offset": offset})
+    return await json_of(svc.reads, "leaderboard_users", {"limit": limit, "offset": offset})
 
 
 @router.get("/api/leaderboard/users", tags=["leaderboards"], response_model=UserLeaderboard,
@@ -61,7 +61,7 @@ async def leaderboard_users(svc: ServicesDep, limit: Limit = 50, offset: Offset 
 
 
 async def dashboard_body(svc: Services, user: int) -> bytes:
-    return await json_of(svc.read_pool, "dashboard", {"user_id": user}, missing="no such user")
+    return await json_of(svc.reads, "dashboard", {"user_id": user}, missing="no such user")
 
 
 @router.get("/api/users/dashboard", tags=["users"], response_model=Dashboard, response_class=JSONBytes)
@@ -71,9 +71,7 @@ async def dashboard(svc: ServicesDep, user: UserDep) -> RawJSON:
 
 
 async def chains_body(svc: Services, limit: int, after_members: int, after_id: int) -> bytes:
-    return await json_of(
-        svc.read_pool, "chains", {"limit": limit, "after_members": after_members, "after_id": after_id}
-    )
+    return await json_of(svc.reads, "chains", {"limit": limit, "after_members": after_members, "after_id": after_id})
 
 
 @router.get("/api/chains", tags=["chains"], response_model=ChainList, response_class=JSONBytes)
@@ -88,7 +86,7 @@ async def chains(
 
 
 async def chain_body(svc: Services, slug: str) -> bytes:
-    return await json_of(svc.read_pool, "chain_page", {"slug": slug, "limit": 20}, missing="no such chain")
+    return await json_of(svc.reads, "chain_page", {"slug": slug, "limit": 20}, missing="no such chain")
 
 
 @router.get("/api/chains/{slug}", tags=["chains"], response_model=ChainDetail, response_class=JSONBytes)
@@ -106,7 +104,7 @@ SearchType = Literal["all", "projects", "users", "chains"]
 async def search_body(svc: Services, q: str, type: SearchType, limit: int) -> bytes:
     doc_type = None if type == "all" else type.removesuffix("s")
     params = {"q": q, "doc_type": doc_type, "limit": limit}
-    return await svc.search_cache.get((q, type, limit), lambda: json_of(svc.read_pool, "search", params))
+    return await svc.search_cache.get((q, type, limit), lambda: json_of_pool(svc.read_pool, "search", params))
 
 
 @router.get("/api/search", tags=["search"], response_model=SearchResults, response_class=JSONBytes)

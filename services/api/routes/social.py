@@ -27,7 +27,7 @@ Slug = Annotated[str, Path(min_length=1, max_length=80, pattern=r"^[a-z0-9]+(-[a
 
 
 async def conversations_body(svc: Services, user: int, limit: int) -> bytes:
-    return await json_of(svc.read_pool, "conversations", {"user_id": user, "limit": limit})
+    return await json_of(svc.reads, "conversations", {"user_id": user, "limit": limit})
 
 
 @router.get("/api/messages/conversations", tags=["messages"], response_model=Conversations, response_class=JSONBytes)
