@@ -95,11 +95,18 @@ def encode(value: Any) -> bytes | None:
 
 
 class _Read:
-    __slots__ = ("answered", "error", "future", "params", "row", "sent_at", "statement")
+    __slots__ = ("answered", "error", "future", "params", "prepare", "row", "sent_at", "statement")
 
-    def __init__(self, statement: bytes, params: list[bytes | None], future: asyncio.Future[Row | None]) -> None:
+    def __init__(
+        self,
+        statement: bytes,
+        params: list[bytes | None],
+        future: asyncio.Future[Row | None],
+        prepare: bytes | None = None,  # SQL: prepare `statement` instead of running it
+    ) -> None:
         self.statement = statement
         self.params = params
+        self.prepare = prepare
         self.future = future
         self.row: Row | None = None
         self.answered = False  # a result came for it
@@ -129,6 +136,7 @@ class _Lane:
         self.pipe = pipe
         self.index = index
         self.conn: AsyncConnection[Any] | None = None
+        self.ready = False  # connected, statements prepared
         self.queued: deque[_Read] = deque()
         self.sent: deque[_Read] = deque()
         self.send_scheduled = False
@@ -138,26 +146,33 @@ class _Lane:
 
     @property
     def up(self) -> bool:
-        return self.conn is not None
+        return self.ready
 
     @property
     def load(self) -> int:
         return len(self.queued) + len(self.sent)
 
     async def connect(self) -> None:
+        """Connect, and prepare every statement (protocol-level, as PgBouncer 1.21+ can follow)
+        through the pipeline itself, before the lane takes any read."""
         conn = await AsyncConnection.connect(self.pipe.conninfo, autocommit=True)
-        try:
-            for st in self.pipe.statements.values():
-                await conn.execute(b"PREPARE " + st.name + b" AS " + st.sql)
-        except BaseException:
-            await conn.close()
-            raise
         pg = conn.pgconn
         pg.enter_pipeline_mode()
         self.open_batches = 0
         self.fd = pg.socket
         self.conn = conn
-        asyncio.get_running_loop().add_reader(self.fd, self._readable)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.fd, self._readable)
+        prepared: list[asyncio.Future[Row | None]] = []
+        for st in self.pipe.statements.values():
+            prepared.append(loop.create_future())
+            self.submit(_Read(st.name, [], prepared[-1], prepare=st.sql))
+        try:
+            await asyncio.gather(*prepared)
+        except BaseException:
+            self.fail(psycopg.OperationalError("could not prepare the pipelined statements"), reconnect=False)
+            raise
+        self.ready = True
 
     def submit(self, read: _Read) -> None:
         self.queued.append(read)
@@ -177,7 +192,10 @@ class _Lane:
                 read = self.queued.popleft()
                 self.sent.append(read)  # before sending: a failure below fails it with the rest
                 read.sent_at = now
-                pg.send_query_prepared(read.statement, read.params)
+                if read.prepare is None:
+                    pg.send_query_prepared(read.statement, read.params)
+                else:
+                    pg.send_prepare(read.statement, read.prepare)
             pg.pipeline_sync()  # one Sync per batch: libpq flushes on each (PQsendPipelineSync is newer)
             self.open_batches += 1
             self.pipe.stats.writes += 1
@@ -245,9 +263,10 @@ class _Lane:
         except psycopg.Error as exc:
             self.fail(exc)
 
-    def fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException, reconnect: bool = True) -> None:
         """Fail every read this lane holds, drop the connection, and reconnect in the background."""
         conn, self.conn = self.conn, None
+        self.ready = False
         if conn is None:
             return
         loop = asyncio.get_running_loop()
@@ -266,7 +285,8 @@ class _Lane:
         self.pipe.stats.reads += len(reads)
         log.warning("pipeline connection lost", lane=self.index, error=str(exc)[:200], failed_reads=len(reads))
         conn.pgconn.finish()
-        self.pipe.reconnect_soon(self)
+        if reconnect:
+            self.pipe.reconnect_soon(self)
 
 
 @dataclass
@@ -303,6 +323,7 @@ class PipelinedReads:
             task.cancel()
         for lane in self.lanes:
             conn, lane.conn = lane.conn, None
+            lane.ready = False
             if conn is not None:
                 asyncio.get_running_loop().remove_reader(lane.fd)
                 for read in [*lane.sent, *lane.queued]:
@@ -321,7 +342,7 @@ class PipelinedReads:
         # everything (more reads per write, one backend awake), and the others take the overflow.
         best: _Lane | None = None
         for lane in self.lanes:
-            if lane.conn is None:
+            if not lane.ready:
                 continue
             if lane.load < self.spill_at:
                 best = lane

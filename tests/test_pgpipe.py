@@ -173,3 +173,25 @@ def test_without_postgres_a_read_fails_at_once() -> None:
             await pipe.close()
 
     asyncio.run(scenario())
+
+
+def test_before_its_tables_exist_the_pipe_waits_and_then_comes_up_by_itself(database_url: str) -> None:
+    """An API started before the migrations: its statements cannot be prepared yet."""
+
+    async def scenario() -> None:
+        pipe = await open_pipeline(database_url, "test", {"late": b"SELECT count(*)::text FROM later_table"}, 1, 5000)
+        try:
+            assert pipe.up == 0
+            with pytest.raises(psycopg.OperationalError, match="no connection"):
+                await pipe.fetch("late", {})
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute("CREATE TABLE later_table (id int)")
+            for _ in range(100):
+                if pipe.up:
+                    break
+                await asyncio.sleep(0.1)
+            assert await pipe.fetch("late", {}) == (b"0",)
+        finally:
+            await pipe.close()
+
+    asyncio.run(scenario())
