@@ -6,8 +6,8 @@ of the API's CPU per feed read with the pool against 20-27 µs here, and 139 aga
 Postgres's (measured side by side, docs/api.md).
 
 How: each connection ("lane") stays in libpq's pipeline mode, its socket's reader always
-registered. A read joins the first lane holding fewer than `spill_at` reads (else the least busy
-one). A lane sends what it has queued as one batch (Bind and Execute per read, one Sync, one
+registered. A read joins the first lane with no batch out, else the one with the fewest reads.
+A lane sends what it has queued as one batch (Bind and Execute per read, one Sync, one
 socket write), and sends the next batch when the last one's answers are in, so that the busier
 the API is, the more reads share a write. The reader hands each result, in order, to the request
 waiting for it. A batch is one implicit transaction: when a read fails, Postgres skips the rest
@@ -297,7 +297,6 @@ class PipelinedReads:
     queries: Mapping[str, bytes]  # name -> SQL with %(param)s placeholders
     lanes_wanted: int = 2
     timeout: float = 5.0  # seconds a read may wait for its answer
-    spill_at: int = 8  # reads a lane holds before the next lane gets new ones
     max_in_flight: int = 4096  # beyond this, reads fail at once: Postgres is not keeping up
     stats: PipeStats = field(default_factory=PipeStats)
 
@@ -338,13 +337,14 @@ class PipelinedReads:
     async def fetch(self, name: str, params: Mapping[str, Any]) -> Row | None:
         """The first row of a named read (each column's text, or None for NULL), or None."""
         statement = self.statements[name]
-        # The first lane with room, else the least busy: at everyday load one connection carries
-        # everything (more reads per write, one backend awake), and the others take the overflow.
+        # The first lane with no batch out (the read goes this turn), else the one with the
+        # fewest reads (it goes with the lane's next batch). At everyday load the first lane
+        # carries nearly everything; the others work in parallel when it is busy.
         best: _Lane | None = None
         for lane in self.lanes:
             if not lane.ready:
                 continue
-            if lane.load < self.spill_at:
+            if not lane.open_batches:
                 best = lane
                 break
             if best is None or lane.load < best.load:

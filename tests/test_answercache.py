@@ -36,11 +36,29 @@ def test_an_answer_is_reused_until_it_expires() -> None:
         cache = AnswerCache(5.0, 100, clock)
         compute, runs = computing([b"first", b"second"])
         assert await cache.get("q", compute) == b"first"
-        clock.now += 4.9
+        clock.now += 3.9  # before the refresh-ahead window (the last second here)
         assert await cache.get("q", compute) == b"first"
-        clock.now += 0.2
+        clock.now += 1.2
         assert await cache.get("q", compute) == b"second"
         assert len(runs) == 2 and (cache.stats.hits, cache.stats.misses) == (1, 2)
+
+    asyncio.run(scenario())
+
+
+def test_an_answer_asked_for_near_its_end_is_replaced_before_it_expires() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        cache = AnswerCache(5.0, 100, clock)
+        compute, runs = computing([b"first", b"second", b"third"], delay=0.01)
+        assert await cache.get("q", compute) == b"first"
+        clock.now += 4.5  # in the last fifth: answered at once from the cache, recomputed behind
+        assert await cache.get("q", compute) == b"first"
+        assert await cache.get("q", compute) == b"first"  # one recomputation at a time
+        await asyncio.sleep(0.05)
+        assert len(runs) == 2
+        clock.now += 1.0  # past the first answer's end, within the second's life
+        assert await cache.get("q", compute) == b"second"
+        assert len(runs) == 2 and (cache.stats.hits, cache.stats.misses) == (3, 2)
 
     asyncio.run(scenario())
 

@@ -266,11 +266,12 @@ def test_a_search_answer_is_reused_for_a_few_seconds_then_recomputed(
         conn.execute("INSERT INTO projects (owner_id, title) VALUES (3, 'Zebracorn Tracker')")
         settle(conn, seeded_url)
         assert search() == first  # the same answer, as_of included: it says how old it is
-        assert cache_counts() == (1, 1)
+        # A hit; if the settling took most of the answer's second, it also started a refresh ahead.
+        assert cache_counts()[0] == 1
         time.sleep(1.1)
         fresh = search()
         assert [h["title"] for h in fresh["items"]] == ["Zebracorn Tracker"] and fresh["as_of"] > first["as_of"]
-        assert cache_counts() == (1, 2)
+        assert cache_counts()[1] == 2
 
 
 def test_an_upvote_waits_for_a_stuck_lock_only_so_long(
