@@ -10,9 +10,9 @@ still says truthfully how old it is: every write committed before its as_of is i
   expires does not send a burst of identical searches to Postgres.
 - Refresh ahead: a hit in the last fifth of an answer's life starts its recomputation in the
   background, so an answer that keeps being asked for is replaced before it expires, and its
-  readers never wait for Postgres. Without it every popular answer expired at once every few
-  seconds, and the requests that came then waited for the recomputation (in bench.api_throughput
-  the search row's p99 was 0.1 to 0.5 s). An answer is still never older than the TTL.
+  readers never wait for Postgres: without it, answers computed together expired together, and
+  every request for them waited for their recomputation. An answer is still never older than the
+  TTL.
 - Errors are not cached: every waiter gets the exception, and the next request computes again.
 """
 
