@@ -25,7 +25,6 @@ behind it. Search (milliseconds on a miss) and every write use the ordinary pool
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -38,11 +37,11 @@ from psycopg import AsyncConnection, pq
 from psycopg.errors import error_from_result
 
 from denorm.logs import get_logger
+from denorm.sqlfile import positional
 
 log = get_logger("denorm.pgpipe")
 
 Row = tuple[bytes | None, ...]
-_PLACEHOLDER = re.compile(rb"%\((\w+)\)s|%%")
 _TUPLES_OK = pq.ExecStatus.TUPLES_OK
 _COMMAND_OK = pq.ExecStatus.COMMAND_OK
 _PIPELINE_SYNC = pq.ExecStatus.PIPELINE_SYNC
@@ -62,17 +61,8 @@ class Statement:
 
     @classmethod
     def compile(cls, name: str, query: bytes) -> Statement:
-        order: list[str] = []
-
-        def slot(m: re.Match[bytes]) -> bytes:
-            if m.group(0) == b"%%":
-                return b"%"
-            param = m.group(1).decode()
-            if param not in order:
-                order.append(param)
-            return b"$%d" % (order.index(param) + 1)
-
-        return cls(f"pipe_{name}".encode(), _PLACEHOLDER.sub(slot, query), tuple(order))
+        sql, names = positional(query.decode())
+        return cls(f"pipe_{name}".encode(), sql.encode(), tuple(names))
 
 
 def encode(value: Any) -> bytes | None:

@@ -27,8 +27,9 @@ _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
 def positional(query: str) -> tuple[str, list[str]]:
     """A named-placeholder query as server-side SQL for PREPARE: `%(x)s` becomes `$1`, and the
-    parameter names in order. (psycopg does this itself for every query it prepares; EXPLAIN of a
-    prepared statement, in the plan test and the benchmark, needs it by hand.)"""
+    parameter names in order. (psycopg does this itself for every query it prepares; the read
+    pipeline, denorm/pgpipe.py, prepares its statements so, untyped, and the plan test and the
+    benchmark EXPLAIN them in that same form.)"""
     names: list[str] = []
 
     def number(match: re.Match[str]) -> str:
