@@ -65,7 +65,11 @@ def test_the_read_routes_answer(client: TestClient, settings: Settings, conn: Co
     assert client.get("/api/messages/conversations", headers=me).json()["items"]
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json()["status"] == "ready"
-    assert "denorm_api_request_duration_seconds_bucket" in client.get("/metrics").text
+    metrics = client.get("/metrics").text
+    assert "denorm_api_request_duration_seconds_bucket" in metrics
+    reads = re.search(r"denorm_api_pipelined_reads_total ([0-9.e+]+)", metrics)
+    assert reads is not None and float(reads[1]) >= 3  # the feed, the dashboard, the conversations above
+    assert "denorm_api_pipeline_lanes_up 2.0" in metrics
 
 
 def test_cursor_pages_follow_on_and_match_offset_pages(client: TestClient) -> None:

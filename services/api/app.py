@@ -45,7 +45,7 @@ class CacheCollector(Collector):
         svc: Services | None = getattr(self.app.state, "services", None)
         if svc is None:
             return
-        stats, search = svc.cache.stats, svc.search_cache.stats
+        stats, search, pipe = svc.cache.stats, svc.search_cache.stats, svc.reads.stats
         for name, value, doc in (
             ("denorm_api_cache_hits", stats.hits, "Feed pages answered from Redis"),
             ("denorm_api_cache_misses", stats.misses, "Feed pages whose user set was not in Redis"),
@@ -53,6 +53,9 @@ class CacheCollector(Collector):
             ("denorm_api_search_cache_hits", search.hits, "Searches answered from the answer cache"),
             ("denorm_api_search_cache_misses", search.misses, "Searches computed in Postgres"),
             ("denorm_api_search_cache_coalesced", search.coalesced, "Searches that waited for an identical one"),
+            ("denorm_api_pipelined_reads", pipe.reads, "Short reads sent through the read pipeline"),
+            ("denorm_api_pipelined_writes", pipe.writes, "Socket writes that carried them (reads per write: batching)"),
+            ("denorm_api_pipeline_reconnects", pipe.reconnects, "Pipeline connections made again after a failure"),
         ):
             counter = CounterMetricFamily(name, doc)
             counter.add_metric([], value)
@@ -63,15 +66,6 @@ class CacheCollector(Collector):
         for s in BREAKER_STATES:
             state.add_metric([s], 1.0 if svc.cache.breaker.state == s else 0.0)
         yield state
-        pipe = svc.reads.stats
-        for name, value, doc in (
-            ("denorm_api_pipelined_reads", pipe.reads, "Short reads sent through the read pipeline"),
-            ("denorm_api_pipelined_writes", pipe.writes, "Socket writes that carried them (reads per write: batching)"),
-            ("denorm_api_pipeline_reconnects", pipe.reconnects, "Pipeline connections made again after a failure"),
-        ):
-            counter = CounterMetricFamily(name, doc)
-            counter.add_metric([], value)
-            yield counter
         lanes = GaugeMetricFamily("denorm_api_pipeline_lanes_up", "Pipeline connections up")
         lanes.add_metric([], svc.reads.up)
         yield lanes
