@@ -36,7 +36,6 @@ PARAMS: dict[str, dict[str, Any]] = {
     "conversations": {"user_id": 1, "limit": 50},
     "upvoted_among": {"user_id": 1, "project_ids": list(range(1, 21))},
     "user_upvotes": {"user_id": 1},
-    "project_counts": {"project_id": 1},
     "search": {"q": "reddis cache", "doc_type": "project", "limit": 20},
     # A rare word across every type: the GIN index, not a scan of every document.
     "search:all": {"q": "lovelase", "doc_type": None, "limit": 20},

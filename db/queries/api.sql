@@ -188,9 +188,6 @@ SELECT project_id FROM project_upvotes WHERE user_id = %(user_id)s AND project_i
 -- A user's whole upvote set, to load their Redis set lazily.
 SELECT project_id FROM project_upvotes WHERE user_id = %(user_id)s
 
--- name: project_counts
-SELECT project_id, upvote_count, comment_count FROM project_counters WHERE project_id = %(project_id)s
-
 -- name: search
 -- Full text over the search documents after correcting each query word to the closest word of the
 -- documents' vocabulary (trigram distance, among words in two documents or more), so "postgress"
