@@ -4,7 +4,7 @@ with statements prepared by psycopg, and database errors turned into 4xx or 503 
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 from psycopg import errors, pq
@@ -51,6 +51,14 @@ def as_api_error(exc: psycopg.Error) -> ApiError | None:
     return None
 
 
+def raise_mapped(exc: psycopg.Error) -> NoReturn:
+    """Raise the 4xx or 503 a database error means for the client, or the error itself."""
+    mapped = as_api_error(exc)
+    if mapped is None:
+        raise exc
+    raise mapped from exc
+
+
 async def fetch_all(pool: Pool, query: bytes | str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
     try:
         async with pool.connection() as conn:
@@ -59,10 +67,7 @@ async def fetch_all(pool: Pool, query: bytes | str, params: dict[str, Any] | Non
             result = cur.pgresult
             return await cur.fetchall() if result is not None and result.status == TUPLES_OK else []
     except psycopg.Error as exc:
-        mapped = as_api_error(exc)
-        if mapped is None:
-            raise
-        raise mapped from exc
+        raise_mapped(exc)
     except PoolTimeout as exc:
         raise ApiError(503, "unavailable", "every database connection is busy; try again") from exc
 
@@ -77,10 +82,7 @@ async def read_row(reads: PipelinedReads, query: str, params: dict[str, Any]) ->
     try:
         return await reads.fetch(query, params)
     except psycopg.Error as exc:
-        mapped = as_api_error(exc)
-        if mapped is None:
-            raise
-        raise mapped from exc
+        raise_mapped(exc)
 
 
 def _document(row: tuple[Any, ...] | None, missing: str) -> bytes:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from services.api.db import as_api_error, fetch_all, queries
+from services.api.db import fetch_all, queries, raise_mapped
 from services.api.deps import Services
 from services.api.errors import ApiError
 
@@ -40,10 +40,7 @@ async def set_upvote(svc: Services, user: int, project: int, want: bool | None) 
             # Typically a foreign key: no such user. Nothing changed; the lock may be held.
             if not conn.broken:
                 await conn.execute(_UNLOCK, params)
-            mapped = as_api_error(exc)
-            if mapped is None:
-                raise
-            raise mapped from exc
+            raise_mapped(exc)
         assert row is not None
         present, upvoted, changed, count = bool(row[0]), bool(row[1]), bool(row[2]), row[3]
         if not present:
