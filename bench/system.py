@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from denorm.config import DEV_JWT_SECRET
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from denorm.localproc import free_port, wait_ready
 
 
 @dataclass(frozen=True)
@@ -40,12 +33,7 @@ def running_system(url: str, **env: str) -> Iterator[System]:
     api = subprocess.Popen([denorm, "api", "--port", str(port)], env=environment, stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_ready(base, api)
         time.sleep(3)  # the refresher's first pass
         yield System(base, api)
     finally:

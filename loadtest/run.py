@@ -23,11 +23,9 @@ import math
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +35,7 @@ import psycopg
 from psycopg import sql
 
 from denorm.config import get_settings
+from denorm.localproc import free_port, wait_ready
 from denorm.logs import get_logger
 from loadtest import gates, report
 from loadtest.plot import plot
@@ -139,12 +138,6 @@ def _forget_redis_sets(opts: Options) -> None:
 # --- processes -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start(name: str, cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as out:
@@ -164,21 +157,6 @@ def stop(name: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
             proc.kill()
             proc.wait()
     return int(proc.returncode)
-
-
-def wait_ready(base_url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the API exited with {proc.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"{base_url}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the API was not ready within {timeout:.0f} s")
 
 
 def service_env(opts: Options) -> dict[str, str]:

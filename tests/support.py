@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -49,10 +48,3 @@ def applied_versions(conn: Connection) -> list[int]:
     if not table_exists(conn, "schema_migrations"):
         return []
     return [int(row[0]) for row in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

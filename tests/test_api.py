@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from denorm.auth import mint_token
 from denorm.config import Settings
+from denorm.localproc import free_port
 from services.api.app import create_app
 
 Connection = psycopg.Connection[Any]
@@ -305,8 +306,6 @@ def test_an_upvote_waits_for_the_disk_only_when_asked(seeded_url: str, durable: 
 
 def test_without_postgres_reads_answer_503_and_readiness_says_so(settings: Settings) -> None:
     """Postgres is the source of truth: without it there is no answer, but a clear JSON 503, not a 500."""
-    from tests.support import free_port
-
     dead = settings.model_copy(
         update={"database_url": f"postgresql://postgres@127.0.0.1:{free_port()}/none", "api_access_log": False}
     )

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,9 +15,10 @@ from schemathesis import checks
 
 from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET
+from denorm.localproc import free_port, wait_ready
 from denorm.seed import SCALES, seed
 from tests.conftest import TEST_REDIS_URL, AdminConnection, scratch_database
-from tests.support import DENORM, cli_env, free_port
+from tests.support import DENORM, cli_env
 from tests.test_refresher import settle
 
 USER = 3
@@ -38,12 +37,7 @@ def api_url(admin_conn: AdminConnection, template_database: str) -> Iterator[str
                                 stderr=subprocess.DEVNULL)  # fmt: skip
         base = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(f"{base}/healthz", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.1)
+            wait_ready(base, proc)
             yield base
         finally:
             proc.terminate()

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import errors
 
+from denorm.localproc import free_port
 from denorm.pg import open_pipeline
 from denorm.pgpipe import PipelinedReads, Statement, encode
-from tests.support import free_port
 
 QUERIES = {
     "echo": b"SELECT %(a)s::bigint * 2, %(b)s::text || '!', %(a)s::bigint",

@@ -22,6 +22,7 @@ import yaml
 
 from db import MIGRATIONS_DIR
 from denorm.config import Settings
+from denorm.localproc import free_port
 from denorm.migrate import MIGRATION_LOCK_KEY
 from denorm.readmodels import all_drift
 from denorm.usercache import LOADED, set_key
@@ -30,7 +31,7 @@ from services.reconciler.reconcile import LOCK_KEY, Reconciler, Report
 from tests import workload
 from tests.conftest import TEST_REDIS_URL
 from tests.manifests import REPO
-from tests.support import DENORM, cli_env, free_port, run_denorm
+from tests.support import DENORM, cli_env, run_denorm
 
 Connection = psycopg.Connection[Any]
 

@@ -10,8 +10,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from denorm.cache import Batcher, open_redis
+from denorm.localproc import free_port
 from tests.conftest import TEST_REDIS_URL
-from tests.support import free_port
 
 
 def test_concurrent_commands_share_batches_and_each_gets_its_own_reply(

@@ -14,9 +14,10 @@ import psycopg
 import pytest
 
 from denorm.config import Settings
+from denorm.localproc import free_port
 from denorm.seed import SCALES, fold_all, seed
 from services.refresher.worker import QUERIES, REFRESHABLE, Refresher
-from tests.support import DENORM, cli_env, free_port
+from tests.support import DENORM, cli_env
 from tests.workload import random_program, reset, run_concurrently
 
 Connection = psycopg.Connection[Any]
