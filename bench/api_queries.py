@@ -43,7 +43,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from bench.scratch import seeded_database
+from bench.scratch import add_dataset_arguments, seeded_database
 from db import SQL_DIR
 from denorm.config import Settings
 from denorm.logs import configure_logging
@@ -354,10 +354,7 @@ def dashboard_throughput(url: str, api: dict[str, str], users: int, seconds: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", choices=list(SCALES), default="standard")
-    parser.add_argument(
-        "--database-url", help="an already seeded database to use as it is (default: a scratch one, seeded)"
-    )
+    add_dataset_arguments(parser)
     parser.add_argument("--runs", type=int, default=101, help="read-model runs per query (naive: a third)")
     parser.add_argument("--seconds", type=int, default=10, help="pgbench seconds per dashboard form")
     args = parser.parse_args()

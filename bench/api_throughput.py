@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from bench.scratch import seeded_database
+from bench.scratch import add_dataset_arguments, seeded_database
 from bench.system import running_system
 from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET
@@ -128,10 +128,7 @@ def routes(slugs: list[str]) -> list[Route]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", choices=list(SCALES), default="standard")
-    parser.add_argument(
-        "--database-url", help="an already seeded database to use as it is (default: a scratch one, seeded)"
-    )
+    add_dataset_arguments(parser)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()

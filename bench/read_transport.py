@@ -7,7 +7,8 @@ redis-py and through the Batcher (denorm/cache.py). Each runs for --seconds with
 concurrent callers on uvloop, in this one process; the CPU of this process, of the Postgres
 backends and of redis-server is read from /proc.
 
-    python -m bench.read_transport [--database-url URL] [--redis-url URL] [--seconds 6] [--tasks 32]
+    python -m bench.read_transport [--scale standard] [--database-url URL] [--redis-url URL] [--seconds 6]
+                                   [--tasks 32]
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import psycopg
 import redis.asyncio as aioredis
 import uvloop
 
 from bench.api_throughput import backends, cpu_ticks
+from bench.scratch import add_dataset_arguments, seeded_database
 from denorm.cache import Batcher, open_redis
 from denorm.logs import configure_logging
 from denorm.pg import open_pipeline, open_pool
@@ -123,17 +124,14 @@ async def run(url: str, redis_url: str, seconds: float, tasks: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--database-url", default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/denorm")
-    )
+    add_dataset_arguments(parser)
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--seconds", type=float, default=6)
     parser.add_argument("--tasks", type=int, default=32)
     args = parser.parse_args()
     configure_logging("WARNING")
-    with psycopg.connect(args.database_url) as conn:  # a seeded database: the feed has a page
-        conn.execute("SELECT 1 FROM mv_feed_projects LIMIT 1").fetchone()
-    uvloop.run(run(args.database_url, args.redis_url, args.seconds, args.tasks))
+    with seeded_database("bench_transport", args.scale, args.database_url) as url:
+        uvloop.run(run(url, args.redis_url, args.seconds, args.tasks))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import uuid
 from collections.abc import Iterator
@@ -14,6 +15,16 @@ from psycopg.conninfo import make_conninfo
 from denorm.migrate import migrate
 
 ADMIN_URL = os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """--scale and --database-url, the two ways a benchmark gets its data (see seeded_database)."""
+    from denorm.seed import SCALES
+
+    parser.add_argument("--scale", choices=list(SCALES), default="standard")
+    parser.add_argument(
+        "--database-url", help="an already seeded database to use as it is (default: a scratch one, seeded)"
+    )
 
 
 @contextmanager

@@ -21,7 +21,7 @@ import urllib.request
 
 import httpx2 as httpx
 
-from bench.scratch import seeded_database
+from bench.scratch import add_dataset_arguments, seeded_database
 from bench.system import running_system
 from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET
@@ -80,10 +80,7 @@ def run(url: str, durable: bool, rate: float, seconds: float, users: int) -> str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", choices=list(SCALES), default="standard")
-    parser.add_argument(
-        "--database-url", help="an already seeded database to use as it is (default: a scratch one, seeded)"
-    )
+    add_dataset_arguments(parser)
     parser.add_argument("--rate", type=float, default=30.0, help="upvotes a second")
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args()
