@@ -16,11 +16,12 @@ from denorm.pgpipe import PipelinedReads
 APPLICATION_NAME = "denorm"
 
 
-def conninfo(url: str, application: str) -> str:
-    """The URL with an application_name, so pg_stat_activity tells our services apart."""
+def conninfo(url: str, application: str, **params: Any) -> str:
+    """The URL with an application_name, so pg_stat_activity tells our services apart (and any
+    other connection parameters)."""
     from psycopg.conninfo import make_conninfo
 
-    return make_conninfo(url, application_name=f"{APPLICATION_NAME}-{application}")
+    return make_conninfo(url, application_name=f"{APPLICATION_NAME}-{application}", **params)
 
 
 # Every API query is a short index walk whose plan does not depend on its parameters, so:
@@ -123,10 +124,8 @@ async def _warm_up(conn: AsyncConnection[TupleRow]) -> None:
 
 async def open_pool(url: str, application: str, min_size: int, max_size: int) -> GatedPool:
     """An autocommit pool for the API: OLTP session settings, statements prepared on first use."""
-    from psycopg.conninfo import make_conninfo
-
     pool = GatedPool(
-        make_conninfo(conninfo(url, application), options=session_options(OLTP_SETTINGS)),
+        conninfo(url, application, options=session_options(OLTP_SETTINGS)),
         min_size=min_size,
         max_size=max_size,
         open=False,
@@ -142,10 +141,8 @@ async def open_pipeline(
 ) -> PipelinedReads:
     """The API's pipelined short reads (denorm/pgpipe.py), with the pool's session settings and a
     statement_timeout of `timeout_ms`."""
-    from psycopg.conninfo import make_conninfo
-
     settings = {**OLTP_SETTINGS, "statement_timeout": str(timeout_ms)}
-    info = make_conninfo(conninfo(url, application), options=session_options(settings), connect_timeout=5)
+    info = conninfo(url, application, options=session_options(settings), connect_timeout=5)
     reads = PipelinedReads(info, queries, lanes_wanted=lanes, timeout=timeout_ms / 1000)
     await reads.open()
     return reads
