@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from denorm.config import DEV_JWT_SECRET
-from denorm.localproc import free_port, wait_ready
+from loadtest.localproc import free_port, wait_ready
 
 
 @dataclass(frozen=True)

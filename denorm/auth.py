@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import jwt
 
+from denorm.ids import parse_id
+
 ALGORITHM = "HS256"
 
 
@@ -32,9 +34,10 @@ def _verify(token: str, secret: str) -> tuple[int, float]:
     except jwt.PyJWTError as exc:
         raise AuthError(str(exc)) from exc
     sub = claims.get("sub")
-    if not isinstance(sub, str) or not sub.isdigit() or not 0 < int(sub) < 2**63:
+    user = parse_id(sub) if isinstance(sub, str) else None
+    if user is None:
         raise AuthError("sub must be a positive integer user id")
-    return int(sub), float(claims["exp"])
+    return user, float(claims["exp"])
 
 
 class TokenVerifier:

@@ -1,10 +1,17 @@
-"""`denorm`: the one command behind every service and tool of the project."""
+"""`denorm`: the one command behind every service and tool of the project.
+
+The services and the load test are reached by name (importlib), so that the core package imports
+none of them: each runs from its own package, and an image without the load test still has every
+other command.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from denorm.config import get_settings
 from denorm.logs import configure_logging
@@ -52,16 +59,27 @@ def _cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_refresher(args: argparse.Namespace) -> int:
-    from services.refresher.main import run
+def _by_name(module: str, function: str) -> Any:
+    return getattr(importlib.import_module(module), function)
 
-    return run(get_settings(), once=args.once)
+
+def _cmd_refresher(args: argparse.Namespace) -> int:
+    run = _by_name("services.refresher.main", "run")
+    return int(run(get_settings(), once=args.once))
 
 
 def _cmd_reconcile(args: argparse.Namespace) -> int:
-    from services.reconciler.main import run
+    run = _by_name("services.reconciler.main", "run")
+    return int(run(get_settings(), repair=args.repair))
 
-    return run(get_settings(), repair=args.repair)
+
+def _cmd_loadtest(args: argparse.Namespace) -> int:
+    try:
+        main = _by_name("loadtest.run", "main")
+    except ImportError as exc:  # an installed wheel without the repository's loadtest/ folder
+        print(f"loadtest: the load test is not installed here ({exc})", file=sys.stderr)
+        return 1
+    return int(main(args.args))
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
@@ -119,12 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_deploy_parser(sub)
 
-    try:
-        from loadtest.run import add_loadtest_parser
-    except ImportError:  # an installed wheel without the repository's loadtest/ folder
-        pass
-    else:
-        add_loadtest_parser(sub)
+    p = sub.add_parser("loadtest", help="run the Locust suite against a seeded system (denorm loadtest --help)",
+                       add_help=False, prefix_chars="\0")  # fmt: skip
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the load test's own arguments")
+    p.set_defaults(handler=_cmd_loadtest)
     return parser
 
 

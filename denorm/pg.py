@@ -12,6 +12,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from denorm.pgpipe import PipelinedReads
+from denorm.sql import query
 
 APPLICATION_NAME = "denorm"
 
@@ -111,15 +112,12 @@ class _Lease:
 
 
 # Run on every new connection before the pool hands it out. A session compiles a PL/pgSQL function
-# on its first call: done here, by a call that changes nothing (no project 0), the first upvote a
-# new connection serves does not pay it (in the load test's short steps, each a fresh API, those
-# first calls were a visible share of the upvotes over 5 ms).
-WARM_UP = b"SELECT * FROM upvote_set(0, 0, NULL, true)"
-
-
+# on its first call: done here, by a call that changes nothing, the first upvote a new connection
+# serves does not pay it (in the load test's short steps, each a fresh API, those first calls
+# were a visible share of the upvotes over 5 ms).
 async def _warm_up(conn: AsyncConnection[TupleRow]) -> None:
     with contextlib.suppress(psycopg.errors.UndefinedFunction):  # a database not migrated yet
-        await conn.execute(WARM_UP)
+        await conn.execute(query("upvote_warm_up"))
 
 
 async def open_pool(url: str, application: str, min_size: int, max_size: int) -> GatedPool:

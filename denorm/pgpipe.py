@@ -37,7 +37,7 @@ from psycopg import AsyncConnection, pq
 from psycopg.errors import error_from_result
 
 from denorm.logs import get_logger
-from denorm.sqlfile import positional
+from denorm.sql import positional
 
 log = get_logger("denorm.pgpipe")
 

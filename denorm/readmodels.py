@@ -1,109 +1,197 @@
-"""The trigger-kept read models, each beside its truth view: what the tests and the reconciler compare."""
+"""The registry of read models: the one list that maintenance, reconciliation, metrics and tests follow.
+
+Each read model is defined in one SQL file (`file`, under db/): its tables or view, its *truth*
+(a view `<name>_truth` that computes it from the source tables), its maintenance and the named
+statements that read it. This list says how each is kept, how stale it may be, and how it is
+checked and repaired. Adding a read model is one SQL file plus one entry here;
+tests/test_registry.py fails when the database has a read model this list does not know, or the
+other way round.
+
+The kinds:
+- ledger: a base table plus a delta ledger, kept by statement triggers; its view adds the pending
+  deltas, so it is exact at every commit. The fold moves deltas into the base (`fold`: a SQL
+  function of max_keys returning keys and deltas folded and the projects it touched).
+- fold: a table the fold keeps for the projects the ledger folds touched (`fold`: a SQL function of
+  those project ids), as of the fold's clock.
+- matview: a materialized view refreshed CONCURRENTLY from the refresh queue; `clock` names the
+  queue row that schedules it (a view refreshed with another names that one).
+- redis: per-user sets in Redis, written through by the API.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
+from pathlib import Path
 
-import psycopg
-from psycopg import sql
+from db import READMODELS_DIR, SCHEMA_DIR
+
+
+class Kind(StrEnum):
+    LEDGER = "ledger"
+    FOLD = "fold"
+    MATVIEW = "matview"
+    REDIS = "redis"
+
+
+# How each kind is repaired, for the docs and the report.
+REPAIRS = {
+    Kind.LEDGER: "a correction (truth minus model) appended to its ledger",
+    Kind.FOLD: "its rows recomputed from the source, under the fold's lock",
+    Kind.MATVIEW: "refreshed",
+    Kind.REDIS: "the user's set deleted (the next read loads it again)",
+}
 
 
 @dataclass(frozen=True)
 class ReadModel:
-    """A view the API reads, and the view that recomputes it from the source tables."""
-
     name: str
-    truth: str
+    kind: Kind
+    file: str  # under db/readmodels/
     key: tuple[str, ...]
-    columns: tuple[str, ...]
+    # Compared with the truth besides the key; () compares every column of the truth.
+    columns: tuple[str, ...] = ()
+    bound_seconds: float = 0.0  # how stale it may be: 0 means exact at every commit
+    clock: str | None = None  # its read_model_freshness clock; None: exact, no clock
+    # Where the reconciler finds its keys, a range of the first key column at a time: the source
+    # relation and the read model's own stored relation, each with its key column.
+    keys_from: tuple[tuple[str, str], ...] = ()
+    fold: str | None = None  # its step in the fold (a SQL function)
+    rebuild: str | None = None  # rebuilds it whole from the source (a SQL function)
+    repair: str | None = None  # repairs given keys of its first key column (a SQL function)
+    # For a fold-kept model: a row whose (column) appears in (ledger, column) is pending for the
+    # next fold, and not compared with the truth until then.
+    pending: tuple[str, str, str] | None = None
 
     @property
-    def compared(self) -> tuple[str, ...]:
-        return self.key + self.columns
-
-
-READ_MODELS: tuple[ReadModel, ...] = (
-    ReadModel(
-        "user_dashboard_stats",
-        "user_dashboard_stats_truth",
-        ("user_id",),
-        (
-            "project_count",
-            "upvotes_received",
-            "comments_received",
-            "upvotes_given",
-            "unread_messages",
-            "pending_intros_received",
-            "chains_joined",
-        ),
-    ),
-    ReadModel(
-        "intro_request_stats",
-        "intro_request_stats_truth",
-        ("user_id",),
-        (
-            "sent_pending",
-            "sent_accepted",
-            "sent_declined",
-            "received_pending",
-            "received_accepted",
-            "received_declined",
-        ),
-    ),
-    ReadModel(
-        "message_conversations_denorm",
-        "message_conversations_truth",
-        ("user_id", "other_user_id"),
-        (
-            "last_message_id",
-            "last_message_at",
-            "last_message_preview",
-            "last_sender_id",
-            "message_count",
-            "unread_count",
-        ),
-    ),
-    ReadModel(
-        "project_counters",
-        "project_counters_truth",
-        ("project_id",),
-        ("upvote_count", "comment_count"),
-    ),
-)
-
-
-@dataclass(frozen=True)
-class Drift:
-    """Rows of one model that differ from the truth: only in the model, only in the truth, or both."""
-
-    model: str
-    extra: list[tuple[Any, ...]]  # in the read model, not in the truth
-    missing: list[tuple[Any, ...]]  # in the truth, not in the read model
+    def truth(self) -> str:
+        return f"{self.name}_truth"
 
     @property
-    def clean(self) -> bool:
-        return not self.extra and not self.missing
+    def path(self) -> Path:
+        return READMODELS_DIR / self.file
+
+    @property
+    def refreshed(self) -> bool:
+        """A materialized view with a queue row of its own."""
+        return self.kind is Kind.MATVIEW and self.clock == self.name
 
 
-def _except(left: str, right: str, columns: tuple[str, ...]) -> sql.Composed:
-    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-    return sql.SQL("SELECT {cols} FROM {left} EXCEPT SELECT {cols} FROM {right} ORDER BY 1, 2").format(
-        cols=cols, left=sql.Identifier(left), right=sql.Identifier(right)
-    )
+FOLD_BOUND_S = 2.0  # the fold runs every REFRESHER_FOLD_MS (0.5 s)
+REFRESH_BOUND_S = 5.0
+USER = (("users", "id"),)
+PROJECT = (("projects", "id"),)
+
+REGISTRY: tuple[ReadModel, ...] = (
+    ReadModel(
+        "project_counters", Kind.LEDGER, "project_counters.sql", ("project_id",), ("upvote_count", "comment_count"),
+        keys_from=(*PROJECT, ("project_counters_base", "project_id")),
+        fold="project_counters_fold", rebuild="project_counters_rebuild", repair="project_counters_repair",
+    ),
+    ReadModel(
+        "user_dashboard_stats", Kind.LEDGER, "user_stats.sql", ("user_id",),
+        ("project_count", "upvotes_received", "comments_received", "upvotes_given", "unread_messages",
+         "pending_intros_received", "chains_joined"),
+        keys_from=(*USER, ("user_stats_base", "user_id")),
+        fold="user_stats_fold", rebuild="user_stats_rebuild", repair="user_stats_repair",
+    ),
+    ReadModel(
+        "intro_request_stats", Kind.LEDGER, "user_stats.sql", ("user_id",),
+        ("sent_pending", "sent_accepted", "sent_declined", "received_pending", "received_accepted",
+         "received_declined"),
+        keys_from=(*USER, ("user_stats_base", "user_id")),
+        fold="user_stats_fold", rebuild="user_stats_rebuild", repair="user_stats_repair",
+    ),
+    ReadModel(
+        "message_conversations_denorm", Kind.LEDGER, "message_conversations_denorm.sql", ("user_id", "other_user_id"),
+        ("last_message_id", "last_message_at", "last_message_preview", "last_sender_id", "message_count",
+         "unread_count"),
+        keys_from=(*USER, ("conversation_base", "user_id")),
+        fold="conversations_fold", rebuild="conversations_rebuild", repair="conversations_repair",
+    ),
+    ReadModel(
+        "mv_feed_projects", Kind.FOLD, "mv_feed_projects.sql", ("id",),
+        bound_seconds=FOLD_BOUND_S, clock="fold", keys_from=(*PROJECT, ("mv_feed_projects", "id")),
+        fold="feed_apply", rebuild="feed_rebuild", repair="feed_apply",
+        pending=("id", "project_counter_deltas", "project_id"),
+    ),
+    ReadModel(
+        "mv_chain_projects", Kind.FOLD, "mv_chain_projects.sql", ("project_id", "chain_id"),
+        bound_seconds=FOLD_BOUND_S, clock="fold",
+        keys_from=(("chain_projects", "project_id"), ("mv_chain_projects", "project_id")),
+        fold="chain_projects_apply", rebuild="chain_projects_rebuild", repair="chain_projects_apply",
+        pending=("project_id", "project_counter_deltas", "project_id"),
+    ),
+    ReadModel(
+        "mv_leaderboard_projects", Kind.MATVIEW, "mv_leaderboard_projects.sql", ("project_id",),
+        bound_seconds=REFRESH_BOUND_S, clock="mv_leaderboard_projects",
+    ),
+    ReadModel(
+        "mv_leaderboard_users", Kind.MATVIEW, "mv_leaderboard_users.sql", ("user_id",),
+        bound_seconds=REFRESH_BOUND_S, clock="mv_leaderboard_users",
+    ),
+    ReadModel(
+        "mv_chain_directory", Kind.MATVIEW, "mv_chain_directory.sql", ("chain_id",),
+        bound_seconds=REFRESH_BOUND_S, clock="mv_chain_directory",
+    ),
+    ReadModel(
+        "mv_forum_threads", Kind.MATVIEW, "mv_forum_threads.sql", ("thread_id",),
+        bound_seconds=REFRESH_BOUND_S, clock="mv_forum_threads",
+    ),
+    ReadModel(
+        "mv_search_documents", Kind.MATVIEW, "mv_search_documents.sql", ("doc_type", "doc_id"),
+        # Popularity is as of the refresh by design: upvotes do not ask for a refresh of the
+        # whole corpus (mv_search_documents.sql), so it is not compared.
+        ("title", "subtitle", "slug", "document", "words"),
+        bound_seconds=REFRESH_BOUND_S, clock="mv_search_documents",
+    ),
+    ReadModel(
+        "mv_search_words", Kind.MATVIEW, "mv_search_documents.sql", ("word",),
+        bound_seconds=REFRESH_BOUND_S, clock="mv_search_documents",
+    ),
+    ReadModel(
+        "upvote_sets", Kind.REDIS, "upvote_sets.sql", ("user_id", "project_id"), bound_seconds=1.0,
+    ),
+)  # fmt: skip
+
+BY_NAME = {m.name: m for m in REGISTRY}
+
+# The schema files that are not read models, in the order a fresh database runs them; the read
+# models' files follow, in the registry's order.
+INFRASTRUCTURE = ("source.sql", "items.sql", "ledgers.sql", "refresh_queue.sql", "reconcile_runs.sql")
 
 
-def drift(conn: psycopg.Connection[Any], model: ReadModel) -> Drift:
-    """Compare the whole model with its truth, in one snapshot when ``conn`` is in a transaction."""
-    extra = conn.execute(_except(model.name, model.truth, model.compared)).fetchall()
-    missing = conn.execute(_except(model.truth, model.name, model.compared)).fetchall()
-    return Drift(model.name, [tuple(r) for r in extra], [tuple(r) for r in missing])
+def schema_files() -> list[Path]:
+    """Every file of the current-state schema, in the order a fresh database runs them."""
+    files = [SCHEMA_DIR / name for name in INFRASTRUCTURE]
+    for model in REGISTRY:
+        if model.path not in files:
+            files.append(model.path)
+    return files
 
 
-def all_drift(conn: psycopg.Connection[Any]) -> list[Drift]:
-    """Every model's drift, all read in one REPEATABLE READ snapshot."""
-    if not conn.autocommit:
-        raise ValueError("pass an autocommit connection: the snapshot is this function's own")
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        return [drift(conn, m) for m in READ_MODELS]
+def of_kind(*kinds: Kind) -> list[ReadModel]:
+    return [m for m in REGISTRY if m.kind in kinds]
+
+
+def unique(names: Iterator[str | None]) -> list[str]:
+    """The distinct non-empty names, in order (several read models share a fold step or a rebuild)."""
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def ledger_folds() -> list[str]:
+    return unique(m.fold for m in of_kind(Kind.LEDGER))
+
+
+def fold_applies() -> list[str]:
+    return unique(m.fold for m in of_kind(Kind.FOLD))
+
+
+def rebuilds() -> list[str]:
+    return unique(m.rebuild for m in REGISTRY)
+
+
+def refreshed_with(clock: str) -> list[ReadModel]:
+    """The materialized views a refresh of this queue row refreshes, in order."""
+    return [m for m in of_kind(Kind.MATVIEW) if m.clock == clock]

@@ -24,7 +24,8 @@ from psycopg_pool import ConnectionPool
 from db import SQL_DIR
 from denorm.logs import get_logger
 from denorm.pg import conninfo
-from denorm.sqlfile import load_queries
+from denorm import maintenance
+from denorm.sql import split
 
 log = get_logger("denorm.seed")
 
@@ -189,7 +190,7 @@ def seed(
     progress: Callable[[str], None] | None = None,
 ) -> SeedReport:
     """Generate the dataset into the database at ``url``; returns the time taken and the row counts."""
-    queries = load_queries(SEED_DIR / "dataset.sql")
+    queries = split((SEED_DIR / "dataset.sql").read_text(encoding="utf-8"))[1]
     params = _params(scale, seed, anchor)
     phases = plan(scale)
     total_rows = sum(step.rows for phase in phases for step in phase)
@@ -258,26 +259,9 @@ def _finish(conn: psycopg.Connection[Any]) -> None:
     conn.execute("DROP SCHEMA seed_util CASCADE")
     # The triggers kept every read model exact during the load, through millions of deltas. A bulk
     # load ends with the backfill (one set-based pass) rather than folding them key by key.
-    if conn.execute("SELECT to_regproc('rebuild_read_models') IS NOT NULL").fetchone() == (True,):
-        conn.execute("SELECT rebuild_read_models()")
-    if conn.execute("SELECT to_regproc('rebuild_feed') IS NOT NULL").fetchone() == (True,):
-        conn.execute("SELECT rebuild_feed()")
+    maintenance.rebuild_all(conn)
     # Fresh statistics and a visibility map, so the first queries plan well and scan index-only.
     conn.execute("VACUUM (ANALYZE)")  # source tables and read models alike
-
-
-def fold_all(conn: psycopg.Connection[Any], max_keys: int = 100_000) -> int:
-    """Fold every pending read-model delta into the base tables; the number of deltas folded."""
-    present = conn.execute("SELECT to_regproc('fold_read_model_deltas') IS NOT NULL").fetchone()
-    if not present or not present[0]:
-        return 0
-    total = 0
-    while True:
-        rows = conn.execute("SELECT keys_folded, deltas_folded FROM fold_read_model_deltas(%s)", (max_keys,))
-        folded = rows.fetchall()
-        total += sum(int(r[1]) for r in folded)
-        if not any(r[0] for r in folded):
-            return total
 
 
 def _table_list() -> sql.Composed:

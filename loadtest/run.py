@@ -35,7 +35,7 @@ import psycopg
 from psycopg import sql
 
 from denorm.config import get_settings
-from denorm.localproc import free_port, wait_ready
+from loadtest.localproc import free_port, wait_ready
 from denorm.logs import get_logger
 from loadtest import gates, report
 from loadtest.plot import plot
@@ -91,10 +91,9 @@ def _marker(opts: Options) -> str:
 
 def prepare_database(opts: Options) -> None:
     """Created, migrated, seeded (unless --reuse finds this very dataset), every view refreshed."""
-    from denorm.config import Settings
+    from denorm.maintenance import drain
     from denorm.migrate import ensure_database, migrate
     from denorm.seed import SCALES, seed
-    from services.refresher.worker import Refresher
 
     if ensure_database(opts.database_url):
         log.info("created the database")
@@ -114,9 +113,7 @@ def prepare_database(opts: Options) -> None:
             seed(opts.database_url, SCALES[opts.scale], seed=opts.seed)
             _forget_redis_sets(opts)
             conn.execute(comment.format(sql.Identifier(name), sql.Literal(_marker(opts))))
-        settings = Settings(database_url=opts.database_url, refresher_debounce_ms=0, refresher_metrics_port=0,
-                            environment=opts.environment, jwt_secret=opts.jwt_secret)  # fmt: skip
-        refreshed = Refresher(settings).drain(conn)
+        refreshed = drain(conn, worker="loadtest")
         log.info("views refreshed", views=len(refreshed))
 
 
@@ -412,9 +409,12 @@ def _seconds(text: str) -> int:
     return value
 
 
-def add_loadtest_parser(sub: Any) -> None:
-    p = sub.add_parser("loadtest", help="run the Locust suite against a seeded system; gates, CSV, HTML, plot",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+HELP = "run the Locust suite against a seeded system; gates, CSV, HTML, plot"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="denorm loadtest", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--scale", choices=SCALE_NAMES, default="small", help="the dataset (small)")
     p.add_argument("--seed", type=int, default=42, help="the dataset's seed (42)")
     p.add_argument("--database", help="database name, on DATABASE_URL's server (denorm_loadtest_<scale>)")
@@ -433,7 +433,7 @@ def add_loadtest_parser(sub: Any) -> None:
     p.add_argument("--redis-prefix", help="Redis key prefix of the API under test (loadtest:<database>:)")
     p.add_argument("--goal-users", type=int, default=5000, help="the user count the summary sizes against (5000)")
     p.add_argument("--profile", action="store_true", help="py-spy the API during each step's steady load (SVG)")
-    p.set_defaults(handler=main)
+    return p
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
@@ -470,5 +470,6 @@ def options_from_args(args: argparse.Namespace) -> Options:
     )
 
 
-def main(args: argparse.Namespace) -> int:
-    return run(options_from_args(args))
+def main(argv: list[str]) -> int:
+    """`denorm loadtest ARGS`: the CLI hands its arguments over (denorm/cli.py)."""
+    return run(options_from_args(build_parser().parse_args(argv)))

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from denorm.auth import mint_token
 from denorm.config import Settings
-from denorm.localproc import free_port
+from loadtest.localproc import free_port
 from services.api.app import create_app
 
 Connection = psycopg.Connection[Any]

@@ -15,7 +15,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from denorm.config import Settings
-from denorm.localproc import free_port
+from loadtest.localproc import free_port
 from services.api.app import create_app
 from tests.test_api import auth, redis_set, upvote_rows
 

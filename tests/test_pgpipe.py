@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import errors
 
-from denorm.localproc import free_port
+from loadtest.localproc import free_port
 from denorm.pg import open_pipeline
 from denorm.pgpipe import PipelinedReads, Statement, encode
 

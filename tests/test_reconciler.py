@@ -22,7 +22,7 @@ import yaml
 
 from db import MIGRATIONS_DIR
 from denorm.config import Settings
-from denorm.localproc import free_port
+from loadtest.localproc import free_port
 from denorm.migrate import MIGRATION_LOCK_KEY
 from denorm.readmodels import all_drift
 from denorm.usercache import LOADED, set_key

@@ -10,7 +10,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from denorm.cache import Batcher, open_redis
-from denorm.localproc import free_port
+from loadtest.localproc import free_port
 from tests.conftest import TEST_REDIS_URL
 
 

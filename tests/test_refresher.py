@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from denorm.config import Settings
-from denorm.localproc import free_port
+from loadtest.localproc import free_port
 from denorm.seed import SCALES, fold_all, seed
 from services.refresher.worker import QUERIES, REFRESHABLE, Refresher
 from tests.support import DENORM, cli_env

@@ -18,12 +18,13 @@ from denorm.cache import open_redis
 from denorm.config import Settings, get_settings
 from denorm.logs import get_logger
 from denorm.pg import open_pipeline, open_pool
+from denorm.sql import query
 from denorm.usercache import Breaker, UserCache
 from services.api import errors
 from services.api.answercache import AnswerCache
 from services.api.db import pipelined_queries
 from services.api.deps import Services
-from services.api.fastpath import FastReads, FastStats
+from services.api.fastpath import FastReads, FastStats, reads_of
 from services.api.front import Front
 from services.api.gcwatch import GcPauses
 from services.api.models import Health, Readiness
@@ -31,6 +32,7 @@ from services.api.responses import JSONBytes
 from services.api.routes import projects, reads, social
 
 log = get_logger("denorm.api")
+ROUTERS = (projects.router, reads.router, social.router)
 BREAKER_STATES = ("closed", "half_open", "open")
 
 
@@ -140,9 +142,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry.register(CacheCollector(app, fast))
     gc_pauses = GcPauses(registry)
 
+    # Read from the routers themselves: FastAPI includes them in the app lazily.
+    direct_reads = reads_of(route for router in ROUTERS for route in router.routes)
+
     def front(stack: ASGIApp) -> ASGIApp:
         if settings.api_fast_reads:
-            stack = FastReads(stack, services=lambda: getattr(app.state, "services", None), stats=fast)
+            stack = FastReads(stack, direct_reads, services=lambda: getattr(app.state, "services", None), stats=fast)
         return Front(stack, histogram=histogram, access_log=settings.api_access_log)  # outermost: sees both
 
     app.front = front
@@ -166,8 +171,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         status = 200
         try:
             async with svc.write_pool.connection(timeout=2.0) as conn:
-                row = await (await conn.execute("SELECT to_regclass('mv_refresh_queue')")).fetchone()
-                if row is None or row[0] is None:
+                row = await (await conn.execute(query("schema_ready"))).fetchone()
+                if row is None or not row[0]:
                     body["schema"] = "not migrated"
                     status = 503
         except Exception as exc:  # any failure to reach Postgres means not ready
@@ -190,7 +195,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Prometheus metrics, in the text exposition format."""
         return PlainTextResponse(generate_latest(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    app.include_router(projects.router)
-    app.include_router(reads.router)
-    app.include_router(social.router)
+    for router in ROUTERS:
+        app.include_router(router)
     return app

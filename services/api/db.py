@@ -3,34 +3,28 @@ with statements prepared by psycopg, and database errors turned into 4xx or 503 
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any, NoReturn
 
 import psycopg
 from psycopg import errors, pq
 from psycopg_pool import PoolTimeout
 
-from db import SQL_DIR
 from denorm.pgpipe import PipelinedReads
-from denorm.sqlfile import load_queries
+from denorm.sql import queries, query
+from services.api import feed
 from services.api.deps import Pool
 from services.api.errors import ApiError
 
 TUPLES_OK = pq.ExecStatus.TUPLES_OK
 
 
-# The reads that go through the pipeline: each a short index walk answering one row.
-PIPELINED = ("feed_trending", "feed_top_rated", "feed_newest", "leaderboard_projects", "leaderboard_users",
-             "dashboard", "chains", "chain_page", "conversations")  # fmt: skip
-
-
-@cache
-def queries() -> dict[str, bytes]:
-    return {name: text.encode() for name, text in load_queries(SQL_DIR / "queries" / "api.sql").items()}
+# The reads that go through the pipeline, besides the feed's: each a short index walk answering one row.
+PIPELINED = ("leaderboard_projects", "leaderboard_users", "dashboard", "chains", "chain_page", "conversations")
 
 
 def pipelined_queries() -> dict[str, bytes]:
-    return {name: queries()[name] for name in PIPELINED}
+    texts = {name: queries()[name] for name in PIPELINED} | feed.statements()
+    return {name: text.encode() for name, text in texts.items()}
 
 
 def as_api_error(exc: psycopg.Error) -> ApiError | None:
@@ -59,10 +53,11 @@ def raise_mapped(exc: psycopg.Error) -> NoReturn:
     raise mapped from exc
 
 
-async def fetch_all(pool: Pool, query: bytes | str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+async def fetch_all(pool: Pool, name: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    """The rows of a named statement (denorm/sql.py), run on the pool."""
     try:
         async with pool.connection() as conn:
-            cur = await conn.execute(query if isinstance(query, bytes) else query.encode(), params)
+            cur = await conn.execute(query(name), params)
             # The result status, not cur.description: that builds a Column object per column per call.
             result = cur.pgresult
             return await cur.fetchall() if result is not None and result.status == TUPLES_OK else []
@@ -72,15 +67,15 @@ async def fetch_all(pool: Pool, query: bytes | str, params: dict[str, Any] | Non
         raise ApiError(503, "unavailable", "every database connection is busy; try again") from exc
 
 
-async def fetch_one(pool: Pool, query: bytes | str, params: dict[str, Any] | None = None) -> tuple[Any, ...] | None:
-    rows = await fetch_all(pool, query, params)
+async def fetch_one(pool: Pool, name: str, params: dict[str, Any] | None = None) -> tuple[Any, ...] | None:
+    rows = await fetch_all(pool, name, params)
     return rows[0] if rows else None
 
 
-async def read_row(reads: PipelinedReads, query: str, params: dict[str, Any]) -> tuple[bytes | None, ...] | None:
+async def read_row(reads: PipelinedReads, name: str, params: dict[str, Any]) -> tuple[bytes | None, ...] | None:
     """The row of a pipelined read (each column as Postgres's text), or None."""
     try:
-        return await reads.fetch(query, params)
+        return await reads.fetch(name, params)
     except psycopg.Error as exc:
         raise_mapped(exc)
 
@@ -92,12 +87,12 @@ def _document(row: tuple[Any, ...] | None, missing: str) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
-async def json_of(reads: PipelinedReads, query: str, params: dict[str, Any], missing: str = "") -> bytes:
+async def json_of(reads: PipelinedReads, name: str, params: dict[str, Any], missing: str = "") -> bytes:
     """The JSON document a pipelined read built (one row, one text column), untouched: no row is a
     404 saying `missing`."""
-    return _document(await read_row(reads, query, params), missing)
+    return _document(await read_row(reads, name, params), missing)
 
 
-async def json_of_pool(pool: Pool, query: str, params: dict[str, Any], missing: str = "") -> bytes:
+async def json_of_pool(pool: Pool, name: str, params: dict[str, Any], missing: str = "") -> bytes:
     """As json_of, for a read that stays on the pool (a slow one: see denorm/pgpipe.py)."""
-    return _document(await fetch_one(pool, queries()[query], params), missing)
+    return _document(await fetch_one(pool, name, params), missing)

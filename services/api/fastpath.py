@@ -1,10 +1,12 @@
 """A direct path for the hot GET reads: no dependency solving, no per-parameter model validation.
 
 FastAPI stays the authority. Every route is declared there (the OpenAPI document, validation, the
-error shapes), and this path takes a request only when each parameter it carries is plainly valid.
-Anything else (a missing or malformed value, a bad token, an unknown sort) falls through to
-FastAPI, which answers exactly as it would without this path. Both paths call the same body
-builders, and tests/test_api_fastpath.py checks that they give the same answers.
+error shapes), and this path reads each direct route's parameters, their limits and who may call
+it back from that declaration (`reads_of`). It takes a request only when each parameter it
+carries is plainly valid. Anything else (a missing or malformed value, a bad token, an unknown
+sort) falls through to FastAPI, which answers exactly as it would without this path. Both paths
+call the same body builder (`direct`), and tests/test_api_fastpath.py checks that they give the
+same answers.
 
 Why: on a read route FastAPI's dependency solving and parameter validation cost about as much
 CPU as the whole database round trip (measured in docs/api.md).
@@ -13,21 +15,41 @@ CPU as the whole database round trip (measured in docs/api.md).
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+import types
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from enum import Enum
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 from urllib.parse import parse_qsl
 
+import annotated_types
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from pydantic.fields import FieldInfo
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from denorm.auth import AuthError
+from denorm.ids import parse_id
 from denorm.logs import get_logger
-from services.api.deps import Services
+from services.api.deps import Services, current_user, optional_user
 from services.api.errors import ApiError, error_response
-from services.api.routes import projects, reads, social
 
 log = get_logger("denorm.api")
-_DIGITS = re.compile(r"0|[1-9][0-9]{0,18}")
+Body = Callable[..., Awaitable[bytes]]
+E = TypeVar("E", bound=Callable[..., Any])
+_BODY = "direct_body"
+
+
+def direct(body: Body) -> Callable[[E], E]:
+    """Mark a GET route that the direct path may answer with `body(svc, **parameters)`: the same
+    body builder the route's own endpoint awaits."""
+
+    def mark(endpoint: E) -> E:
+        setattr(endpoint, _BODY, body)
+        return endpoint
+
+    return mark
 
 
 class _Invalid(Exception):
@@ -43,29 +65,28 @@ class Int:
     def parse(self, raw: str | None) -> int | None:
         if raw is None:
             return self.default
-        if not _DIGITS.fullmatch(raw):
-            raise _Invalid
-        value = int(raw)
-        if not self.lo <= value <= self.hi:
+        value = 0 if raw == "0" else parse_id(raw)
+        if value is None or not self.lo <= value <= self.hi:
             raise _Invalid
         return value
 
 
 @dataclass(frozen=True)
 class Choice:
-    values: tuple[str, ...]
-    default: str
+    values: dict[str, Any]  # the raw value, and what the body gets for it
+    default: Any
 
-    def parse(self, raw: str | None) -> str:
+    def parse(self, raw: str | None) -> Any:
         if raw is None:
             return self.default
         if raw not in self.values:
             raise _Invalid
-        return raw
+        return self.values[raw]
 
 
 @dataclass(frozen=True)
 class Text:
+    min_length: int
     max_length: int
     required: bool
     pattern: re.Pattern[str] | None = None
@@ -75,15 +96,14 @@ class Text:
             if self.required:
                 raise _Invalid
             return None
-        if not 1 <= len(raw) <= self.max_length or "\x00" in raw:
+        if not self.min_length <= len(raw) <= self.max_length or "\x00" in raw:
             raise _Invalid
-        if self.pattern is not None and not self.pattern.fullmatch(raw):
+        if self.pattern is not None and not self.pattern.search(raw):
             raise _Invalid
         return raw
 
 
 Param = Int | Choice | Text
-Body = Callable[..., Awaitable[bytes]]
 
 
 @dataclass(frozen=True)
@@ -94,61 +114,75 @@ class Read:
     params: dict[str, Param]
     body: Body
     user: str = "none"  # none | optional | required
+    regex: re.Pattern[str] | None = None  # for a template with path parameters
 
 
-MAX_ID = 2**63 - 1
-_LIMIT = Int(1, reads.MAX_LIMIT, 20)
-_SLUG = re.compile(reads.SLUG_PATTERN)
+def _bounds(info: FieldInfo) -> tuple[int, int]:
+    lo, hi = -(2**63), 2**63 - 1
+    for m in info.metadata:
+        if isinstance(m, annotated_types.Ge):
+            lo = int(m.ge)  # type: ignore[call-overload]
+        elif isinstance(m, annotated_types.Gt):
+            lo = int(m.gt) + 1  # type: ignore[call-overload]
+        elif isinstance(m, annotated_types.Le):
+            hi = int(m.le)  # type: ignore[call-overload]
+        elif isinstance(m, annotated_types.Lt):
+            hi = int(m.lt) - 1  # type: ignore[call-overload]
+    return lo, hi
 
-READS: dict[str, Read] = {
-    r.path: r
-    for r in (
-        Read(
-            "/api/projects",
-            {
-                "sort": Choice(tuple(projects.SORTS), "trending"),
-                "page": Int(1, projects.MAX_PAGE, None),
-                "limit": Int(1, projects.MAX_LIMIT, 20),
-                "cursor": Text(200, required=False),
-            },
-            projects.feed_body,
-            user="optional",
-        ),
-        Read(
-            "/api/leaderboard/projects",
-            {"limit": Int(1, reads.MAX_LIMIT, 50), "offset": Int(0, reads.MAX_OFFSET, 0)},
-            reads.leaderboard_projects_body,
-        ),
-        Read(
-            "/api/leaderboard/users",
-            {"limit": Int(1, reads.MAX_LIMIT, 50), "offset": Int(0, reads.MAX_OFFSET, 0)},
-            reads.leaderboard_users_body,
-        ),
-        Read("/api/users/dashboard", {}, reads.dashboard_body, user="required"),
-        Read(
-            "/api/chains",
-            {"limit": _LIMIT, "after_members": Int(0, MAX_ID, MAX_ID), "after_id": Int(0, MAX_ID, MAX_ID)},
-            reads.chains_body,
-        ),
-        Read(
-            "/api/search",
-            {
-                "q": Text(reads.SEARCH_MAX, required=True),
-                "type": Choice(("all", "projects", "users", "chains"), "all"),
-                "limit": _LIMIT,
-            },
-            reads.search_body,
-        ),
-        Read(
-            "/api/messages/conversations",
-            {"limit": Int(1, 100, 50)},
-            social.conversations_body,
-            user="required",
-        ),
-    )
-}
-CHAIN_PAGE = Read("/api/chains/{slug}", {}, reads.chain_body)
-_CHAIN_PREFIX = "/api/chains/"
+
+def _param(name: str, info: FieldInfo) -> Param:
+    """This path's parser for a parameter, from its declaration."""
+    annotation = info.annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        (annotation,) = [a for a in get_args(annotation) if a is not type(None)]
+    default = None if info.is_required() else info.default
+    if annotation is int:
+        return Int(*_bounds(info), default)
+    if get_origin(annotation) is Literal:
+        return Choice({str(v): v for v in get_args(annotation)}, default)
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return Choice({str(m.value): m for m in annotation}, default)
+    if annotation is str:
+        lengths = {type(m): m for m in info.metadata}
+        pattern = next((getattr(m, "pattern", None) for m in info.metadata if getattr(m, "pattern", None)), None)
+        return Text(
+            getattr(lengths.get(annotated_types.MinLen), "min_length", 0),
+            getattr(lengths.get(annotated_types.MaxLen), "max_length", 2**31),
+            info.is_required(),
+            re.compile(pattern) if pattern else None,
+        )
+    raise TypeError(f"the direct path cannot parse parameter {name!r} ({annotation!r})")
+
+
+def _calls(dependant: Dependant) -> set[Any]:
+    found = set()
+    for dependency in dependant.dependencies:
+        found.add(dependency.call)
+        found |= _calls(dependency)
+    return found
+
+
+def reads_of(routes: Iterable[BaseRoute]) -> list[Read]:
+    """The direct reads: each GET route marked with `direct`, as FastAPI declares it."""
+    found = []
+    for route in routes:
+        body = getattr(getattr(route, "endpoint", None), _BODY, None)
+        if not isinstance(route, APIRoute) or body is None or "GET" not in (route.methods or ()):
+            continue
+        fields = route.dependant.query_params + route.dependant.path_params
+        calls = _calls(route.dependant)
+        user = "required" if current_user in calls else "optional" if optional_user in calls else "none"
+        found.append(
+            Read(
+                route.path,
+                {f.name: _param(f.name, f.field_info) for f in fields},
+                body,
+                user,
+                route.path_regex if route.dependant.path_params else None,
+            )
+        )
+    return found
 
 
 @dataclass
@@ -160,22 +194,30 @@ class FastStats:
 class FastReads:
     """ASGI middleware in front of the FastAPI router; see the module docstring."""
 
-    def __init__(self, app: ASGIApp, services: Callable[[], Any], stats: FastStats) -> None:
+    def __init__(self, app: ASGIApp, reads: list[Read], services: Callable[[], Any], stats: FastStats) -> None:
         self.app = app
+        self.exact = {r.path: r for r in reads if r.regex is None}
+        self.templated = [r for r in reads if r.regex is not None]
         self.services = services
         self.stats = stats
+
+    def _match(self, path: str) -> tuple[Read | None, dict[str, str]]:
+        read = self.exact.get(path)
+        if read is not None:
+            return read, {}
+        for read in self.templated:
+            assert read.regex is not None
+            match = read.regex.match(path)
+            if match:
+                return read, match.groupdict()
+        return None, {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "GET":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        read = READS.get(path)
-        args: dict[str, Any] = {}
-        if read is None and path.startswith(_CHAIN_PREFIX):
-            slug = path[len(_CHAIN_PREFIX) :]
-            if len(slug) <= reads.SLUG_MAX and _SLUG.fullmatch(slug):
-                read, args = CHAIN_PAGE, {"slug": slug}
+        read, raw_path = self._match(path)
         svc: Services | None = self.services()
         if read is None or svc is None:
             await self.app(scope, receive, send)
@@ -185,8 +227,8 @@ class FastReads:
             query = dict(pairs)
             if len(query) != len(pairs):  # a repeated parameter: leave its meaning to FastAPI
                 raise _Invalid
-            for name, param in read.params.items():
-                args[name] = param.parse(query.get(name))
+            values = {**query, **raw_path}
+            args = {name: param.parse(values.get(name)) for name, param in read.params.items()}
             if read.user != "none":
                 user = self._user(scope, svc)
                 if user is None and read.user == "required":

@@ -7,7 +7,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Id = Field(gt=0, lt=2**63)
+from denorm.ids import MAX_ID
+from services.api.feed import Sort
+
+Id = Field(gt=0, le=MAX_ID)
 
 
 class Strict(BaseModel):
@@ -39,7 +42,7 @@ class MarkRead(Strict):
 
 class NewIntroRequest(Strict):
     target_id: int = Id
-    project_id: int | None = Field(default=None, gt=0, lt=2**63)
+    project_id: int | None = Field(default=None, gt=0, le=MAX_ID)
     message: str = Field(default="", max_length=2000)
 
 
@@ -72,7 +75,7 @@ class FeedItem(BaseModel):
 
 class FeedPage(BaseModel):
     items: list[FeedItem]
-    sort: Literal["trending", "top-rated", "newest"]
+    sort: Sort
     page: int | None
     next_cursor: str | None
     as_of: datetime | None = Field(description="the feed's order reflects every write committed before this")
@@ -209,20 +212,36 @@ class Changed(BaseModel):
     changed: int
 
 
-class ViewStatus(BaseModel):
-    view_name: str
-    status: str
+class QueueState(BaseModel):
+    status: Literal["idle", "pending"]
     refresh_requested_at: datetime | None
     first_requested_at: datetime | None
     last_refreshed_at: datetime | None
     last_refresh_duration_ms: int | None
     attempts: int
     last_error: str | None
+
+
+class ReadModelStatus(BaseModel):
+    name: str
+    kind: Literal["ledger", "fold", "matview", "redis"]
+    file: str = Field(description="where it is defined")
+    bound_seconds: float = Field(description="how stale it may be; 0: exact at every commit")
+    as_of: datetime | None = Field(description="every write committed before this is in it (none: exact)")
     staleness_seconds: float
+    over_bound: bool
+    queue: QueueState | None = Field(description="the refresh queue row that schedules it, if it is refreshed")
+
+
+class FoldState(BaseModel):
+    as_of: datetime | None
+    folded_at: datetime | None
+    duration_ms: int | None
 
 
 class RefreshStatus(BaseModel):
-    views: list[ViewStatus]
+    read_models: list[ReadModelStatus]
+    fold: FoldState
 
 
 class Health(BaseModel):

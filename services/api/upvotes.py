@@ -6,20 +6,10 @@ from collections.abc import Sequence
 
 import psycopg
 
-from services.api.db import fetch_all, queries, raise_mapped
+from denorm.sql import query
+from services.api.db import fetch_all, raise_mapped
 from services.api.deps import Services
 from services.api.errors import ApiError
-
-# One call: the advisory lock of (user, project) and the change (migration 0012).
-_CHANGE = (
-    b"SELECT present, upvoted, changed, upvote_count"
-    b" FROM upvote_set(%(u)s::bigint, %(p)s::bigint, %(want)s::boolean, %(durable)s::boolean)"
-)
-_KEY = b"hashtextextended('upvote:' || %(u)s || ':' || %(p)s, 0)"
-_COUNT_AND_UNLOCK = (
-    b"SELECT (SELECT upvote_count FROM project_counters WHERE project_id = %(p)s), pg_advisory_unlock(" + _KEY + b")"
-)
-_UNLOCK = b"SELECT pg_advisory_unlock(" + _KEY + b")"
 
 
 async def set_upvote(svc: Services, user: int, project: int, want: bool | None) -> tuple[bool, int]:
@@ -27,19 +17,19 @@ async def set_upvote(svc: Services, user: int, project: int, want: bool | None) 
 
     One (user, project) at a time: the advisory lock is held from before the change until after
     its write-through, so Redis receives the changes of one upvote in the order Postgres made them.
-    upvote_set() takes the lock and makes the change in one round trip; when nothing changed it
-    also counts and releases the lock. After a change, the count is read (after the commit, so it
-    includes every change committed before it) and the lock released in one more, once Redis has
-    the change.
+    upvote_set() (db/readmodels/upvote_sets.sql) takes the lock and makes the change in one round
+    trip; when nothing changed it also counts and releases the lock. After a change, the count is
+    read (after the commit, so it includes every change committed before it) and the lock released
+    in one more, once Redis has the change.
     """
     params = {"u": user, "p": project, "want": want, "durable": svc.settings.api_upvote_durable}
     async with svc.write_pool.connection() as conn:
         try:
-            row = await (await conn.execute(_CHANGE, params)).fetchone()
+            row = await (await conn.execute(query("upvote_change"), params)).fetchone()
         except psycopg.Error as exc:
             # Typically a foreign key: no such user. Nothing changed; the lock may be held.
             if not conn.broken:
-                await conn.execute(_UNLOCK, params)
+                await conn.execute(query("upvote_unlock"), params)
             raise_mapped(exc)
         assert row is not None
         present, upvoted, changed, count = bool(row[0]), bool(row[1]), bool(row[2]), row[3]
@@ -49,12 +39,12 @@ async def set_upvote(svc: Services, user: int, project: int, want: bool | None) 
             unlocked = False
             try:
                 await svc.cache.write_through(user, project, upvoted)
-                counted = await (await conn.execute(_COUNT_AND_UNLOCK, params)).fetchone()
+                counted = await (await conn.execute(query("upvote_count_and_unlock"), params)).fetchone()
                 unlocked = True
                 count = counted[0] if counted is not None else None
             finally:
                 if not unlocked and not conn.broken:
-                    await conn.execute(_UNLOCK, params)
+                    await conn.execute(query("upvote_unlock"), params)
     if count is None:
         raise ApiError(404, "not_found", "no such project")
     return upvoted, int(count)
@@ -67,12 +57,10 @@ async def upvoted_among(svc: Services, user: int, project_ids: Sequence[int]) ->
         return mine
     generation = await svc.cache.generation(user)
     if generation is None:  # Redis unusable: answer this page from Postgres alone
-        rows = await fetch_all(
-            svc.read_pool, queries()["upvoted_among"], {"user_id": user, "project_ids": list(project_ids)}
-        )
+        rows = await fetch_all(svc.read_pool, "upvoted_among", {"user_id": user, "project_ids": list(project_ids)})
         return {int(r[0]) for r in rows}
     # Load the whole set lazily, from the primary: a lagging replica could install a stale set.
-    rows = await fetch_all(svc.write_pool, queries()["user_upvotes"], {"user_id": user})
+    rows = await fetch_all(svc.write_pool, "user_upvotes", {"user_id": user})
     everything = {int(r[0]) for r in rows}
     await svc.cache.load(user, generation, everything)
     return everything.intersection(project_ids)

@@ -1,13 +1,22 @@
-"""Recompute every trigger-kept read model, and the Redis upvote sets, from the source tables; report
-the drift per read model and, with repair, repair it.
+"""Recompute every read model of the registry (denorm/readmodels.py) from the source tables; report the
+drift per read model (rows missing, extra and different) and, with repair, repair it.
 
-- **Batched.** Each model is walked in key ranges of `RECONCILER_BATCH_SIZE` ids. A range's truth and
-  its read model are read in one statement (db/queries/reconcile.sql), so memory stays bounded by
-  a batch and no lock is held between batches.
-- **Repairs that never clobber a fresher write.** A repair appends a correction (truth minus model,
-  read in one statement's snapshot) to the model's delta ledger, as a writer does, and the fold
-  carries it on. A write that commits during the repair adds its own delta: nothing is overwritten.
-  After repairing a range the reconciler reads it again, and counts what is still wrong as unrepaired.
+- **Ledger- and fold-kept read models** are walked in key ranges of `RECONCILER_BATCH_SIZE` keys of
+  their first key column. A range's truth and model are read in one statement (denorm/drift.py), so
+  memory stays bounded by a range and no lock is held between ranges. Read models that share their
+  keys (the dashboard and the intro stats) are compared together before either is repaired, so
+  each reports what it had.
+- **Repairs never clobber a fresher write.** A ledger-kept model gets a correction (truth minus
+  model, read in one statement's snapshot) appended to its ledger, as a writer's delta is: a write
+  that commits during the repair adds its own. A fold-kept model's rows are recomputed from the
+  source as the fold would, under the fold's lock, so the fold stays its only writer. After a
+  range's repair it is read again, and what is still wrong is counted as unrepaired.
+- **Materialized views** are compared with their own definition when they are idle (refreshed since
+  the last write they depend on, read in the comparison's snapshot): then the two must be equal,
+  and a difference is drift, repaired by a refresh. A pending view cannot be compared (its
+  definition has moved on since its refresh): one past its staleness bound is refreshed (repair)
+  or reported stale; one within it is left to the refresher. The report says which, per view.
+- **The Redis upvote sets** are compared with project_upvotes (services/reconciler/redis_sets.py).
 - **One at a time.** A session advisory lock; a second run exits at once and says so.
 """
 
@@ -23,32 +32,19 @@ from typing import Any
 
 import psycopg
 import redis
+from psycopg import sql
 
-from db import SQL_DIR
+from denorm import maintenance
 from denorm.config import Settings
+from denorm.drift import KINDS, DriftRow, compare
 from denorm.logs import get_logger
 from denorm.pg import conninfo, session_options
-from denorm.sqlfile import load_queries
+from denorm.readmodels import REGISTRY, Kind, ReadModel, of_kind
+from denorm.sql import query
 from services.reconciler.redis_sets import check_upvote_sets
 
 log = get_logger("denorm.reconciler")
-# Its own key ("denorm" + 2, after the migration runner's + 1). Never a key the SQL takes: the
-# collector's and the fold's transaction locks are 7305798357383151617 and ...618, and sharing one
-# would stall every refresher's collect for the whole run (and make a run "busy" during a collect).
-LOCK_KEY = 0x64656E6F726D02
-KINDS = ("missing", "extra", "different")
-
-# The user_stats_diff query's column order, and which contract table each column belongs to.
-USER_COLUMNS = (
-    "project_count", "upvotes_received", "comments_received", "upvotes_given", "unread_messages", "chains_joined",
-    "sent_pending", "sent_accepted", "sent_declined", "received_pending", "received_accepted", "received_declined",
-)  # fmt: skip
-DASHBOARD_COLUMNS = frozenset(USER_COLUMNS[:6]) | {"received_pending"}  # pending_intros_received
-INTRO_COLUMNS = frozenset(USER_COLUMNS[6:])
-
-
-def queries() -> dict[str, bytes]:
-    return {name: text.encode() for name, text in load_queries(SQL_DIR / "queries" / "reconcile.sql").items()}
+WORKER = "reconciler"
 
 
 class Busy(Exception):
@@ -57,7 +53,7 @@ class Busy(Exception):
 
 @dataclass
 class Finding:
-    """What one read model (or the Redis sets) looked like against the truth."""
+    """What one read model looked like against its truth."""
 
     examples_kept: int
     checked: int = 0
@@ -65,6 +61,7 @@ class Finding:
     examples: dict[str, list[Any]] = field(default_factory=lambda: {k: [] for k in KINDS})
     repaired: int = 0
     unrepaired: int = 0
+    how: str = "compared"  # for a materialized view: compared, or why it was not
 
     def add(self, kind: str, key: Any) -> None:
         self.counts[kind] += 1
@@ -81,6 +78,7 @@ class Finding:
             **self.counts,
             "repaired": self.repaired,
             "unrepaired": self.unrepaired,
+            "how": self.how,
             "examples": {k: v for k, v in self.examples.items() if v},
         }
 
@@ -125,14 +123,32 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def walk_groups() -> list[list[ReadModel]]:
+    """The ledger- and fold-kept read models, grouped by where their keys live, in registry order."""
+    groups: dict[tuple[tuple[str, str], ...], list[ReadModel]] = {}
+    for model in of_kind(Kind.LEDGER, Kind.FOLD):
+        groups.setdefault(model.keys_from, []).append(model)
+    return list(groups.values())
+
+
+def _key_bounds(keys_from: tuple[tuple[str, str], ...], aggregate: str, combine: str) -> sql.Composed:
+    """SELECT least/greatest of min/max(key) over each relation the keys live in."""
+    where = sql.SQL(" WHERE {} >= %(after)s") if aggregate == "min" else sql.SQL("")
+    parts = [
+        sql.SQL("(SELECT {agg}({c}) FROM {r}{where})").format(
+            agg=sql.SQL(aggregate), c=sql.Identifier(c), r=sql.Identifier(r), where=where.format(sql.Identifier(c))
+        )
+        for r, c in keys_from
+    ]
+    return sql.SQL("SELECT {}({})").format(sql.SQL(combine), sql.SQL(", ").join(parts))
+
+
 class Reconciler:
     def __init__(self, settings: Settings, repair: bool) -> None:
         self.settings = settings
         self.repair = repair
-        self.sql = queries()
         self.size = settings.reconciler_batch_size
-        names = ("project_counters", "user_dashboard_stats", "intro_request_stats", "message_conversations_denorm")
-        self.findings = {n: Finding(settings.reconciler_examples) for n in (*names, "redis_upvote_sets")}
+        self.findings = {m.name: Finding(settings.reconciler_examples) for m in REGISTRY}
 
     def _connect(self) -> psycopg.Connection[Any]:
         options = session_options({"statement_timeout": f"{self.settings.reconciler_statement_timeout_ms}ms"})
@@ -142,7 +158,7 @@ class Reconciler:
         started = time.perf_counter()
         mode = "repair" if self.repair else "dry-run"
         with self._connect() as conn:
-            locked = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+            locked = conn.execute(query("reconcile_lock")).fetchone()
             if not locked or not locked[0]:
                 raise Busy("another reconciler is running (advisory lock held); this run did nothing")
             try:
@@ -152,19 +168,18 @@ class Reconciler:
                 # has exited, after close() returns, and a run started right after would find it held.
                 if not conn.broken:
                     with contextlib.suppress(psycopg.Error):
-                        conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+                        conn.execute(query("reconcile_unlock"))
 
     def _run(self, conn: psycopg.Connection[Any], mode: str, started: float) -> Report:
-        row = conn.execute(self.sql["record_start"], {"mode": mode}).fetchone()
+        row = conn.execute(query("record_start"), {"mode": mode}).fetchone()
         assert row is not None
         report = Report(int(row[0]), mode, self.findings)
         log.info("reconcile started", run_id=report.run_id, mode=mode, batch_size=self.size)
         try:
-            self._project_counters(conn)
-            self._user_stats(conn)
-            self._conversations(conn)
-            report.redis = self._redis_sets(conn)
+            for group in walk_groups():
+                self._walk_group(conn, group)
             self._views(conn, report)
+            report.redis = self._redis_sets(conn)
             report.status = "finished"
         except Exception as exc:
             report.status = "failed"
@@ -181,114 +196,130 @@ class Reconciler:
         params = {"id": report.run_id, "status": report.status, "error": error}
         params |= {"drift": json.dumps(drift), "repaired": json.dumps(repaired)}
         if error is None:
-            conn.execute(self.sql["record_finish"], params)
+            conn.execute(query("record_finish"), params)
             return
         # A failure is recorded on a fresh connection, without the statement timeout that may be
         # what failed the run (the run's connection may also be broken).
         try:
             with psycopg.connect(conninfo(self.settings.database_url, "reconciler"), autocommit=True,
                                  connect_timeout=10) as fresh:  # fmt: skip
-                fresh.execute(self.sql["record_finish"], params)
+                fresh.execute(query("record_finish"), params)
         except psycopg.Error as exc:
             log.error("could not record the failed run", run_id=report.run_id, error=repr(exc))
 
-    def _walk(self, conn: psycopg.Connection[Any], model: str, key: str) -> Iterator[tuple[int, int]]:
-        """Key ranges [lo, hi) of `batch_size` ids, skipping gaps; logs progress every few seconds."""
-        sql_next = self.sql[f"{key}_next"]
-        row = conn.execute(self.sql[f"{key}_last"]).fetchone()
+    # --- ledger- and fold-kept read models, a key range at a time ----------------------------------
+
+    def _ranges(self, conn: psycopg.Connection[Any], group: list[ReadModel]) -> Iterator[tuple[int, int]]:
+        """Key ranges [lo, hi) of `batch_size` keys, skipping gaps; logs progress every few seconds."""
+        keys_from = group[0].keys_from
+        row = conn.execute(_key_bounds(keys_from, "max", "greatest")).fetchone()
         highest = int(row[0]) if row and row[0] is not None else 0
+        next_key = _key_bounds(keys_from, "min", "least")
         last_log = time.monotonic()
         after = -(2**63)
-        while (row := conn.execute(sql_next, {"after": after}).fetchone()) and row[0] is not None:
+        while (row := conn.execute(next_key, {"after": after}).fetchone()) and row[0] is not None:
             lo = int(row[0])
             after = lo + self.size
             yield lo, after
             if time.monotonic() - last_log > 2 or after > highest:
                 last_log = time.monotonic()
-                log.info("reconcile progress", model=model, percent=round(100 * min(1.0, after / max(highest, 1)), 1),
-                         up_to_id=after - 1, drift=self.findings[model].drift)  # fmt: skip
+                log.info("reconcile progress", models=[m.name for m in group],
+                         percent=round(100 * min(1.0, after / max(highest, 1)), 1), up_to_key=after - 1,
+                         drift={m.name: self.findings[m.name].drift for m in group})  # fmt: skip
 
-    def _count(self, conn: psycopg.Connection[Any], key: str, lo: int, hi: int) -> int:
-        row = conn.execute(self.sql[f"{key}_count"], {"lo": lo, "hi": hi}).fetchone()
-        return int(row[0]) if row else 0
+    def _walk_group(self, conn: psycopg.Connection[Any], group: list[ReadModel]) -> None:
+        source, column = group[0].keys_from[0]
+        count = sql.SQL("SELECT count(*) FROM {r} WHERE {c} >= %(lo)s AND {c} < %(hi)s").format(
+            r=sql.Identifier(source), c=sql.Identifier(column)
+        )
+        for lo, hi in self._ranges(conn, group):
+            row = conn.execute(count, {"lo": lo, "hi": hi}).fetchone()
+            checked = int(row[0]) if row else 0
+            found = {m.name: compare(conn, m, lo=lo, hi=hi) for m in group}
+            for model in group:
+                self.findings[model.name].checked += checked
+                for drift in found[model.name]:
+                    self.findings[model.name].add(drift.kind, list(drift.key) if len(drift.key) > 1 else drift.key[0])
+            if self.repair and any(found.values()):
+                self._repair(conn, group, found)
+                for model in group:
+                    after = compare(conn, model, lo=lo, hi=hi)
+                    self._settle(self.findings[model.name], found[model.name], after)
 
-    # --- project counters ---------------------------------------------------------------------
-
-    def _project_counters(self, conn: psycopg.Connection[Any]) -> None:
-        finding = self.findings["project_counters"]
-        for lo, hi in self._walk(conn, "project_counters", "project"):
-            rows = conn.execute(self.sql["project_counters_diff"], {"lo": lo, "hi": hi}).fetchall()
-            finding.checked += self._count(conn, "project", lo, hi)
-            for key, kind, _model, _truth in rows:
-                finding.add(kind, key)
-            if rows and self.repair:
-                self._repair_keys(conn, "project_counters", rows)
-                after = conn.execute(self.sql["project_counters_diff"], {"lo": lo, "hi": hi}).fetchall()
-                self._settle(finding, rows, after)
-
-    def _repair_keys(self, conn: psycopg.Connection[Any], prefix: str, rows: list[Any]) -> None:
-        keys = [r[0] for r in rows]
-        with conn.transaction():
-            missing = [r[0] for r in rows if r[1] == "missing"]
-            if missing:
-                conn.execute(self.sql[f"{prefix}_add_missing"], {"keys": missing})
-            extra = [r[0] for r in rows if r[1] == "extra"]
-            if extra:
-                conn.execute(self.sql[f"{prefix}_drop_extra"], {"keys": extra})
-        # A separate statement, after the base rows exist: its snapshot reads model and truth together.
-        conn.execute(self.sql[f"{prefix}_correct"], {"keys": keys})
+    def _repair(self, conn: psycopg.Connection[Any], group: list[ReadModel], found: dict[str, list[DriftRow]]) -> None:
+        keys: dict[tuple[Kind, str], set[int]] = {}
+        for model in group:
+            if found[model.name] and model.repair:
+                keys.setdefault((model.kind, model.repair), set()).update(d.key[0] for d in found[model.name])
+        for (kind, function), ids in keys.items():
+            if kind is Kind.FOLD:
+                maintenance.repair_folded(conn, function, sorted(ids))
+            else:
+                conn.execute(sql.SQL("SELECT {}(%s)").format(sql.Identifier(function)), (sorted(ids),))
 
     @staticmethod
-    def _settle(finding: Finding, before: list[Any], after: list[Any]) -> None:
-        """Count the keys found before a repair that the re-read after it finds clean."""
-        still = {key(r) for r in after}
-        fixed = [k for k in map(key, before) if k not in still]
+    def _settle(finding: Finding, before: list[DriftRow], after: list[DriftRow]) -> None:
+        """Count the rows found before a repair that the re-read after it finds clean."""
+        still = {d.key for d in after}
+        fixed = [d for d in before if d.key not in still]
         finding.repaired += len(fixed)
         finding.unrepaired += len(before) - len(fixed)
         if len(before) != len(fixed):
             log.warning("drift left after repair", keys=sorted(still)[:5])
 
-    # --- user stats: the dashboard and the intro-request stats -----------------------------------
+    # --- materialized views -------------------------------------------------------------------------
 
-    def _user_stats(self, conn: psycopg.Connection[Any]) -> None:
-        dashboard, intro = self.findings["user_dashboard_stats"], self.findings["intro_request_stats"]
-        for lo, hi in self._walk(conn, "user_dashboard_stats", "user"):
-            rows = conn.execute(self.sql["user_stats_diff"], {"lo": lo, "hi": hi}).fetchall()
-            users = self._count(conn, "user", lo, hi)
-            dashboard.checked += users
-            intro.checked += users
-            # One user row feeds two contract tables: each reports the users whose columns differ.
-            split: dict[str, list[Any]] = {"dashboard": [], "intro": []}
-            for row in rows:
-                user, kind, model, truth = row
-                for name, finding, columns in (("dashboard", dashboard, DASHBOARD_COLUMNS),
-                                               ("intro", intro, INTRO_COLUMNS)):  # fmt: skip
-                    if kind != "different" or differing(model, truth) & columns:
-                        finding.add(kind, user)
-                        split[name].append(row)
-            if rows and self.repair:
-                self._repair_keys(conn, "user_stats", rows)
-                after = conn.execute(self.sql["user_stats_diff"], {"lo": lo, "hi": hi}).fetchall()
-                self._settle(dashboard, split["dashboard"], after)
-                self._settle(intro, split["intro"], after)
+    def _views(self, conn: psycopg.Connection[Any], report: Report) -> None:
+        staleness = {str(r[0]): float(r[2]) for r in conn.execute(query("freshness")).fetchall()}
+        for clock in dict.fromkeys(m.clock for m in of_kind(Kind.MATVIEW)):
+            assert clock is not None
+            views = [m for m in of_kind(Kind.MATVIEW) if m.clock == clock]
+            found = self._compare_views(conn, clock, views)
+            if found is not None:
+                if self.repair and any(found.values()):
+                    self._refresh(conn, clock, report)
+                    after = self._compare_views(conn, clock, views)
+                    for model in views:
+                        self._settle(self.findings[model.name], found[model.name], (after or {}).get(model.name, []))
+                continue
+            age, bound = staleness.get(clock, 0.0), views[0].bound_seconds
+            if age <= bound:
+                for model in views:
+                    self.findings[model.name].how = f"pending {age:.1f} s, within its {bound:g} s bound: not compared"
+                continue
+            report.stale_views[clock] = round(age, 1)
+            log.warning("view past its staleness bound", view=clock, staleness_s=round(age, 1), bound_s=bound)
+            if self.repair:
+                self._refresh(conn, clock, report)
+            for model in views:
+                done = "refreshed" if clock in report.refreshed_views else "reported"
+                self.findings[model.name].how = f"pending {age:.1f} s, past its {bound:g} s bound: {done}"
 
-    # --- conversations ------------------------------------------------------------------------
+    def _compare_views(
+        self, conn: psycopg.Connection[Any], clock: str, views: list[ReadModel]
+    ) -> dict[str, list[DriftRow]] | None:
+        """Each view against its definition, in one snapshot in which it is idle; None when it is not."""
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            idle = conn.execute(query("view_idle"), {"view_name": clock}).fetchone()
+            if not idle or not idle[0]:
+                return None
+            found = {m.name: compare(conn, m, against="definition") for m in views}
+            for model in views:
+                finding = self.findings[model.name]
+                row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(model.name))).fetchone()
+                finding.checked = int(row[0]) if row else 0
+                for drift in found[model.name]:
+                    finding.add(drift.kind, list(drift.key) if len(drift.key) > 1 else drift.key[0])
+                finding.how = "compared with its definition (idle)"
+        return found
 
-    def _conversations(self, conn: psycopg.Connection[Any]) -> None:
-        finding = self.findings["message_conversations_denorm"]
-        for lo, hi in self._walk(conn, "message_conversations_denorm", "conversation"):
-            rows = conn.execute(self.sql["conversations_diff"], {"lo": lo, "hi": hi}).fetchall()
-            finding.checked += self._count(conn, "user", lo, hi)  # users whose conversations were compared
-            for user, other, kind, _model, _truth in rows:
-                finding.add(kind, [user, other])
-            if rows and self.repair:
-                pairs = {"users": [r[0] for r in rows], "others": [r[1] for r in rows]}
-                conn.execute(self.sql["conversations_drop_orphans"], pairs)
-                conn.execute(self.sql["conversations_correct"], pairs)
-                after = conn.execute(self.sql["conversations_diff"], {"lo": lo, "hi": hi}).fetchall()
-                self._settle(finding, rows, after)
+    def _refresh(self, conn: psycopg.Connection[Any], clock: str, report: Report) -> None:
+        result = maintenance.refresh_view(conn, clock, WORKER)
+        if result is not None and result.status == "completed":
+            report.refreshed_views.append(clock)
 
-    # --- Redis and the refreshed views ------------------------------------------------------------
+    # --- Redis ----------------------------------------------------------------------------------------
 
     def _redis_sets(self, conn: psycopg.Connection[Any]) -> str:
         client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
@@ -298,32 +329,8 @@ class Reconciler:
             log.warning("redis unreachable; its upvote sets were not checked", error=repr(exc))
             return f"unreachable: {type(exc).__name__}"
         try:
-            check_upvote_sets(conn, client, self.settings, self.sql["upvote_sets"], self.findings["redis_upvote_sets"],
-                              repair=self.repair)  # fmt: skip
+            (sets,) = of_kind(Kind.REDIS)
+            check_upvote_sets(conn, client, self.settings, self.findings[sets.name], repair=self.repair)
         finally:
             client.close()
         return "checked"
-
-    def _views(self, conn: psycopg.Connection[Any], report: Report) -> None:
-        bound_s = self.settings.refresher_max_staleness_ms / 1000
-        rows = conn.execute(self.sql["stale_views"], {"bound_s": bound_s}).fetchall()
-        report.stale_views = {str(r[0]): round(float(r[1]), 1) for r in rows}
-        if report.stale_views:
-            log.warning("views past their staleness bound", views=report.stale_views)
-        if report.stale_views and self.repair:
-            from services.refresher.worker import Refresher
-
-            done = Refresher(self.settings, worker="reconciler").drain(conn)
-            report.refreshed_views = [r.view_name for r in done if r.status == "completed"]
-
-
-def key(row: Any) -> tuple[Any, ...]:
-    """A diff row's key: everything before (kind, model, truth)."""
-    return tuple(row[:-3])
-
-
-def differing(model: str | None, truth: str | None) -> set[str]:
-    """The USER_COLUMNS whose values differ between two JSON arrays of the user_stats_diff query."""
-    m = json.loads(model) if model else [None] * len(USER_COLUMNS)
-    t = json.loads(truth) if truth else [None] * len(USER_COLUMNS)
-    return {c for c, a, b in zip(USER_COLUMNS, m, t, strict=True) if a != b}

@@ -19,6 +19,7 @@ import psycopg
 import redis
 
 from denorm.config import Settings
+from denorm.sql import query
 from denorm.usercache import LOADED, set_key
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def _user_of(key: bytes, prefix: bytes) -> int | None:
 
 
 def _read(
-    conn: psycopg.Connection[Any], client: redis.Redis, settings: Settings, query: bytes, users: list[int]
+    conn: psycopg.Connection[Any], client: redis.Redis, settings: Settings, users: list[int]
 ) -> tuple[dict[int, set[int]], dict[int, set[int]]]:
     """(Redis members, Postgres upvotes) for these users; a set absent from Redis is left out."""
     pipe = client.pipeline(transaction=False)
@@ -46,7 +47,7 @@ def _read(
         if members:  # an expired or deleted set is not drift
             cached[user] = {int(m) for m in members if m != LOADED and m.isdigit()}
     truth: dict[int, set[int]] = {u: set() for u in users}
-    for user, projects in conn.execute(query, {"users": users}).fetchall():
+    for user, projects in conn.execute(query("upvote_sets"), {"users": users}).fetchall():
         truth[int(user)] = {int(p) for p in projects}
     return cached, truth
 
@@ -59,7 +60,6 @@ def check_upvote_sets(
     conn: psycopg.Connection[Any],
     client: redis.Redis,
     settings: Settings,
-    query: bytes,
     finding: Finding,
     repair: bool,
 ) -> None:
@@ -67,12 +67,12 @@ def check_upvote_sets(
     batch: list[int] = []
 
     def flush() -> None:
-        cached, truth = _read(conn, client, settings, query, batch)
+        cached, truth = _read(conn, client, settings, batch)
         finding.checked += len(cached)
         suspects = _differing(cached, truth)
         if suspects:
             time.sleep(settings.reconciler_redis_grace_ms / 1000)
-            cached, truth = _read(conn, client, settings, query, suspects)
+            cached, truth = _read(conn, client, settings, suspects)
             for user in _differing(cached, truth):
                 finding.add("different", user)
                 for project in sorted(truth[user] - cached[user]):

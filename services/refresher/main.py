@@ -8,10 +8,11 @@ from types import FrameType
 import psycopg
 from prometheus_client import REGISTRY, start_http_server
 
+from denorm import maintenance
 from denorm.config import Settings
 from denorm.logs import get_logger
 from denorm.pg import conninfo
-from services.reconciler.metrics import ReconcileCollector
+from denorm.reconcile_runs import ReconcileCollector
 from services.refresher.worker import Refresher
 
 log = get_logger("denorm.refresher")
@@ -21,7 +22,9 @@ def run(settings: Settings, once: bool = False) -> int:
     refresher = Refresher(settings)
     if once:
         with psycopg.connect(conninfo(settings.database_url, "refresher-once"), autocommit=True) as conn:
-            for result in refresher.drain(conn):
+            # Everything pending now, however new: no debounce, no spacing.
+            timing = maintenance.Timing(statement_timeout_ms=settings.refresher_statement_timeout_ms)
+            for result in maintenance.drain(conn, refresher.worker, timing):
                 log.info("refresh", view=result.view_name, status=result.status, duration_ms=result.duration_ms)
         return 0
 

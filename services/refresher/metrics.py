@@ -7,26 +7,29 @@ from prometheus_client import Counter, Gauge, Histogram
 QUEUE_DEPTH = Gauge("denorm_refresher_queue_depth", "Views waiting for a refresh")
 STALENESS = Gauge(
     "denorm_refresher_view_staleness_seconds",
-    "How long a view has waited since its first pending request (0 when up to date)",
+    "Per read model of the registry: seconds since the instant before which every committed write is in it "
+    "(0 for the read models exact at every commit)",
     ["view"],
 )
 LAST_SUCCESS = Gauge("denorm_refresher_last_success_timestamp_seconds", "When the view was last refreshed", ["view"])
 REFRESH_SECONDS = Histogram(
     "denorm_refresher_refresh_duration_seconds",
-    "Duration of one REFRESH MATERIALIZED VIEW CONCURRENTLY (or feed rebuild)",
+    "Duration of one refresh of a queued view (REFRESH MATERIALIZED VIEW CONCURRENTLY, with its followers)",
     ["view"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 REFRESHES = Counter("denorm_refresher_refreshes_total", "Refreshes by outcome", ["view", "status"])
 FOLD_SECONDS = Histogram(
     "denorm_refresher_fold_duration_seconds",
-    "Duration of one fold of the delta ledgers (the feed is kept by it)",
+    "Duration of one fold of the delta ledgers (the fold-kept read models are kept by it)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
-DELTAS_FOLDED = Counter("denorm_refresher_deltas_folded_total", "Delta rows folded into base tables", ["model"])
+DELTAS_FOLDED = Counter(
+    "denorm_refresher_deltas_folded_total", "Delta rows folded into base tables, by fold step", ["step"]
+)
 FOLD_FAILURES = Counter("denorm_refresher_fold_failures_total", "Folds that failed and will be retried")
 REQUESTS_COLLECTED = Counter("denorm_refresher_requests_collected_total", "Refresh requests coalesced into the queue")
 OVER_BOUND = Gauge(
     "denorm_refresher_views_over_staleness_bound",
-    "Views pending for longer than REFRESHER_MAX_STALENESS_MS (alert when above 0)",
+    "Read models past their staleness bound (denorm/readmodels.py; alert when above 0)",
 )

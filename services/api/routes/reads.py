@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 
-from services.api.db import fetch_all, json_of, json_of_pool, queries
+from denorm.ids import MAX_ID
+from denorm.readmodels import REGISTRY
+from services.api.db import fetch_all, fetch_one, json_of, json_of_pool
 from services.api.deps import Services, ServicesDep, UserDep
 from services.api.errors import ERROR_RESPONSES
+from services.api.fastpath import direct
 from services.api.models import (
     ChainDetail,
     ChainList,
@@ -18,24 +21,13 @@ from services.api.models import (
     SearchResults,
     UserLeaderboard,
 )
+from services.api.params import Limit, Offset, Slug
 from services.api.responses import JSONBytes, RawJSON
 
 router = APIRouter(responses=ERROR_RESPONSES)
-MAX_ID = 2**63 - 1
-MAX_LIMIT = 100
-MAX_OFFSET = 1000
 SEARCH_MAX = 200
-SLUG_MAX = 80
-SLUG_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
-
-VIEW_STATUS = ("view_name", "status", "refresh_requested_at", "first_requested_at", "last_refreshed_at",
-               "last_refresh_duration_ms", "attempts", "last_error", "staleness_seconds")  # fmt: skip
-
-
-def rows_as(columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-    return [dict(zip(columns, row, strict=False)) for row in rows]
+QUEUE_STATE = ("status", "refresh_requested_at", "first_requested_at", "last_refreshed_at",
+               "last_refresh_duration_ms", "attempts", "last_error")  # fmt: skip
 
 
 async def leaderboard_projects_body(svc: Services, limit: int, offset: int) -> bytes:
@@ -44,6 +36,7 @@ async def leaderboard_projects_body(svc: Services, limit: int, offset: int) -> b
 
 @router.get("/api/leaderboard/projects", tags=["leaderboards"], response_model=ProjectLeaderboard,
             response_class=JSONBytes)  # fmt: skip
+@direct(leaderboard_projects_body)
 async def leaderboard_projects(svc: ServicesDep, limit: Limit = 50, offset: Offset = 0) -> RawJSON:
     """The most upvoted projects (ranks seconds old, counts exact)."""
     return RawJSON(await leaderboard_projects_body(svc, limit, offset))
@@ -55,6 +48,7 @@ async def leaderboard_users_body(svc: Services, limit: int, offset: int) -> byte
 
 @router.get("/api/leaderboard/users", tags=["leaderboards"], response_model=UserLeaderboard,
             response_class=JSONBytes)  # fmt: skip
+@direct(leaderboard_users_body)
 async def leaderboard_users(svc: ServicesDep, limit: Limit = 50, offset: Offset = 0) -> RawJSON:
     """The users whose projects drew the most upvotes."""
     return RawJSON(await leaderboard_users_body(svc, limit, offset))
@@ -65,6 +59,7 @@ async def dashboard_body(svc: Services, user: int) -> bytes:
 
 
 @router.get("/api/users/dashboard", tags=["users"], response_model=Dashboard, response_class=JSONBytes)
+@direct(dashboard_body)
 async def dashboard(svc: ServicesDep, user: UserDep) -> RawJSON:
     """The caller's dashboard and intro-request stats, exact at this instant."""
     return RawJSON(await dashboard_body(svc, user))
@@ -75,6 +70,7 @@ async def chains_body(svc: Services, limit: int, after_members: int, after_id: i
 
 
 @router.get("/api/chains", tags=["chains"], response_model=ChainList, response_class=JSONBytes)
+@direct(chains_body)
 async def chains(
     svc: ServicesDep,
     limit: Limit = 20,
@@ -90,10 +86,8 @@ async def chain_body(svc: Services, slug: str) -> bytes:
 
 
 @router.get("/api/chains/{slug}", tags=["chains"], response_model=ChainDetail, response_class=JSONBytes)
-async def chain(
-    svc: ServicesDep,
-    slug: Annotated[str, Path(min_length=1, max_length=SLUG_MAX, pattern=SLUG_PATTERN)],
-) -> RawJSON:
+@direct(chain_body)
+async def chain(svc: ServicesDep, slug: Slug) -> RawJSON:
     """One chain with its best projects and its most recent threads."""
     return RawJSON(await chain_body(svc, slug))
 
@@ -108,6 +102,7 @@ async def search_body(svc: Services, q: str, type: SearchType, limit: int) -> by
 
 
 @router.get("/api/search", tags=["search"], response_model=SearchResults, response_class=JSONBytes)
+@direct(search_body)
 async def search(
     svc: ServicesDep,
     q: Annotated[str, Query(min_length=1, max_length=SEARCH_MAX)],
@@ -120,6 +115,25 @@ async def search(
 
 @router.get("/api/admin/refresh-status", tags=["operations"], response_model=RefreshStatus, response_class=JSONBytes)
 async def refresh_status(svc: ServicesDep) -> JSONBytes:
-    """Per view: queue state, last refresh, staleness in seconds."""
-    rows = await fetch_all(svc.read_pool, queries()["refresh_status"])
-    return JSONBytes({"views": rows_as(VIEW_STATUS, rows)})
+    """Per read model of the registry: how it is kept, its staleness bound and staleness, and for a
+    refreshed view its queue state and last refresh."""
+    clocks = {r[0]: (r[1], float(r[2])) for r in await fetch_all(svc.read_pool, "freshness")}
+    queue = {r[0]: dict(zip(QUEUE_STATE, r[1:8], strict=True)) for r in await fetch_all(svc.read_pool, "queue_state")}
+    fold = await fetch_one(svc.read_pool, "fold_state")
+    models: list[dict[str, Any]] = []
+    for m in REGISTRY:
+        as_of, staleness = clocks.get(m.clock, (None, 0.0)) if m.clock else (None, 0.0)
+        models.append(
+            {
+                "name": m.name,
+                "kind": m.kind.value,
+                "file": f"db/readmodels/{m.file}",
+                "bound_seconds": m.bound_seconds,
+                "as_of": as_of,
+                "staleness_seconds": staleness,
+                "over_bound": staleness > m.bound_seconds,
+                "queue": queue.get(m.clock) if m.clock else None,
+            }
+        )
+    fold_state = dict(zip(("as_of", "folded_at", "duration_ms"), fold or (None, None, None), strict=True))
+    return JSONBytes({"read_models": models, "fold": fold_state})

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 
 from services.api.db import fetch_all, fetch_one, json_of
 from services.api.deps import Services, ServicesDep, UserDep
 from services.api.errors import ERROR_RESPONSES, ApiError
+from services.api.fastpath import direct
 from services.api.models import (
     Changed,
     Conversations,
@@ -19,11 +20,10 @@ from services.api.models import (
     NewPost,
     NewThread,
 )
+from services.api.params import IdPath, Slug
 from services.api.responses import JSONBytes, RawJSON
 
 router = APIRouter(responses=ERROR_RESPONSES)
-IdPath = Annotated[int, Path(gt=0, lt=2**63)]
-Slug = Annotated[str, Path(min_length=1, max_length=80, pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")]
 
 
 async def conversations_body(svc: Services, user: int, limit: int) -> bytes:
@@ -31,6 +31,7 @@ async def conversations_body(svc: Services, user: int, limit: int) -> bytes:
 
 
 @router.get("/api/messages/conversations", tags=["messages"], response_model=Conversations, response_class=JSONBytes)
+@direct(conversations_body)
 async def conversations(svc: ServicesDep, user: UserDep, limit: Annotated[int, Query(ge=1, le=100)] = 50) -> RawJSON:
     """The caller's conversations, latest first, exact at this instant."""
     return RawJSON(await conversations_body(svc, user, limit))
@@ -42,9 +43,7 @@ async def send_message(svc: ServicesDep, user: UserDep, body: NewMessage) -> JSO
     if body.recipient_id == user:
         raise ApiError(422, "invalid_input", "you cannot message yourself")
     row = await fetch_one(
-        svc.write_pool,
-        "INSERT INTO messages (sender_id, recipient_id, body) VALUES (%(s)s, %(r)s, %(b)s) RETURNING id",
-        {"s": user, "r": body.recipient_id, "b": body.body},
+        svc.write_pool, "send_message", {"sender": user, "recipient": body.recipient_id, "body": body.body}
     )
     assert row is not None
     return JSONBytes({"id": row[0]}, status_code=201)
@@ -53,12 +52,7 @@ async def send_message(svc: ServicesDep, user: UserDep, body: NewMessage) -> JSO
 @router.post("/api/messages/read", tags=["messages"], response_model=Changed, response_class=JSONBytes)
 async def mark_read(svc: ServicesDep, user: UserDep, body: MarkRead) -> JSONBytes:
     """Mark every unread message from one user to the caller as read."""
-    rows = await fetch_all(
-        svc.write_pool,
-        "UPDATE messages SET read_at = now() WHERE recipient_id = %(me)s AND sender_id = %(other)s "
-        "AND read_at IS NULL RETURNING 1",
-        {"me": user, "other": body.other_user_id},
-    )
+    rows = await fetch_all(svc.write_pool, "mark_read", {"me": user, "other": body.other_user_id})
     return JSONBytes({"changed": len(rows)})
 
 
@@ -70,9 +64,8 @@ async def create_intro(svc: ServicesDep, user: UserDep, body: NewIntroRequest) -
         raise ApiError(422, "invalid_input", "you cannot ask yourself for an intro")
     row = await fetch_one(
         svc.write_pool,
-        "INSERT INTO intro_requests (requester_id, target_id, project_id, message) "
-        "VALUES (%(me)s, %(t)s, %(p)s, %(m)s) RETURNING id",
-        {"me": user, "t": body.target_id, "p": body.project_id, "m": body.message},
+        "create_intro",
+        {"me": user, "target": body.target_id, "project": body.project_id, "message": body.message},
     )
     assert row is not None
     return JSONBytes({"id": row[0]}, status_code=201)
@@ -85,19 +78,14 @@ async def answer_intro(
 ) -> JSONBytes:
     """Accept or decline a pending intro request addressed to the caller."""
     status = "accepted" if decision == "accept" else "declined"
-    row = await fetch_one(
-        svc.write_pool,
-        "UPDATE intro_requests SET status = %(s)s, responded_at = now() "
-        "WHERE id = %(id)s AND target_id = %(me)s AND status = 'pending' RETURNING id",
-        {"s": status, "id": intro_id, "me": user},
-    )
+    row = await fetch_one(svc.write_pool, "answer_intro", {"status": status, "id": intro_id, "me": user})
     if row is None:
         raise ApiError(404, "not_found", "no pending intro request of yours with that id")
     return JSONBytes({"changed": 1})
 
 
 async def _chain_id(svc: ServicesDep, slug: str) -> int:
-    row = await fetch_one(svc.read_pool, "SELECT id FROM chains WHERE slug = %(slug)s", {"slug": slug})
+    row = await fetch_one(svc.read_pool, "chain_id", {"slug": slug})
     if row is None:
         raise ApiError(404, "not_found", "no such chain")
     return int(row[0])
@@ -106,12 +94,7 @@ async def _chain_id(svc: ServicesDep, slug: str) -> int:
 @router.put("/api/chains/{slug}/membership", tags=["chains"], response_model=Changed, response_class=JSONBytes)
 async def join_chain(svc: ServicesDep, user: UserDep, slug: Slug) -> JSONBytes:
     """Join a chain (idempotent)."""
-    rows = await fetch_all(
-        svc.write_pool,
-        "INSERT INTO chain_members (chain_id, user_id) SELECT id, %(me)s FROM chains WHERE slug = %(slug)s "
-        "ON CONFLICT DO NOTHING RETURNING 1",
-        {"me": user, "slug": slug},
-    )
+    rows = await fetch_all(svc.write_pool, "join_chain", {"me": user, "slug": slug})
     if not rows:
         await _chain_id(svc, slug)  # 404 when the chain does not exist
     return JSONBytes({"changed": len(rows)})
@@ -121,11 +104,7 @@ async def join_chain(svc: ServicesDep, user: UserDep, slug: Slug) -> JSONBytes:
 async def leave_chain(svc: ServicesDep, user: UserDep, slug: Slug) -> JSONBytes:
     """Leave a chain (idempotent)."""
     chain_id = await _chain_id(svc, slug)
-    rows = await fetch_all(
-        svc.write_pool,
-        "DELETE FROM chain_members WHERE chain_id = %(c)s AND user_id = %(me)s RETURNING 1",
-        {"c": chain_id, "me": user},
-    )
+    rows = await fetch_all(svc.write_pool, "leave_chain", {"chain": chain_id, "me": user})
     return JSONBytes({"changed": len(rows)})
 
 
@@ -134,10 +113,7 @@ async def leave_chain(svc: ServicesDep, user: UserDep, slug: Slug) -> JSONBytes:
 async def new_thread(svc: ServicesDep, user: UserDep, slug: Slug, body: NewThread) -> JSONBytes:
     """Open a forum thread in a chain."""
     row = await fetch_one(
-        svc.write_pool,
-        "INSERT INTO forum_threads (chain_id, author_id, title, body) "
-        "SELECT id, %(me)s, %(t)s, %(b)s FROM chains WHERE slug = %(slug)s RETURNING id",
-        {"me": user, "t": body.title, "b": body.body, "slug": slug},
+        svc.write_pool, "new_thread", {"me": user, "title": body.title, "body": body.body, "slug": slug}
     )
     if row is None:
         raise ApiError(404, "not_found", "no such chain")
@@ -148,12 +124,7 @@ async def new_thread(svc: ServicesDep, user: UserDep, slug: Slug, body: NewThrea
              response_class=JSONBytes)  # fmt: skip
 async def new_post(svc: ServicesDep, user: UserDep, thread_id: IdPath, body: NewPost) -> JSONBytes:
     """Reply in a forum thread."""
-    row = await fetch_one(
-        svc.write_pool,
-        "INSERT INTO forum_posts (thread_id, author_id, body) "
-        "SELECT id, %(me)s, %(b)s FROM forum_threads WHERE id = %(t)s RETURNING id",
-        {"me": user, "b": body.body, "t": thread_id},
-    )
+    row = await fetch_one(svc.write_pool, "new_post", {"me": user, "body": body.body, "thread": thread_id})
     if row is None:
         raise ApiError(404, "not_found", "no such thread")
     return JSONBytes({"id": row[0]}, status_code=201)

@@ -121,3 +121,64 @@ CREATE TABLE intro_requests (
 CREATE INDEX intro_requests_requester_id_idx ON intro_requests (requester_id);
 CREATE INDEX intro_requests_target_id_idx ON intro_requests (target_id);
 CREATE INDEX intro_requests_project_id_idx ON intro_requests (project_id) WHERE project_id IS NOT NULL;
+
+-- ---------------------------------------------------------------------------------------------
+-- The writes the API makes, one named block each (the read models follow from the triggers).
+
+-- name: create_project
+INSERT INTO projects (owner_id, title, tagline, description, tags)
+VALUES (%(owner)s, %(title)s, %(tagline)s, %(description)s, %(tags)s)
+RETURNING id
+
+-- name: add_comment
+-- No row when the project does not exist.
+INSERT INTO project_comments (project_id, author_id, body)
+SELECT id, %(user)s, %(body)s FROM projects WHERE id = %(project)s
+RETURNING id
+
+-- name: send_message
+INSERT INTO messages (sender_id, recipient_id, body) VALUES (%(sender)s, %(recipient)s, %(body)s) RETURNING id
+
+-- name: mark_read
+-- Every unread message from one user to the caller; a row per message marked.
+UPDATE messages SET read_at = now()
+WHERE recipient_id = %(me)s AND sender_id = %(other)s AND read_at IS NULL
+RETURNING 1
+
+-- name: create_intro
+INSERT INTO intro_requests (requester_id, target_id, project_id, message)
+VALUES (%(me)s, %(target)s, %(project)s, %(message)s)
+RETURNING id
+
+-- name: answer_intro
+-- Only a pending request addressed to the caller; no row otherwise.
+UPDATE intro_requests SET status = %(status)s, responded_at = now()
+WHERE id = %(id)s AND target_id = %(me)s AND status = 'pending'
+RETURNING id
+
+-- name: chain_id
+SELECT id FROM chains WHERE slug = %(slug)s
+
+-- name: join_chain
+-- No row when the chain does not exist or the caller is already a member.
+INSERT INTO chain_members (chain_id, user_id)
+SELECT id, %(me)s FROM chains WHERE slug = %(slug)s
+ON CONFLICT DO NOTHING
+RETURNING 1
+
+-- name: leave_chain
+DELETE FROM chain_members WHERE chain_id = %(chain)s AND user_id = %(me)s RETURNING 1
+
+-- name: new_thread
+INSERT INTO forum_threads (chain_id, author_id, title, body)
+SELECT id, %(me)s, %(title)s, %(body)s FROM chains WHERE slug = %(slug)s
+RETURNING id
+
+-- name: new_post
+INSERT INTO forum_posts (thread_id, author_id, body)
+SELECT id, %(me)s, %(body)s FROM forum_threads WHERE id = %(thread)s
+RETURNING id
+
+-- name: schema_ready
+-- Whether the schema is in place (readiness: a database reachable but not migrated is not ready).
+SELECT to_regclass('mv_refresh_queue') IS NOT NULL

@@ -1,0 +1,48 @@
+-- mv_leaderboard_projects: the 1000 most upvoted projects, ranked; refreshed (seconds stale).
+--
+-- The counts a page shows are read live from project_counters; the ranks are as of the refresh.
+
+CREATE FUNCTION leaderboard_project_item_head(rank bigint, project_id bigint, title text, owner_id bigint,
+                                              username text) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN '{"rank":' || rank || ',"project_id":' || project_id || ',"title":' || json_str(title)
+       || ',"owner_id":' || owner_id || ',"username":' || json_str(username);
+
+-- The truth, from the source tables alone (through the feed's truth).
+CREATE VIEW mv_leaderboard_projects_truth AS
+SELECT top.*, leaderboard_project_item_head(top.rank, top.project_id, top.title, top.owner_id, top.username)
+           AS item_head
+FROM (
+    SELECT row_number() OVER (ORDER BY upvote_count DESC, id DESC) AS rank,
+           id AS project_id, title, owner_id, username, upvote_count, comment_count, created_at
+    FROM (SELECT * FROM mv_feed_projects_truth ORDER BY upvote_count DESC, id DESC LIMIT 1000) f
+) top;
+
+-- The truth over the feed table instead of the feed's truth: the first 1000 rows of the feed's
+-- upvote index (milliseconds), where the truth counts every project's upvotes (a second at
+-- `standard`). The two agree whenever the feed is folded.
+CREATE MATERIALIZED VIEW mv_leaderboard_projects AS
+SELECT top.*, leaderboard_project_item_head(top.rank, top.project_id, top.title, top.owner_id, top.username)
+           AS item_head
+FROM (
+    SELECT row_number() OVER (ORDER BY upvote_count DESC, id DESC) AS rank,
+           id AS project_id, title, owner_id, username, upvote_count, comment_count, created_at
+    FROM (SELECT * FROM mv_feed_projects ORDER BY upvote_count DESC, id DESC LIMIT 1000) f
+) top;
+CREATE UNIQUE INDEX mv_leaderboard_projects_key ON mv_leaderboard_projects (project_id);
+CREATE INDEX mv_leaderboard_projects_rank_idx ON mv_leaderboard_projects (rank);
+
+SELECT refreshed_view('mv_leaderboard_projects', '{}', '{mv_feed_projects}');
+
+-- name: leaderboard_projects
+-- GET /api/leaderboard/projects: ranks from the view; counts live, appended to each prebuilt item head.
+SELECT '{"items":[' || coalesce(string_agg(l.item_head || ',"upvote_count":' || l.upvote_count
+                                           || ',"comment_count":' || l.comment_count || '}', ','), '')
+       || '],"as_of":' || (SELECT json_ts(as_of) FROM read_model_freshness WHERE clock = 'mv_leaderboard_projects')
+       || '}'
+FROM (SELECT l.rank, l.item_head, c.upvote_count, c.comment_count
+      FROM mv_leaderboard_projects l
+      JOIN project_counters c ON c.project_id = l.project_id
+      WHERE l.rank > %(offset)s
+      ORDER BY l.rank
+      LIMIT %(limit)s) l

@@ -1,0 +1,105 @@
+-- upvote_sets: which projects each user upvoted, a read model of project_upvotes kept in Redis
+-- (one set per user, denorm/usercache.py), never needed for a right answer.
+--
+-- The API writes a change through to Redis while it holds the (user, project) advisory lock that
+-- its Postgres change took, so the changes of one upvote reach Redis in the order Postgres made
+-- them; a user's set is loaded lazily, whole, from user_upvotes. The reconciler compares each
+-- cached set with this file's truth and deletes a set that differs.
+
+-- The truth: a user's upvoted projects, from the source table. A filter on user_id reaches the
+-- scan (the primary key leads with it).
+CREATE VIEW upvote_sets_truth AS
+SELECT user_id, array_agg(project_id ORDER BY project_id) AS project_ids
+FROM project_upvotes
+GROUP BY user_id;
+
+-- The advisory lock of one (user, project) upvote: the only definition of its key.
+CREATE FUNCTION upvote_lock_key(u bigint, p bigint) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN hashtextextended('upvote:' || u || ':' || p, 0);
+
+-- An upvote change in one round trip: take the (user, project) advisory lock and make the change.
+-- The API then writes the change through to Redis, and reads the exact count and releases the
+-- lock in one more (upvote_count_and_unlock), so that changes of one upvote reach Redis in the
+-- order Postgres made them.
+--
+-- durable: false commits the change asynchronously (synchronous_commit off, for this call's
+-- transaction only). The answer then does not wait for the WAL to reach the disk; a Postgres
+-- crash can lose the last fraction of a second of such changes (never half of one: the vote and
+-- its read-model deltas commit together). API_UPVOTE_DURABLE chooses (docs/api.md).
+--
+-- want: NULL toggles, true sets, false clears. Returns (present, upvoted, changed, upvote_count).
+-- present is false when there is no such project (nothing changed). The lock is a session lock, so
+-- it outlives the call: when nothing changed there is nothing to write through, and the call
+-- releases it itself and returns the count. After a change the count is NULL: read inside this
+-- call it would miss changes of other users that commit after it but before this one does, so
+-- the caller reads it after the commit. A failing change (a user that does not exist) leaves the
+-- lock held: the caller releases it (session locks ignore rollbacks). Waiting for the lock is
+-- bounded (lock_timeout, for this call's transaction only): one change of one user's upvote takes
+-- milliseconds, so a long wait means a lock left behind, and an error beats a request that hangs.
+CREATE FUNCTION upvote_set(u bigint, p bigint, want boolean, durable boolean)
+RETURNS TABLE (present boolean, upvoted boolean, changed boolean, upvote_count bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    k bigint := upvote_lock_key(u, p);
+    n integer := 0;
+BEGIN
+    PERFORM set_config('lock_timeout', '2s', true);
+    IF NOT durable THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
+    PERFORM pg_advisory_lock(k);
+    IF NOT EXISTS (SELECT 1 FROM projects WHERE id = p) THEN
+        PERFORM pg_advisory_unlock(k);
+        present := false; upvoted := false; changed := false;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    present := true;
+    IF want IS NULL OR NOT want THEN
+        DELETE FROM project_upvotes WHERE user_id = u AND project_id = p;
+        GET DIAGNOSTICS n = ROW_COUNT;
+    END IF;
+    IF want OR (want IS NULL AND n = 0) THEN
+        INSERT INTO project_upvotes (user_id, project_id) VALUES (u, p) ON CONFLICT DO NOTHING;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        upvoted := true;
+    ELSE
+        upvoted := false;
+    END IF;
+    changed := n > 0 OR want IS NULL;
+    IF NOT changed THEN
+        SELECT c.upvote_count INTO upvote_count FROM project_counters c WHERE c.project_id = p;
+        PERFORM pg_advisory_unlock(k);
+    END IF;
+    RETURN NEXT;
+END $$;
+
+-- name: upvote_change
+SELECT present, upvoted, changed, upvote_count
+FROM upvote_set(%(u)s::bigint, %(p)s::bigint, %(want)s::boolean, %(durable)s::boolean)
+
+-- name: upvote_count_and_unlock
+-- After the write-through: the exact count, read after the change committed, and the lock released.
+SELECT (SELECT upvote_count FROM project_counters WHERE project_id = %(p)s::bigint),
+       pg_advisory_unlock(upvote_lock_key(%(u)s::bigint, %(p)s::bigint))
+
+-- name: upvote_unlock
+SELECT pg_advisory_unlock(upvote_lock_key(%(u)s::bigint, %(p)s::bigint))
+
+-- name: upvote_warm_up
+-- Run on every new API connection: a session compiles a PL/pgSQL function on its first call, and
+-- this call changes nothing (there is no project 0).
+SELECT * FROM upvote_set(0, 0, NULL, true)
+
+-- name: upvoted_among
+-- Which of a page's projects the user upvoted (the Postgres answer when Redis cannot give it).
+SELECT project_id FROM project_upvotes WHERE user_id = %(user_id)s AND project_id = ANY(%(project_ids)s)
+
+-- name: user_upvotes
+-- A user's whole upvote set, to load their Redis set lazily.
+SELECT project_id FROM project_upvotes WHERE user_id = %(user_id)s
+
+-- name: upvote_sets
+-- The truth for a batch of users, to compare with their Redis sets.
+SELECT user_id, project_ids FROM upvote_sets_truth WHERE user_id = ANY(%(users)s)

@@ -1,0 +1,114 @@
+-- Delta ledgers and the fold: how a read model follows its source tables at the cost of the change.
+--
+-- A ledger-kept read model (docs/read-models.md) is a *base* table plus an append-only *delta
+-- ledger*. Statement-level triggers with transition tables turn each source statement into a few
+-- aggregated delta rows (one per touched key), so writers never update, and never lock, a shared
+-- counter row: a viral project or a much-messaged user costs the same as any other. The model's
+-- view adds the pending deltas to the base, so every read is exact at every commit.
+--
+-- The fold (denorm/maintenance.py, run by the refresher) moves deltas into the base tables, one
+-- step per read model in the registry's order (denorm/readmodels.py), all in one transaction. It
+-- never waits for a row lock (SKIP LOCKED), so it cannot deadlock with writers. The fold-kept
+-- read models (the feed, each chain's projects) are brought up to date by the same transaction
+-- for the projects it touched.
+
+-- ---------------------------------------------------------------------------------------------
+-- The triggers of one read model on one source table, from one statement body written against
+-- {changes}: the statement's rows, each with a sign (-1 for an old row, +1 for a new one). It
+-- creates one trigger function per event (INSERT, DELETE, UPDATE), each reading its transition
+-- tables directly, so a body is written once, in its read model's file, and a statement costs a
+-- few aggregated inserts however many rows it touched. With `rebuild`, a TRUNCATE of the source
+-- (which fires no other trigger) calls that function to rebuild the read model from what is left.
+--
+-- Functions and triggers are named <model>_on_<source>_<event> and trg_<source>_<model>_<event>.
+CREATE FUNCTION ledger_triggers(source regclass, model text, body text,
+                                events text[] DEFAULT '{insert,delete,update}', rebuild text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql AS $install$
+DECLARE
+    t text := source::text;
+    event text;
+    src text;
+    guard text;
+BEGIN
+    FOREACH event IN ARRAY events LOOP
+        IF event = 'insert' THEN
+            src := '(SELECT 1 AS sign, n.* FROM new_rows n)';
+            guard := 'IF NOT EXISTS (SELECT FROM new_rows) THEN RETURN NULL; END IF;';
+        ELSIF event = 'delete' THEN
+            src := '(SELECT -1 AS sign, o.* FROM old_rows o)';
+            guard := 'IF NOT EXISTS (SELECT FROM old_rows) THEN RETURN NULL; END IF;';
+        ELSIF event = 'update' THEN
+            src := '(SELECT -1 AS sign, o.* FROM old_rows o UNION ALL SELECT 1 AS sign, n.* FROM new_rows n)';
+            guard := '';
+        ELSE
+            RAISE EXCEPTION 'ledger_triggers: unknown event %', event;
+        END IF;
+        EXECUTE format($f$
+            CREATE FUNCTION %1$I() RETURNS trigger LANGUAGE plpgsql AS $body$
+            BEGIN
+                %2$s
+                %3$s
+                RETURN NULL;
+            END $body$ $f$, format('%s_on_%s_%s', model, t, event), guard, replace(body, '{changes}', src));
+        EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s REFERENCING %s FOR EACH STATEMENT EXECUTE FUNCTION %I()',
+                       format('trg_%s_%s_%s', t, model, event), upper(event), source,
+                       CASE event WHEN 'insert' THEN 'NEW TABLE AS new_rows'
+                                  WHEN 'delete' THEN 'OLD TABLE AS old_rows'
+                                  ELSE 'OLD TABLE AS old_rows NEW TABLE AS new_rows' END,
+                       format('%s_on_%s_%s', model, t, event));
+    END LOOP;
+    IF rebuild IS NOT NULL THEN
+        PERFORM rebuild_on_truncate(source, model, rebuild);
+    END IF;
+END $install$;
+
+-- TRUNCATE fires no row or statement triggers of the other kinds: the read model is rebuilt from
+-- what is left by its own rebuild function, named in the trigger's argument.
+CREATE FUNCTION rebuild_after_truncate() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('SELECT %I()', TG_ARGV[0]);
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION rebuild_on_truncate(source regclass, model text, rebuild text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION rebuild_after_truncate(%L)',
+                   format('trg_%s_%s_truncate', source::text, model), source, rebuild);
+END $$;
+
+-- ---------------------------------------------------------------------------------------------
+-- The fold's clock: every write committed before as_of is in the fold-kept read models.
+
+CREATE TABLE fold_state (
+    id          boolean     PRIMARY KEY DEFAULT true CHECK (id),
+    as_of       timestamptz,
+    folded_at   timestamptz,
+    duration_ms integer
+);
+INSERT INTO fold_state DEFAULT VALUES;
+
+-- name: fold_begin
+-- One folder at a time: a second caller gets false at once and folds nothing. Row locks are never
+-- waited for (SKIP LOCKED); a table lock (a TRUNCATE rebuilding a read model) is waited for
+-- briefly, then the fold gives up and the next one tries again.
+SELECT pg_try_advisory_xact_lock(7305798357383151617), set_config('lock_timeout', '2s', true)
+
+-- name: fold_lock
+-- The fold's lock, waited for: a repair of a fold-kept read model writes it as the fold would.
+SELECT pg_advisory_xact_lock(7305798357383151617)
+
+-- name: fold_done
+-- At the end of the fold's transaction. now() is the transaction's start, before any of its
+-- snapshots, so every write committed before it was visible to the fold; a write the fold left
+-- for later (a key locked by a writer, a batch past max_keys) is still in the ledger, and as_of
+-- goes back to its delta's time: a delta is created at its transaction's start, before its commit.
+UPDATE fold_state SET
+    as_of = least(now(), (SELECT min(created_at) FROM project_counter_deltas)),
+    folded_at = clock_timestamp(),
+    duration_ms = %(duration_ms)s
+
+-- name: fold_state
+SELECT as_of, folded_at, duration_ms FROM fold_state

@@ -1,0 +1,229 @@
+"""Keeping the read models, as the registry says: the fold, the refresh of a materialized view, the
+rebuild. The refresher runs these in its loops; the reconciler, the seed, the load test's runner,
+the benchmarks and the tests call them directly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from denorm.readmodels import fold_applies, ledger_folds, rebuilds, refreshed_with
+from denorm.sql import query
+
+Connection = psycopg.Connection[Any]
+
+
+@dataclass(frozen=True)
+class FoldStep:
+    step: str
+    keys_folded: int
+    deltas_folded: int
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    view_name: str
+    status: str  # completed | failed
+    duration_ms: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Timing:
+    """When a pending view is due (the refresher's settings, in seconds)."""
+
+    debounce_s: float = 0.0
+    min_interval_s: float = 0.0
+    retry_base_s: float = 1.0
+    retry_max_s: float = 60.0
+    statement_timeout_ms: int = 120_000
+
+    def params(self) -> dict[str, float]:
+        return {
+            "debounce_s": self.debounce_s,
+            "min_interval_s": self.min_interval_s,
+            "retry_base_s": self.retry_base_s,
+            "retry_max_s": self.retry_max_s,
+        }
+
+
+def _call(conn: Connection, function: str, *args: Any) -> psycopg.Cursor[Any]:
+    """SELECT * FROM function(args): the function's name is the registry's, never input."""
+    params = sql.SQL(", ").join(sql.Placeholder() for _ in args)
+    return conn.execute(sql.SQL("SELECT * FROM {}({})").format(sql.Identifier(function), params), args)
+
+
+# --- the fold ----------------------------------------------------------------------------------
+
+
+def fold(conn: Connection, max_keys: int = 20_000) -> list[FoldStep] | None:
+    """One fold, in one transaction: each ledger's step in the registry's order, then each fold-kept
+    read model's step for the projects those touched. None when another fold holds the lock."""
+    started = time.perf_counter()
+    steps: list[FoldStep] = []
+    with conn.transaction():
+        row = conn.execute(query("fold_begin")).fetchone()
+        if row is None or not row[0]:
+            return None
+        touched: set[int] = set()
+        for step in ledger_folds():
+            keys, deltas, projects = _call(conn, step, max_keys).fetchone() or (0, 0, [])
+            touched.update(projects)
+            steps.append(FoldStep(step, int(keys), int(deltas)))
+        ids = sorted(touched)
+        for step in fold_applies():
+            _call(conn, step, ids)
+            steps.append(FoldStep(step, len(ids), 0))
+        conn.execute(query("fold_done"), {"duration_ms": round((time.perf_counter() - started) * 1000)})
+    return steps
+
+
+def fold_all(conn: Connection, max_keys: int = 100_000) -> int:
+    """Fold until every ledger is empty; the number of deltas folded. Waits for another folder."""
+    total = 0
+    while True:
+        steps = fold(conn, max_keys)
+        if steps is None:
+            time.sleep(0.05)
+            continue
+        total += sum(s.deltas_folded for s in steps)
+        if not any(s.keys_folded for s in steps if s.step in ledger_folds()):
+            return total
+
+
+def repair_folded(conn: Connection, apply: str, keys: list[int]) -> None:
+    """Recompute these keys of a fold-kept read model as the fold would, holding the fold's lock so
+    that the fold is its only writer."""
+    with conn.transaction():
+        conn.execute(query("fold_lock"))
+        _call(conn, apply, keys)
+
+
+def rebuild_all(conn: Connection) -> None:
+    """Every read model rebuilt from the source (after a bulk load: one set-based pass each)."""
+    for function in rebuilds():
+        _call(conn, function)
+
+
+# --- the refresh queue ---------------------------------------------------------------------------
+
+
+def collect(conn: Connection) -> int:
+    """Coalesce the pending refresh requests into the queue; how many requests it took."""
+    row = conn.execute(query("collect_requests")).fetchone()
+    return int(row[0]) if row else 0
+
+
+def refresh_statements(view: str) -> list[sql.Composed]:
+    """What a refresh of this queue row runs: the view, then each view refreshed with it."""
+    return [
+        sql.SQL("REFRESH MATERIALIZED VIEW CONCURRENTLY {}").format(sql.Identifier(m.name))
+        for m in refreshed_with(view)
+    ]
+
+
+def refresh_one(conn: Connection, timing: Timing, worker: str) -> RefreshResult | None:
+    """Claim and refresh the oldest due view; None when no view is due."""
+    return _refresh(conn, "claim_due_view", timing.params(), timing, worker)
+
+
+def refresh_view(conn: Connection, view: str, worker: str, timing: Timing | None = None) -> RefreshResult | None:
+    """Refresh this queue row's views now, due or not (the reconciler's repair); None when another
+    refresher is refreshing it at this moment."""
+    return _refresh(conn, "claim_view", {"view_name": view}, timing or Timing(), worker)
+
+
+def _refresh(conn: Connection, claim: str, params: dict[str, Any], timing: Timing, worker: str) -> RefreshResult | None:
+    """Claim a view and refresh it. The claim is held for the whole refresh transaction, so two
+    refreshers never refresh one view at once."""
+    claimed: tuple[str, int, datetime | None] | None = None
+    started_at: datetime | None = None
+    started = time.perf_counter()
+    try:
+        with conn.transaction():
+            row = conn.execute(query(claim), params).fetchone()
+            if row is None:
+                return None
+            claimed = (str(row[0]), int(row[1]), row[2])
+            view, generation, first_requested = claimed
+            started_at = row[3]
+            statements = refresh_statements(view)
+            if not statements:
+                raise ValueError(f"the queue names {view!r}, which the registry does not know")
+            conn.execute(query("refresh_timeout"), {"timeout": f"{timing.statement_timeout_ms}ms"})
+            started = time.perf_counter()
+            for statement in statements:
+                conn.execute(statement)
+            duration_ms = round((time.perf_counter() - started) * 1000)
+            conn.execute(
+                query("finish_refresh"),
+                {"generation": generation, "started_at": started_at, "duration_ms": duration_ms, "view_name": view},
+            )
+            _log(conn, view, started_at, duration_ms, "completed", None, worker, first_requested)
+    except (psycopg.Error, ValueError) as exc:
+        # A lost connection goes up to the caller; anything else fails this view only.
+        if claimed is None or conn.broken:
+            raise
+        return _failed(conn, claimed, started_at, started, exc, timing, worker)
+    return RefreshResult(view, "completed", duration_ms)
+
+
+def _failed(
+    conn: Connection,
+    claimed: tuple[str, int, datetime | None],
+    started_at: datetime | None,
+    started: float,
+    exc: Exception,
+    timing: Timing,
+    worker: str,
+) -> RefreshResult:
+    view = claimed[0]
+    duration_ms = round((time.perf_counter() - started) * 1000)
+    error = f"{type(exc).__name__}: {exc}".strip()
+    with conn.transaction():
+        conn.execute(query("fail_refresh"), {**timing.params(), "error": error, "view_name": view})
+        _log(conn, view, started_at, duration_ms, "failed", error, worker, claimed[2])
+    return RefreshResult(view, "failed", duration_ms, error)
+
+
+def _log(
+    conn: Connection,
+    view: str,
+    started_at: datetime | None,
+    duration_ms: int,
+    status: str,
+    error: str | None,
+    worker: str,
+    first_requested_at: datetime | None,
+) -> None:
+    conn.execute(
+        query("log_refresh"),
+        {
+            "view_name": view,
+            "started_at": started_at,
+            "duration_ms": duration_ms,
+            "status": status,
+            "error": error,
+            "worker": worker,
+            "first_requested_at": first_requested_at,
+        },
+    )
+
+
+def drain(conn: Connection, worker: str, timing: Timing | None = None) -> list[RefreshResult]:
+    """Fold every ledger empty, collect, and refresh every pending view now, however recently it was
+    refreshed and however new its requests (`denorm refresher --once`, the reconciler's repair,
+    the seed, the tests)."""
+    timing = timing or Timing()
+    fold_all(conn)
+    collect(conn)
+    done = []
+    while (result := refresh_one(conn, timing, worker)) is not None:
+        done.append(result)
+    return done

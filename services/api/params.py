@@ -1,0 +1,18 @@
+"""The API's parameters, each declared once. The routes use these declarations; the direct read path
+(services/api/fastpath.py) reads them back from the routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Path, Query
+
+from denorm.ids import MAX_ID, SLUG_MAX, SLUG_PATTERN
+
+MAX_LIMIT = 100  # items per page
+MAX_OFFSET = 1000  # ranks past this are not kept (the leaderboards hold 1000)
+
+IdPath = Annotated[int, Path(gt=0, le=MAX_ID)]
+Slug = Annotated[str, Path(min_length=1, max_length=SLUG_MAX, pattern=SLUG_PATTERN)]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
