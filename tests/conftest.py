@@ -180,12 +180,12 @@ def settings(database_url: str, redis_prefix: str) -> Settings:
 def small_dataset_url(admin_conn: AdminConnection, template_database: str) -> Iterator[str]:
     """The `small` dataset, seeded and with every view refreshed, once per session. Read only."""
     from denorm.seed import SCALES, seed
-    from tests.test_refresher import settle
+    from tests.support import settle
 
     with scratch_database(admin_conn, "small", template_database) as url:
         seed(url, SCALES["small"], seed=8)
         with psycopg.connect(url, autocommit=True) as conn:
-            settle(conn, url)
+            settle(conn)
         yield url
 
 
@@ -193,8 +193,8 @@ def small_dataset_url(admin_conn: AdminConnection, template_database: str) -> It
 def seeded_url(database_url: str, conn: psycopg.Connection[TupleRow]) -> str:
     """This test's database with the `tiny` dataset and every view refreshed."""
     from denorm.seed import SCALES, seed
-    from tests.test_refresher import settle
+    from tests.support import settle
 
     seed(database_url, SCALES["tiny"], seed=21)
-    settle(conn, database_url)
+    settle(conn)
     return database_url

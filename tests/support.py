@@ -48,3 +48,11 @@ def applied_versions(conn: Connection) -> list[int]:
     if not table_exists(conn, "schema_migrations"):
         return []
     return [int(row[0]) for row in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+
+
+def settle(conn: Connection) -> None:
+    """Everything written so far folded into the read models and every pending view refreshed, with
+    no debounce wait."""
+    from denorm.maintenance import drain
+
+    drain(conn, worker="test")

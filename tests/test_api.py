@@ -250,7 +250,7 @@ def test_writes_reach_every_read_model(client: TestClient, settings: Settings, c
 def test_a_search_answer_is_reused_for_a_few_seconds_then_recomputed(
     seeded_url: str, settings: Settings, conn: Connection
 ) -> None:
-    from tests.test_refresher import settle
+    from tests.support import settle
 
     quiet = settings.model_copy(update={"api_access_log": False, "api_search_cache_seconds": 1.0})
     with TestClient(create_app(quiet)) as client:
@@ -269,7 +269,7 @@ def test_a_search_answer_is_reused_for_a_few_seconds_then_recomputed(
         first = search()
         assert first["items"] == []
         conn.execute("INSERT INTO projects (owner_id, title) VALUES (3, 'Zebracorn Tracker')")
-        settle(conn, seeded_url)
+        settle(conn)
         assert search() == first  # the same answer, as_of included: it says how old it is
         # A hit; if the settling took most of the answer's second, it also started a refresh ahead.
         assert cache_counts()[0] == 1

@@ -19,7 +19,7 @@ from loadtest.localproc import free_port, wait_ready
 from denorm.seed import SCALES, seed
 from tests.conftest import TEST_REDIS_URL, AdminConnection, scratch_database
 from tests.support import DENORM, cli_env
-from tests.test_refresher import settle
+from tests.support import settle
 
 USER = 3
 
@@ -29,7 +29,7 @@ def api_url(admin_conn: AdminConnection, template_database: str) -> Iterator[str
     with scratch_database(admin_conn, "fuzz", template_database) as url:
         seed(url, SCALES["tiny"], seed=13)
         with psycopg.connect(url, autocommit=True) as conn:
-            settle(conn, url)
+            settle(conn)
         port = free_port()
         prefix = f"fuzz-{port}:"
         env = cli_env(DATABASE_URL=url, JWT_SECRET=DEV_JWT_SECRET, API_ACCESS_LOG="false", REDIS_KEY_PREFIX=prefix)

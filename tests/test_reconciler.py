@@ -20,18 +20,20 @@ import pytest
 import redis
 import yaml
 
-from db import MIGRATIONS_DIR
 from denorm.config import Settings
-from loadtest.localproc import free_port
+from denorm.drift import all_drift
+from denorm.maintenance import fold
 from denorm.migrate import MIGRATION_LOCK_KEY
-from denorm.readmodels import all_drift
+from denorm.readmodels import REGISTRY
+from denorm.reconcile_runs import ReconcileCollector, streak
+from denorm.sql import queries, query, sql_files
 from denorm.usercache import LOADED, set_key
-from services.reconciler.metrics import ReconcileCollector, streak
-from services.reconciler.reconcile import LOCK_KEY, Reconciler, Report
+from loadtest.localproc import free_port
+from services.reconciler.reconcile import Reconciler, Report
 from tests import workload
 from tests.conftest import TEST_REDIS_URL
 from tests.manifests import REPO
-from tests.support import DENORM, cli_env, run_denorm
+from tests.support import DENORM, cli_env, run_denorm, settle
 
 Connection = psycopg.Connection[Any]
 
@@ -48,6 +50,10 @@ def rclient() -> Any:
     client = redis.Redis.from_url(TEST_REDIS_URL)
     yield client
     client.close()
+
+
+def drifted(conn: Connection) -> dict[str, Any]:
+    return {name: rows for name, rows in all_drift(conn).items() if rows}
 
 
 def reconcile(settings: Settings, repair: bool = False) -> Report:
@@ -115,22 +121,30 @@ def test_the_report_names_the_injected_rows_and_nothing_else(
                                                      "missing": [gone_user]}  # fmt: skip
     assert found(report, "intro_request_stats") == {"missing": [gone_user]}
     assert found(report, "message_conversations_denorm") == {"missing": sorted([[a, b], [b, a]])}
-    assert found(report, "redis_upvote_sets") == {"different": [liker], "missing": [[liker, likes[0]]],
+    # The feed and each chain's projects show the two upvotes' counts: their rows differ from the truth.
+    assert found(report, "mv_feed_projects") == {"different": [p1, p2]}
+    in_chains = sorted([list(r) for r in conn.execute(
+        "SELECT project_id, chain_id FROM chain_projects WHERE project_id IN (%s, %s)", (p1, p2))])  # fmt: skip
+    assert found(report, "mv_chain_projects") == ({"different": in_chains} if in_chains else {})
+    assert found(report, "upvote_sets") == {"different": [liker], "missing": [[liker, likes[0]]],
                                                   "extra": [[liker, 399]]}  # fmt: skip
-    assert report.drift_rows == 4 + len(set(dashboard_users) - {gone_user}) + 1 + 1 + 2 + 3
+    assert report.drift_rows == 4 + len(set(dashboard_users) - {gone_user}) + 1 + 1 + 2 + 3 + 2 + len(in_chains)
 
     # Repair, then a second run finds nothing, and the models equal the truth.
     repaired = reconcile(rsettings, repair=True)
+    derived = ("user_dashboard_stats", "mv_feed_projects", "mv_chain_projects")
     for model in report.models:
-        if model != "user_dashboard_stats":
+        if model not in derived:
             assert found(repaired, model) == found(report, model)
-    # The owners' received counts are sums of project counters: repaired with those, before the user pass.
+    # The owners' received counts are sums of project counters, and the feed's rows follow them: the
+    # counters' repair comes first, and what follows from it is pending for the next fold.
     assert set(found(repaired, "user_dashboard_stats")["different"]) == {voter, b}
+    assert found(repaired, "mv_feed_projects") == {}
     assert all(f.unrepaired == 0 for f in repaired.models.values())
     assert repaired.models["project_counters"].repaired == 4
     assert reconcile(rsettings).drift_rows == 0
-    conn.execute("SELECT * FROM fold_read_model_deltas()")
-    assert [d for d in all_drift(conn) if not d.clean] == []
+    settle(conn)
+    assert drifted(conn) == {}
     assert not rclient.exists(set_key(prefix, liker)) and rclient.exists(set_key(prefix, fine))
 
 
@@ -151,21 +165,21 @@ def test_repair_under_concurrent_writers_loses_no_write(
     conn.execute("UPDATE project_counters_base SET upvote_count = upvote_count + 7, comment_count = comment_count - 2")
     conn.execute("UPDATE user_stats_base SET upvotes_given = upvotes_given + 3, unread_messages = unread_messages + 1")
     conn.execute("UPDATE conversation_base SET message_count = message_count + 4, last_message_id = NULL")
-    assert any(not d.clean for d in all_drift(conn))
+    assert drifted(conn) != {}
 
     rng = random.Random(7)
     # No structural writer: its deletes would drop drifted rows, and the drift with them.
     programs = [workload.random_program(rng, 300, structural=False) for _ in range(3)]
     stop = threading.Event()
 
-    def fold() -> None:
+    def keep_folding() -> None:
         with psycopg.connect(database_url, autocommit=True) as folder:
             while not stop.is_set():
-                folder.execute("SELECT * FROM fold_read_model_deltas()")
+                fold(folder)
                 time.sleep(0.01)
 
     writers = threading.Thread(target=lambda: workload.run_concurrently(database_url, programs))
-    folder = threading.Thread(target=fold)
+    folder = threading.Thread(target=keep_folding)
     writers.start()
     folder.start()
     # Batches of one id, repeated while the writers run, so repairs and writes interleave. Runs
@@ -184,15 +198,15 @@ def test_repair_under_concurrent_writers_loses_no_write(
         folder.join()
     assert during >= 1 and repaired >= 10
 
-    conn.execute("SELECT * FROM fold_read_model_deltas()")
-    assert [d for d in all_drift(conn) if not d.clean] == []
+    settle(conn)
+    assert drifted(conn) == {}
     assert reconcile(settings).drift_rows == 0
 
 
 def test_two_runs_never_overlap(seeded_url: str, rsettings: Settings) -> None:
     env = cli_env(DATABASE_URL=seeded_url, REDIS_URL=TEST_REDIS_URL, REDIS_KEY_PREFIX=rsettings.redis_key_prefix)
     with psycopg.connect(seeded_url, autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        holder.execute(query("reconcile_lock"))
         started = time.monotonic()
         busy = run_denorm(["reconcile", "--repair"], env=env)
         assert busy.returncode == 3 and time.monotonic() - started < 30
@@ -224,14 +238,15 @@ def test_a_run_that_cannot_finish_exits_non_zero_and_is_recorded(seeded_url: str
 
 def test_the_reconciler_lock_is_its_own(seeded_url: str, conn: Connection) -> None:
     """While a run holds its lock, a refresher still collects requests (they once shared a key)."""
-    migrations = "\n".join(p.read_text() for p in sorted(MIGRATIONS_DIR.glob("*.sql")))
-    sql_keys = {int(k) for k in re.findall(r"advisory_\w*lock\((\d+)\)", migrations)}
-    assert sql_keys and LOCK_KEY not in sql_keys | {MIGRATION_LOCK_KEY}
+    (own,) = {int(k) for k in re.findall(r"advisory_\w*lock\((\d+)\)", queries()["reconcile_lock"])}
+    others = "\n".join(p.read_text() for p in sql_files() if p.name != "reconcile_runs.sql")
+    sql_keys = {int(k) for k in re.findall(r"advisory_\w*lock\((\d+)\)", others)}
+    assert sql_keys and own not in sql_keys | {MIGRATION_LOCK_KEY}
     with psycopg.connect(seeded_url, autocommit=True) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        holder.execute(query("reconcile_lock"))
         conn.execute("INSERT INTO mv_refresh_requests (source_table) VALUES ('projects')")
         assert one(conn, "SELECT mv_collect_requests()") >= 1
-        assert one(conn, "SELECT count(*) FROM fold_read_model_deltas()") >= 0
+        assert fold(conn) is not None
 
 
 def test_runs_are_recorded_and_drift_two_nights_running_shows_in_the_metrics(
@@ -327,16 +342,211 @@ def test_a_view_past_its_staleness_bound_is_reported_and_refreshed(
     conn.execute(
         "UPDATE mv_refresh_queue SET status = 'pending', refresh_requested_at = now() - interval '1 hour', "
         "first_requested_at = now() - interval '1 hour', generation = generation + 1, next_attempt_at = now() "
-        "WHERE view_name = 'mv_trending_tags'"
+        "WHERE view_name = 'mv_chain_directory'"
     )
     report = reconcile(rsettings)
-    assert list(report.stale_views) == ["mv_trending_tags"] and report.refreshed_views == []
+    assert list(report.stale_views) == ["mv_chain_directory"] and report.refreshed_views == []
+    assert "past its 5 s bound: reported" in report.models["mv_chain_directory"].how
     report = reconcile(rsettings, repair=True)
-    assert "mv_trending_tags" in report.refreshed_views
-    assert one(conn, "SELECT status FROM mv_refresh_queue WHERE view_name = 'mv_trending_tags'") == "idle"
+    assert "mv_chain_directory" in report.refreshed_views
+    assert one(conn, "SELECT status FROM mv_refresh_queue WHERE view_name = 'mv_chain_directory'") == "idle"
 
 
 def test_a_dead_redis_is_reported_and_the_run_still_finishes(seeded_url: str, rsettings: Settings) -> None:
     dead = rsettings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     report = reconcile(dead)
     assert report.status == "finished" and report.redis.startswith("unreachable")
+
+
+# --- drift injected by hand into every read model, one at a time and all at once ----------------
+#
+# Each injection breaks one read model the way a bug, a hand edit or a writer that bypassed the
+# triggers would, and says exactly what every read model must then report. Writes in
+# session_replication_role = replica fire no trigger at all (as a pg_restore or a logical replica
+# applies them): the read models that follow those tables drift together.
+
+Expected = dict[str, dict[str, list[Any]]]
+
+
+def quietly(conn: Connection, statement: str, *args: Any) -> None:
+    """A write that fires no trigger."""
+    with conn.transaction():
+        conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute(statement.encode(), args)
+
+
+def inject_project_counters(conn: Connection) -> Expected:
+    conn.execute("INSERT INTO project_counters_base (project_id, upvote_count) VALUES (987654, 3)")
+    return {"project_counters": {"extra": [987654]}}
+
+
+def inject_user_dashboard_stats(conn: Connection) -> Expected:
+    conn.execute("UPDATE user_stats_base SET upvotes_given = upvotes_given + 2 WHERE user_id = 7")
+    return {"user_dashboard_stats": {"different": [7]}}
+
+
+def inject_intro_request_stats(conn: Connection) -> Expected:
+    conn.execute("UPDATE user_stats_base SET sent_declined = sent_declined + 1 WHERE user_id = 8")
+    return {"intro_request_stats": {"different": [8]}}
+
+
+def inject_message_conversations_denorm(conn: Connection) -> Expected:
+    user, other = conn.execute("SELECT user_id, other_user_id FROM conversation_base ORDER BY 1, 2 LIMIT 1").fetchone()
+    conn.execute("UPDATE conversation_base SET message_count = message_count + 3 "
+                 "WHERE user_id = %s AND other_user_id = %s", (user, other))  # fmt: skip
+    return {"message_conversations_denorm": {"different": [[user, other]]}}
+
+
+def inject_mv_feed_projects(conn: Connection) -> Expected:
+    # The issue's first: project 10 on top of ?sort=trending until some later write touches it.
+    conn.execute("UPDATE mv_feed_projects SET trending_score = 99999 WHERE id = 10")
+    return {"mv_feed_projects": {"different": [10]}}
+
+
+def inject_mv_chain_projects(conn: Connection) -> Expected:
+    # The issue's second: a project pushed up its chain's list.
+    chain, project = conn.execute(
+        "SELECT chain_id, project_id FROM mv_chain_projects ORDER BY upvote_count, chain_id, project_id LIMIT 1"
+    ).fetchone()
+    conn.execute("UPDATE mv_chain_projects SET upvote_count = upvote_count + 1000 "
+                 "WHERE chain_id = %s AND project_id = %s", (chain, project))  # fmt: skip
+    return {"mv_chain_projects": {"different": [[project, chain]]}}
+
+
+def inject_mv_leaderboard_projects(conn: Connection) -> Expected:
+    # A feed row edited by hand, and the leaderboard (idle: nothing asked for a refresh) no longer
+    # equals its definition, which reads the feed.
+    conn.execute("UPDATE mv_feed_projects SET title = 'Edited by hand' WHERE id = 20")
+    return {"mv_feed_projects": {"different": [20]}, "mv_leaderboard_projects": {"different": [20]}}
+
+
+def inject_mv_leaderboard_users(conn: Connection) -> Expected:
+    user = one(conn, "SELECT user_id FROM mv_leaderboard_users WHERE display_name <> upper(display_name) "
+                     "ORDER BY rank LIMIT 1")  # fmt: skip
+    quietly(conn, "UPDATE users SET display_name = upper(display_name) WHERE id = %s", user)
+    # The user's search document shows the name too (its words, lower-cased, do not change).
+    return {"mv_leaderboard_users": {"different": [user]}, "mv_search_documents": {"different": [["user", user]]}}
+
+
+def inject_mv_chain_directory(conn: Connection) -> Expected:
+    chain, user = conn.execute(
+        "SELECT c.id, u.id FROM chains c, users u WHERE NOT EXISTS (SELECT 1 FROM chain_members m "
+        "WHERE m.chain_id = c.id AND m.user_id = u.id) AND u.id > 100 ORDER BY 1, 2 LIMIT 1"
+    ).fetchone()
+    quietly(conn, "INSERT INTO chain_members (chain_id, user_id) VALUES (%s, %s)", chain, user)
+    return {"mv_chain_directory": {"different": [chain]}, "user_dashboard_stats": {"different": [user]}}
+
+
+def inject_mv_forum_threads(conn: Connection) -> Expected:
+    thread = one(conn, "SELECT min(id) FROM forum_threads")
+    quietly(conn, "INSERT INTO forum_posts (thread_id, author_id, body) VALUES (%s, 1, 'quiet')", thread)
+    return {"mv_forum_threads": {"different": [thread]}}
+
+
+def inject_mv_search_documents(conn: Connection) -> Expected:
+    quietly(conn, "UPDATE projects SET description = description || ' zebra' WHERE id = 30")
+    return {"mv_search_documents": {"different": [["project", 30]]}}
+
+
+def inject_mv_search_words(conn: Connection) -> Expected:
+    # A new word, and the documents refreshed by hand without their vocabulary.
+    project = one(
+        conn, "SELECT min(id) FROM projects WHERE id > 40 AND id NOT IN (SELECT project_id FROM chain_projects)"
+    )
+    quietly(conn, "UPDATE projects SET tagline = tagline || ' zebraquagga' WHERE id = %s", project)
+    conn.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY mv_search_documents")
+    # The feed shows the tagline too.
+    return {"mv_search_words": {"missing": ["zebraquagga"]}, "mv_feed_projects": {"different": [project]}}
+
+
+INJECTIONS = {
+    name.removeprefix("inject_"): function
+    for name, function in list(globals().items())
+    if name.startswith("inject_") and callable(function)
+}
+
+
+def inject_upvote_sets(conn: Connection, client: redis.Redis, prefix: str) -> Expected:
+    user = one(conn, "SELECT user_id FROM project_upvotes GROUP BY user_id HAVING NOT bool_or(project_id = 399) "
+                     "ORDER BY 1 LIMIT 1")  # fmt: skip
+    likes = [r[0] for r in conn.execute("SELECT project_id FROM project_upvotes WHERE user_id = %s", (user,))]
+    client.sadd(set_key(prefix, user), LOADED, *likes, 399)
+    return {"upvote_sets": {"different": [user], "extra": [[user, 399]]}}
+
+
+def merged(*expectations: Expected) -> Expected:
+    out: Expected = {}
+    for expected in expectations:
+        for model, kinds in expected.items():
+            for kind, keys in kinds.items():
+                out.setdefault(model, {}).setdefault(kind, []).extend(keys)
+    return {m: {k: sorted(v) for k, v in kinds.items()} for m, kinds in out.items()}
+
+
+def assert_found_exactly(report: Report, expected: Expected) -> None:
+    assert {m: found(report, m) for m in report.models if found(report, m)} == expected
+
+
+def assert_repaired(conn: Connection, rsettings: Settings, expected: Expected) -> None:
+    report = reconcile(rsettings, repair=True)
+    assert_found_exactly(report, expected)
+    for model in expected:
+        finding = report.models[model]
+        # A Redis set is repaired whole: its missing and extra members are counted, and the set.
+        whole = finding.counts["different"] if model == "upvote_sets" else finding.drift
+        assert (finding.repaired, finding.unrepaired) == (whole, 0), model
+    assert reconcile(rsettings).drift_rows == 0
+    settle(conn)
+    assert drifted(conn) == {}
+
+
+def test_every_read_model_is_covered_by_an_injection() -> None:
+    assert {m.name for m in REGISTRY} == set(INJECTIONS) | {"upvote_sets"}
+
+
+@pytest.mark.parametrize("model", sorted(INJECTIONS))
+def test_drift_injected_into_one_read_model_is_found_exactly_and_repaired(
+    seeded_url: str, conn: Connection, rsettings: Settings, model: str
+) -> None:
+    expected = merged(INJECTIONS[model](conn))
+    assert model in expected
+    assert_found_exactly(reconcile(rsettings), expected)
+    assert_found_exactly(reconcile(rsettings), expected)  # a dry run changes nothing
+    assert_repaired(conn, rsettings, expected)
+
+
+def test_drift_in_the_redis_sets_is_found_exactly_and_repaired(
+    seeded_url: str, conn: Connection, rsettings: Settings, rclient: redis.Redis
+) -> None:
+    expected = merged(inject_upvote_sets(conn, rclient, rsettings.redis_key_prefix))
+    assert_found_exactly(reconcile(rsettings), expected)
+    assert_repaired(conn, rsettings, expected)
+
+
+def test_drift_injected_into_every_read_model_at_once_is_found_exactly_and_repaired(
+    seeded_url: str, conn: Connection, rsettings: Settings, rclient: redis.Redis
+) -> None:
+    # The vocabulary's injection refreshes the documents by hand: first, so that it keeps the
+    # documents' own injections.
+    order = ["mv_search_words", *(name for name in INJECTIONS if name != "mv_search_words")]
+    expected = merged(*(INJECTIONS[name](conn) for name in order),
+                      inject_upvote_sets(conn, rclient, rsettings.redis_key_prefix))  # fmt: skip
+    assert set(expected) == {m.name for m in REGISTRY}
+    assert_found_exactly(reconcile(rsettings), expected)
+    assert_repaired(conn, rsettings, expected)
+
+
+def test_the_cli_finds_and_repairs_the_issues_two_hand_edits(seeded_url: str, conn: Connection,
+                                                              rsettings: Settings) -> None:  # fmt: skip
+    expected = merged(inject_mv_feed_projects(conn), inject_mv_chain_projects(conn))
+    env = cli_env(DATABASE_URL=seeded_url, REDIS_URL=TEST_REDIS_URL, REDIS_KEY_PREFIX=rsettings.redis_key_prefix)
+    for mode, repaired in (("--dry-run", 0), ("--repair", 2)):
+        done = run_denorm(["reconcile", mode], env=env)
+        assert done.returncode == 0, done.stderr
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        assert summary["drift_rows"] == 2
+        assert {m: s["different"] for m, s in summary["models"].items() if s["different"]} == {
+            "mv_feed_projects": 1, "mv_chain_projects": 1}  # fmt: skip
+        assert sum(s["repaired"] for s in summary["models"].values()) == repaired
+    assert reconcile(rsettings).drift_rows == 0
+    assert expected

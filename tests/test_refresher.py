@@ -13,16 +13,19 @@ from typing import Any
 import psycopg
 import pytest
 
+from denorm import maintenance
 from denorm.config import Settings
+from denorm.drift import compare
+from denorm.maintenance import fold_all
+from denorm.readmodels import Kind, of_kind
+from denorm.seed import SCALES, seed
+from denorm.sql import query
 from loadtest.localproc import free_port
-from denorm.seed import SCALES, fold_all, seed
-from services.refresher.worker import QUERIES, REFRESHABLE, Refresher
-from tests.support import DENORM, cli_env
+from services.refresher.worker import Refresher
+from tests.support import DENORM, cli_env, settle
 from tests.workload import random_program, reset, run_concurrently
 
 Connection = psycopg.Connection[Any]
-
-MATVIEWS = sorted(REFRESHABLE | {"mv_search_words"})
 
 
 def settings_for(url: str, **overrides: Any) -> Settings:
@@ -41,27 +44,16 @@ def refresh_counts(conn: Connection) -> dict[str, int]:
     return {r[0]: int(r[1]) for r in rows}
 
 
-def settle(conn: Connection, url: str) -> None:
-    """Everything requested so far refreshed, with no debounce wait."""
-    Refresher(settings_for(url, refresher_debounce_ms=0)).drain(conn)
-
-
 def assert_matviews_match_their_definitions(conn: Connection) -> None:
-    for view in MATVIEWS:
-        definition = conn.execute("SELECT pg_get_viewdef(%s::regclass)", (view,)).fetchone()
-        assert definition is not None
-        body = definition[0].rstrip().rstrip(";")
-        query = (
-            f"SELECT count(*) FROM ((TABLE {view} EXCEPT ALL ({body})) UNION ALL (({body}) EXCEPT ALL TABLE {view})) d"
-        )
-        diff = conn.execute(query.encode()).fetchone()
-        assert diff == (0,), f"{view} differs from its definition"
+    for view in of_kind(Kind.MATVIEW):
+        assert compare(conn, view, against="definition") == [], f"{view.name} differs from its definition"
+        assert compare(conn, view) == [], f"{view.name} differs from its truth"
 
 
 @pytest.fixture
 def seeded(conn: Connection, database_url: str) -> Connection:
     seed(database_url, SCALES["tiny"], seed=3)
-    settle(conn, database_url)
+    settle(conn)
     return conn
 
 
@@ -74,7 +66,7 @@ def test_every_view_equals_its_definition_after_random_writes(seeded: Connection
     seeded.execute("INSERT INTO forum_posts (thread_id, author_id, body) SELECT id, 1, 'late' FROM forum_threads")
     seeded.execute("UPDATE users SET username = username || 'x' WHERE id IN (SELECT owner_id FROM projects LIMIT 3)")
     seeded.execute("DELETE FROM chain_members WHERE user_id % 2 = 0")
-    settle(seeded, database_url)
+    settle(seeded)
     assert_matviews_match_their_definitions(seeded)
     # and the tables the fold keeps equal their definitions too
     assert_fold_kept_tables_match_their_truth(seeded)
@@ -88,7 +80,7 @@ def test_a_thousand_writes_cost_one_refresh(seeded: Connection, database_url: st
     assert refresher.collect(seeded) == 1000
     assert seeded.execute("SELECT count(*) FROM mv_refresh_requests").fetchone() == (0,)
     assert queue(seeded)["mv_forum_threads"][0] == "pending"
-    refresher.drain(seeded)
+    maintenance.drain(seeded, "test")
     after = refresh_counts(seeded)
     assert after["mv_forum_threads"] == before.get("mv_forum_threads", 0) + 1
     assert queue(seeded)["mv_forum_threads"][0] == "idle"
@@ -118,14 +110,14 @@ def test_a_view_is_refreshed_at_most_once_per_interval(seeded: Connection, datab
     refresher.collect(seeded)
     assert refresher.refresh_one(seeded) is None  # refreshed too recently: it waits, pending
     assert queue(seeded)["mv_chain_directory"][0] == "pending"
-    due_in = seeded.execute(QUERIES["next_due_in"].encode(), refresher._timing()).fetchone()
+    due_in = seeded.execute(query("next_due_in"), refresher.timing.params()).fetchone()
     assert due_in is not None and 0.5 < due_in[0] <= 1.5  # and the loop knows when it will be
     time.sleep(1.6)
     again = refresher.refresh_one(seeded)
     assert again is not None and again.view_name == "mv_chain_directory"
     # drain (tests, --once) refreshes what is pending however recent
     seeded.execute("INSERT INTO chain_members (chain_id, user_id) VALUES (3, 198) ON CONFLICT DO NOTHING")
-    assert "mv_chain_directory" in [r.view_name for r in refresher.drain(seeded)]
+    assert "mv_chain_directory" in [r.view_name for r in maintenance.drain(seeded, "test")]
 
 
 def test_a_rolled_back_write_requests_nothing(seeded: Connection, database_url: str) -> None:
@@ -186,7 +178,7 @@ def test_a_failing_refresh_backs_off_and_the_others_go_on(seeded: Connection, da
     # Without its unique index, REFRESH ... CONCURRENTLY of the forum list fails.
     seeded.execute("DROP INDEX mv_forum_threads_key")
     refresher = Refresher(settings_for(database_url, refresher_debounce_ms=0, refresher_retry_base_ms=60_000))
-    done = refresher.drain(seeded)
+    done = maintenance.drain(seeded, "test", refresher.timing)
     statuses = {r.view_name: r.status for r in done}
     assert statuses["mv_forum_threads"] == "failed"
     assert statuses["mv_chain_directory"] == "completed"
@@ -246,50 +238,5 @@ def test_the_fold_keeps_each_chains_projects(seeded: Connection) -> None:
 
 
 def assert_fold_kept_tables_match_their_truth(conn: Connection) -> None:
-    for table in ("mv_feed_projects", "mv_chain_projects"):
-        diff = conn.execute(
-            f"SELECT count(*) FROM ((TABLE {table} EXCEPT ALL TABLE {table}_truth)"
-            f" UNION ALL (TABLE {table}_truth EXCEPT ALL TABLE {table})) d".encode()
-        ).fetchone()
-        assert diff == (0,), f"{table} differs from its truth"
-
-
-def test_the_service_refreshes_serves_metrics_and_stops_on_sigterm(database_url: str, conn: Connection) -> None:
-    reset(database_url)
-    port = free_port()
-    env = cli_env(
-        DATABASE_URL=database_url, REFRESHER_METRICS_PORT=str(port), REFRESHER_DEBOUNCE_MS="200", LOG_FORMAT="json"
-    )
-    proc = subprocess.Popen([*DENORM, "refresher"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        conn.execute("INSERT INTO forum_threads (chain_id, author_id, title) VALUES (1, 1, 'fresh')")
-        conn.execute("INSERT INTO project_upvotes (user_id, project_id) VALUES (6, 4) ON CONFLICT DO NOTHING")
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            row = conn.execute("SELECT count(*) FROM mv_forum_threads WHERE title = 'fresh'").fetchone()
-            if row == (1,):
-                break
-            time.sleep(0.1)
-        assert row == (1,), "the refresher never refreshed the forum list"
-        names = (
-            "denorm_refresher_queue_depth",
-            'denorm_refresher_refresh_duration_seconds_bucket{le="0.005",view="mv_forum_threads"}',
-            'denorm_refresher_view_staleness_seconds{view="mv_feed_projects"}',
-            'denorm_refresher_last_success_timestamp_seconds{view="mv_forum_threads"}',
-            "denorm_refresher_fold_duration_seconds_count",
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # the gauges follow the refresh by one loop
-            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-            if all(name in metrics for name in names):
-                break
-            time.sleep(0.2)
-        assert [name for name in names if name not in metrics] == []
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=20)
-        assert proc.returncode == 0
-        assert b"refresher stopped" in output
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.communicate()
+    for model in of_kind(Kind.FOLD):
+        assert compare(conn, model) == [], f"{model.name} differs from its truth"

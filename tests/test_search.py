@@ -12,7 +12,7 @@ from db import SQL_DIR
 from denorm.seed import SCALES, seed
 from denorm.sqlfile import load_queries
 from tests.conftest import scratch_database
-from tests.test_refresher import settle
+from tests.support import settle
 
 Connection = psycopg.Connection[Any]
 SEARCH = load_queries(SQL_DIR / "queries" / "api.sql")["search"]
@@ -44,7 +44,7 @@ def searchable(admin_conn: Connection, template_database: str) -> Any:
                 "(1, 'Pgvector Playground', 'Vectors in Postgres', 'Try embeddings'),"
                 "(2, 'Quiet Notebook', 'A calm place to write', 'Nothing about databases here')"
             )
-            settle(conn, url)
+            settle(conn)
             yield conn
 
 

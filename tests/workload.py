@@ -28,6 +28,8 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
+from denorm.maintenance import fold
+
 USERS = 8
 PROJECTS = 6
 CHAINS = 2
@@ -91,8 +93,9 @@ SINGLE: dict[str, str] = {
     "add_to_chain": "INSERT INTO chain_projects (chain_id, project_id) VALUES (%(c)s, %(p)s) ON CONFLICT DO NOTHING",
     "remove_from_chain": "DELETE FROM chain_projects WHERE chain_id = %(c)s AND project_id = %(p)s",
     "leave": "DELETE FROM chain_members WHERE chain_id = %(c)s AND user_id = %(u)s",
-    "fold": "SELECT * FROM fold_read_model_deltas(%(k)s)",
 }
+# Not a statement: the fold (denorm/maintenance.py), run by a writer's connection among the writes.
+FOLD = "fold"
 
 # Statements only the structural connection sends: each may lock many rows.
 STRUCTURAL: dict[str, str] = {
@@ -142,7 +145,7 @@ def random_params(rng: random.Random) -> dict[str, Any]:
 
 
 def random_program(rng: random.Random, length: int, structural: bool) -> list[Op]:
-    kinds = list(SINGLE) + (list(STRUCTURAL) if structural else ["multi"])
+    kinds = [*SINGLE, FOLD] + (list(STRUCTURAL) if structural else ["multi"])
     return [Op(rng.choice(kinds), random_params(rng)) for _ in range(length)]
 
 
@@ -157,6 +160,9 @@ DELETE_USER_LOCK_TIMEOUT = "200ms"  # far below deadlock_timeout (1 s), far abov
 
 
 def _run_one(conn: psycopg.Connection[Any], op: Op) -> None:
+    if op.kind == FOLD:
+        fold(conn, op.params["k"])
+        return
     if op.kind == "delete_user":
         with conn.transaction():
             conn.execute(f"SET LOCAL lock_timeout = '{DELETE_USER_LOCK_TIMEOUT}'".encode())

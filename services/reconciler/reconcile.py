@@ -176,9 +176,11 @@ class Reconciler:
         report = Report(int(row[0]), mode, self.findings)
         log.info("reconcile started", run_id=report.run_id, mode=mode, batch_size=self.size)
         try:
+            # The views first: a repair of the feed asks for a refresh of the views that read it,
+            # which would leave them pending, not compared.
+            self._views(conn, report)
             for group in walk_groups():
                 self._walk_group(conn, group)
-            self._views(conn, report)
             report.redis = self._redis_sets(conn)
             report.status = "finished"
         except Exception as exc:
