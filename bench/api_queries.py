@@ -1,5 +1,5 @@
 """Each seed route's naive query (joins and aggregates over the source tables, the seed's "before")
-against the read-model query the route issues (db/queries/api.sql), side by side, at the database.
+against the read-model query the route issues (db/readmodels/*.sql), side by side, at the database.
 
 A naive query computes the same answer as the route from the normalized tables, with only the
 foreign-key indexes the source schema has: the same rows in the same order, with the same counts.
@@ -44,15 +44,15 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from bench.scratch import add_dataset_arguments, seeded_database
-from db import SQL_DIR
-from denorm.config import Settings
 from denorm.logs import configure_logging
+from denorm.maintenance import drain
 from denorm.pg import OLTP_SETTINGS, session_options
 from denorm.seed import SCALES
-from denorm.sqlfile import load_queries, positional
-from services.refresher.worker import Refresher
+from denorm.sql import positional, queries
+from services.api.feed import SORTS, Sort, statements
 
 MAX_ID = 2**63 - 1
+FEED_LABELS = {"feed_trending": Sort.TRENDING, "feed_top_rated": Sort.TOP_RATED, "feed_newest": Sort.NEWEST}
 Conn = psycopg.Connection[Any]
 Rows = list[tuple[Any, ...]]
 
@@ -248,7 +248,9 @@ class Params:
 
     def draw(self, name: str, rng: random.Random) -> dict[str, Any]:
         user = rng.choice(self.busy_users) if name == "conversations" else rng.randint(1, self.users)
+        sort = FEED_LABELS.get(name, Sort.TRENDING)
         return {
+            "sort": sort.value, "after_key": SORTS[sort].first_key(),
             "after_score": float("inf"), "after_id": MAX_ID, "after_time": datetime.max.replace(tzinfo=UTC),
             "after_members": MAX_ID, "limit": 50 if "leaderboard" in name or name == "conversations" else 20,
             "offset": 0, "page": None, "slug": self.slug, "user_id": user, "q": rng.choice(SEARCH_WORDS),
@@ -360,13 +362,15 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging("WARNING")
     scale = SCALES[args.scale]
-    api = load_queries(SQL_DIR / "queries" / "api.sql")
+    feed_statements = statements()
+    # Each route's statement, the feed's under its sort's label.
+    api = queries() | {label: feed_statements[SORTS[sort].statement] for label, sort in FEED_LABELS.items()}
     with (
         seeded_database("bench_api", args.scale, args.database_url) as url,
         psycopg.connect(url, autocommit=True) as conn,
         psycopg.connect(url, autocommit=True, options=session_options(OLTP_SETTINGS)) as api_conn,
     ):
-        Refresher(Settings(database_url=url, refresher_debounce_ms=0, refresher_metrics_port=0)).drain(conn)
+        drain(conn, worker="bench")
         conn.execute("VACUUM ANALYZE")
         slug_row = conn.execute("SELECT slug FROM mv_chain_directory ORDER BY member_count DESC LIMIT 1").fetchone()
         busy = conn.execute("SELECT DISTINCT sender_id FROM messages ORDER BY 1 LIMIT 500").fetchall()

@@ -5,7 +5,7 @@ one project can draw that many distinct upvoters), each statement below is timed
 the read-model triggers disabled (ALTER TABLE ... DISABLE TRIGGER USER) and then with them enabled;
 the difference is the triggers' share. After every statement of the triggers-on pass the read
 models are compared with their *_truth views (EXCEPT ALL both ways), once before and once after
-folding every delta with fold_read_model_deltas(1000000) until nothing is left; checks and folds
+folding every delta (denorm/maintenance.py fold_all) until nothing is left; checks and folds
 are not timed. Exits non-zero if any comparison differs.
 
   a  insert N messages in one INSERT ... SELECT generate_series (sender <> recipient)

@@ -26,7 +26,9 @@ import psycopg
 
 from bench.scratch import scratch_database
 from denorm.logs import configure_logging
-from denorm.seed import SCALES, fold_all, seed
+from denorm.maintenance import fold_all, rebuild_all
+from denorm.readmodels import Kind
+from denorm.seed import SCALES, seed
 
 # Each client toggles its own users only, so two clients never race on one (user, project) row.
 TOGGLE = """\\set u :client_id * {stride} + random(1, {stride})
@@ -149,7 +151,7 @@ def main() -> None:
                 time.sleep(1)
             set_design(conn, "ledger")
             # The toggles ran with the ledger triggers off in two cases: rebuild before any check.
-            conn.execute("SELECT rebuild_read_models()")
+            rebuild_all(conn, Kind.LEDGER)
 
 
 if __name__ == "__main__":

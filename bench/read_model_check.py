@@ -1,8 +1,8 @@
 """Shared by the read-model benchmarks: exactness against the truth views, the fold, pgbench.
 
-Exactness: each read model (the contract's view, base plus pending deltas) must equal its *_truth
-view (recomputed from the source tables alone), row for row. Both sides are read in one statement,
-so in one snapshot; EXCEPT ALL both ways also catches a duplicated or missing row.
+Exactness: each ledger-kept read model of the registry (the contract's view, base plus pending
+deltas) must equal its truth (recomputed from the source tables alone), row for row: the
+reconciler's own comparison (denorm/drift.py), one statement, so one snapshot.
 """
 
 from __future__ import annotations
@@ -18,13 +18,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from denorm.readmodels import READ_MODELS
-from denorm.seed import fold_all
+from denorm.drift import compare
+from denorm.maintenance import fold_all
+from denorm.readmodels import Kind, ReadModel, of_kind
 
 Conn = psycopg.Connection[Any]
-
-# (read model, truth view, the columns both define), from the project's own list.
-CHECKS: tuple[tuple[str, str, tuple[str, ...]], ...] = tuple((m.name, m.truth, m.compared) for m in READ_MODELS)
 
 BASE_TABLES: tuple[str, ...] = ("user_stats_base", "project_counters_base", "conversation_base")
 LEDGERS: tuple[str, ...] = ("user_stat_deltas", "project_counter_deltas", "conversation_deltas")
@@ -43,37 +41,17 @@ class ViewCheck:
         return self.only_in_view == 0 and self.only_in_truth == 0
 
 
-def _diff(view: str, truth: str, columns: tuple[str, ...]) -> tuple[sql.Composed, sql.Composed]:
-    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-    a = sql.SQL("SELECT {cols} FROM {a} EXCEPT ALL SELECT {cols} FROM {b}").format(
-        cols=cols, a=sql.Identifier(view), b=sql.Identifier(truth)
-    )
-    b = sql.SQL("SELECT {cols} FROM {b} EXCEPT ALL SELECT {cols} FROM {a}").format(
-        cols=cols, a=sql.Identifier(view), b=sql.Identifier(truth)
-    )
-    return a, b
-
-
-def check_view(conn: Conn, view: str, truth: str, columns: tuple[str, ...], samples: int = 3) -> ViewCheck:
-    only_view, only_truth = _diff(view, truth, columns)
+def check_view(conn: Conn, model: ReadModel, samples: int = 3) -> ViewCheck:
     started = time.perf_counter()
-    row = conn.execute(
-        sql.SQL("SELECT (SELECT count(*) FROM ({a}) x), (SELECT count(*) FROM ({b}) y)").format(
-            a=only_view, b=only_truth
-        )
-    ).fetchone()
+    rows = compare(conn, model)
     seconds = time.perf_counter() - started
-    assert row is not None
-    result = ViewCheck(view, int(row[0]), int(row[1]), seconds)
-    if not result.exact and samples > 0:
-        for label, query in (("view ", only_view), ("truth", only_truth)):
-            rows = conn.execute(sql.SQL("{} LIMIT %s").format(query), (samples,)).fetchall()
-            result.samples.extend(f"{label} {r}" for r in rows)
-    return result
+    in_view = sum(1 for r in rows if r.kind != "missing")
+    in_truth = sum(1 for r in rows if r.kind != "extra")
+    return ViewCheck(model.name, in_view, in_truth, seconds, [f"{r.kind} {r.key}" for r in rows[:samples]])
 
 
 def check_all(conn: Conn) -> list[ViewCheck]:
-    return [check_view(conn, view, truth, columns) for view, truth, columns in CHECKS]
+    return [check_view(conn, model) for model in of_kind(Kind.LEDGER)]
 
 
 def verdict(checks: list[ViewCheck]) -> str:

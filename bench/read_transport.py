@@ -28,10 +28,12 @@ from bench.scratch import add_dataset_arguments, seeded_database
 from denorm.cache import Batcher, open_redis
 from denorm.logs import configure_logging
 from denorm.pg import open_pipeline, open_pool
-from services.api.db import pipelined_queries, queries
+from services.api.db import pipelined_queries
+from services.api.feed import SORTS, Sort
 
-FEED = "feed_trending"
-FEED_PARAMS = {"limit": 20, "offset": 0, "page": None, "after_score": float("inf"), "after_id": 2**63 - 1}
+FEED = SORTS[Sort.TRENDING].statement
+FEED_PARAMS = {"sort": "trending", "limit": 20, "offset": 0, "page": None, "after_key": float("inf"),
+               "after_id": 2**63 - 1}  # fmt: skip
 MEMBERS = [b"-", *range(1000, 1020)]
 
 
@@ -80,7 +82,7 @@ async def run(url: str, redis_url: str, seconds: float, tasks: int) -> None:
     pool = await open_pool(url, "bench", 10, 10)
     await pool.wait()
     pipe = await open_pipeline(url, "bench", pipelined_queries(), 2, 5000)
-    query = queries()[FEED]
+    query = pipelined_queries()[FEED]
     try:
 
         async def via_pool() -> Any:

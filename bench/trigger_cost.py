@@ -40,7 +40,9 @@ from bench.read_model_check import (
 )
 from bench.scratch import scratch_database
 from denorm.logs import configure_logging
-from denorm.seed import SCALES, fold_all, seed
+from denorm.maintenance import fold_all, rebuild_all
+from denorm.readmodels import Kind
+from denorm.seed import SCALES, seed
 
 # (case, table, pgbench script). {stride}: users per client; {users}, {projects}: the dataset's sizes.
 # pgbench's :client_id counts from 0, so client c owns users c*stride+1 .. (c+1)*stride.
@@ -167,12 +169,14 @@ def main() -> None:
 
             # Part of the run wrote with the triggers off: rebuild, then prove the models exact.
             started = time.perf_counter()
-            conn.execute("SELECT rebuild_read_models()")
+            rebuild_all(conn, Kind.LEDGER)
             rebuilt = time.perf_counter() - started
             checks = check_all(conn)
             result = verdict(checks)
             ok = result == "exact"
-            print(f"rebuild_read_models(): {rebuilt:.2f} s; read models against truth afterwards: {result}")
+            print(
+                f"the ledger-kept read models rebuilt: {rebuilt:.2f} s; read models against truth afterwards: {result}"
+            )
             for c in checks:
                 for sample in c.samples:
                     print(f"  {c.view}: {sample}")

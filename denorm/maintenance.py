@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from denorm.readmodels import fold_applies, ledger_folds, rebuilds, refreshed_with
+from denorm.readmodels import Kind, fold_applies, ledger_folds, rebuilds, refreshed_with
 from denorm.sql import query
 
 Connection = psycopg.Connection[Any]
@@ -105,9 +105,10 @@ def repair_folded(conn: Connection, apply: str, keys: list[int]) -> None:
         _call(conn, apply, keys)
 
 
-def rebuild_all(conn: Connection) -> None:
-    """Every read model rebuilt from the source (after a bulk load: one set-based pass each)."""
-    for function in rebuilds():
+def rebuild_all(conn: Connection, *kinds: Kind) -> None:
+    """Every read model (of these kinds) rebuilt from the source: after a bulk load, one set-based
+    pass each."""
+    for function in rebuilds(*kinds):
         _call(conn, function)
 
 

@@ -188,8 +188,9 @@ def fold_applies() -> list[str]:
     return unique(m.fold for m in of_kind(Kind.FOLD))
 
 
-def rebuilds() -> list[str]:
-    return unique(m.rebuild for m in REGISTRY)
+def rebuilds(*kinds: Kind) -> list[str]:
+    """The rebuild functions of the read models of these kinds (of all, when none is given)."""
+    return unique(m.rebuild for m in REGISTRY if not kinds or m.kind in kinds)
 
 
 def refreshed_with(clock: str) -> list[ReadModel]:

@@ -22,9 +22,9 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from db import SQL_DIR
+from denorm import maintenance
 from denorm.logs import get_logger
 from denorm.pg import conninfo
-from denorm import maintenance
 from denorm.sql import split
 
 log = get_logger("denorm.seed")

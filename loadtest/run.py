@@ -35,9 +35,9 @@ import psycopg
 from psycopg import sql
 
 from denorm.config import get_settings
-from loadtest.localproc import free_port, wait_ready
 from denorm.logs import get_logger
 from loadtest import gates, report
+from loadtest.localproc import free_port, wait_ready
 from loadtest.plot import plot
 from loadtest.report import HistoryPoint, StepResult
 

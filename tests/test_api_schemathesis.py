@@ -15,11 +15,10 @@ from schemathesis import checks
 
 from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET
-from loadtest.localproc import free_port, wait_ready
 from denorm.seed import SCALES, seed
+from loadtest.localproc import free_port, wait_ready
 from tests.conftest import TEST_REDIS_URL, AdminConnection, scratch_database
-from tests.support import DENORM, cli_env
-from tests.support import settle
+from tests.support import DENORM, cli_env, settle
 
 USER = 3
 

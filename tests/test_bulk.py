@@ -8,7 +8,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from denorm.seed import SCALES, fold_all, seed
+from denorm.maintenance import fold_all, rebuild_all
+from denorm.seed import SCALES, seed
 from tests.test_read_models import assert_exact
 
 Connection = psycopg.Connection[Any]
@@ -64,5 +65,5 @@ def test_backfill_sized_insert_select(hundred_k_users: Connection) -> None:
         "ON CONFLICT DO NOTHING"
     )
     assert_exact(conn, "after a 300k-row INSERT ... SELECT")
-    conn.execute("SELECT rebuild_read_models()")
+    rebuild_all(conn)
     assert_exact(conn, "after a rebuild")

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import errors
 
-from loadtest.localproc import free_port
 from denorm.pg import open_pipeline
 from denorm.pgpipe import PipelinedReads, Statement, encode
+from loadtest.localproc import free_port
 
 QUERIES = {
     "echo": b"SELECT %(a)s::bigint * 2, %(b)s::text || '!', %(a)s::bigint",

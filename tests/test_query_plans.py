@@ -1,46 +1,109 @@
-"""Every query the API issues uses an index on every large table (Phase 4: the indexes the queries need)."""
+"""Every statement uses an index on every large table (Phase 4: the indexes the queries need), and the
+API's run on generic plans that stay index walks."""
 
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
 
-from db import SQL_DIR
+from denorm.ids import MAX_ID
 from denorm.pg import OLTP_SETTINGS
-from denorm.sqlfile import load_queries, positional
+from denorm.sql import positional, queries
+from services.api import feed
+from tests.manifests import REPO
 
-QUERIES = load_queries(SQL_DIR / "queries" / "api.sql")
-LARGE_ROWS = 2_000  # a table past this size must never be read whole by an API query
-MAX_ID = 2**63 - 1
+# Every named statement, with the feed's one per sort in place of its template.
+QUERIES = {name: text for name, text in queries().items() if name != "feed_page"} | feed.statements()
+LARGE_ROWS = 2_000  # a table past this size must never be read whole
+FIRST_PAGE = {"limit": 20, "offset": 0, "page": None, "after_id": MAX_ID}
+NOW = datetime(2026, 11, 30, tzinfo=UTC)
 
 PARAMS: dict[str, dict[str, Any]] = {
-    "feed_trending": {"after_score": float("inf"), "after_id": MAX_ID, "limit": 20, "offset": 0, "page": None},
-    "feed_top_rated": {"after_score": float("inf"), "after_id": MAX_ID, "limit": 20, "offset": 0, "page": None},
-    "feed_newest": {
-        "after_time": datetime.max.replace(tzinfo=UTC),
-        "after_id": MAX_ID,
-        "limit": 20,
-        "offset": 0,
-        "page": None,
-    },
+    "feed_by_trending_score": {**FIRST_PAGE, "sort": "trending", "after_key": float("inf")},
+    "feed_by_proof_score": {**FIRST_PAGE, "sort": "top-rated", "after_key": float("inf")},
+    "feed_by_created_at": {**FIRST_PAGE, "sort": "newest", "after_key": datetime.max.replace(tzinfo=UTC)},
     "leaderboard_projects": {"offset": 0, "limit": 50},
     "leaderboard_users": {"offset": 0, "limit": 50},
     "chains": {"after_members": MAX_ID, "after_id": MAX_ID, "limit": 20},
     "chain_page": {"slug": "chain-1-postgres", "limit": 20},
-    "trending_tags": {"limit": 20},
+    "chain_id": {"slug": "chain-1-postgres"},
     "dashboard": {"user_id": 1},
     "conversations": {"user_id": 1, "limit": 50},
     "upvoted_among": {"user_id": 1, "project_ids": list(range(1, 21))},
     "user_upvotes": {"user_id": 1},
+    "upvote_sets": {"users": list(range(1, 501))},
+    "upvote_change": {"u": 1, "p": 1, "want": True, "durable": True},
+    "upvote_count_and_unlock": {"u": 1, "p": 1},
+    "upvote_unlock": {"u": 1, "p": 1},
+    "upvote_warm_up": {},
     "search": {"q": "reddis cache", "doc_type": "project", "limit": 20},
     # A rare word across every type: the GIN index, not a scan of every document.
     "search:all": {"q": "lovelase", "doc_type": None, "limit": 20},
-    "refresh_status": {},
+    "freshness": {},
+    "queue_state": {},
+    "fold_state": {},
+    "schema_ready": {},
+    # The writes the API makes.
+    "create_project": {"owner": 1, "title": "t", "tagline": "", "description": "", "tags": []},
+    "add_comment": {"user": 1, "project": 1, "body": "b"},
+    "send_message": {"sender": 1, "recipient": 2, "body": "b"},
+    "mark_read": {"me": 1, "other": 2},
+    "create_intro": {"me": 1, "target": 2, "project": None, "message": ""},
+    "answer_intro": {"status": "accepted", "id": 1, "me": 1},
+    "join_chain": {"me": 1, "slug": "chain-1-postgres"},
+    "leave_chain": {"chain": 1, "me": 1},
+    "new_thread": {"me": 1, "title": "t", "body": "", "slug": "chain-1-postgres"},
+    "new_post": {"me": 1, "body": "b", "thread": 1},
+    # The refresher's and the reconciler's.
+    "fold_begin": {},
+    "fold_lock": {},
+    "fold_done": {"duration_ms": 1},
+    "collect_requests": {},
+    "claim_due_view": {"debounce_s": 1.0, "min_interval_s": 3.0},
+    "claim_view": {"view_name": "mv_chain_directory"},
+    "view_idle": {"view_name": "mv_chain_directory"},
+    "refresh_timeout": {"timeout": "120s"},
+    "finish_refresh": {"generation": 1, "started_at": NOW, "duration_ms": 1, "view_name": "mv_chain_directory"},
+    "log_refresh": {
+        "view_name": "v",
+        "started_at": NOW,
+        "duration_ms": 1,
+        "status": "completed",
+        "error": None,
+        "worker": "w",
+        "first_requested_at": NOW,
+    },
+    "fail_refresh": {"retry_max_s": 60.0, "retry_base_s": 1.0, "error": "e", "view_name": "mv_chain_directory"},
+    "next_due_in": {"debounce_s": 1.0, "min_interval_s": 3.0},
+    "prune_log": {"days": 7},
+    "reconcile_lock": {},
+    "reconcile_unlock": {},
+    "record_start": {"mode": "dry-run"},
+    "record_finish": {"status": "finished", "drift": "{}", "repaired": "{}", "error": None, "id": 1},
+    "recent_runs": {"n": 30},
 }
+# What the API runs (its sessions' settings: denorm/pg.py); the rest is the refresher's and the reconciler's.
+API = {name for name in PARAMS if name.split(":")[0] in QUERIES} - {
+    "fold_begin", "fold_lock", "fold_done", "collect_requests", "claim_due_view", "claim_view", "view_idle",
+    "refresh_timeout", "finish_refresh", "log_refresh", "fail_refresh", "next_due_in", "prune_log",
+    "reconcile_lock", "reconcile_unlock", "record_start", "record_finish", "recent_runs", "upvote_sets",
+}  # fmt: skip
+
+
+def test_every_statement_has_parameters_here() -> None:
+    assert {name.split(":")[0] for name in PARAMS} == set(QUERIES)
+
+
+def test_every_statement_the_api_names_is_planned_as_the_api_runs_it() -> None:
+    """The names the API's code passes to its database calls are all among the API's statements."""
+    source = "\n".join(p.read_text() for p in (REPO / "services" / "api").rglob("*.py"))
+    named = set(re.findall(r"""(?:fetch_all|fetch_one|json_of|json_of_pool|read_row|query)\([^"')]*"(\w+)\"""", source))
+    assert named and named <= API | set(feed.statements()), named - API
 
 
 def nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -96,7 +159,7 @@ def generic_plan(conn: psycopg.Connection[Any], query: str, params: dict[str, An
     return plan
 
 
-@pytest.mark.parametrize("name", sorted(PARAMS))
+@pytest.mark.parametrize("name", sorted(API))
 def test_the_generic_plan_the_api_runs_is_an_index_walk(small_dataset_url: str, name: str) -> None:
     """The API's sessions force generic plans (denorm/pg.py); a generic plan does not know the values,
     so it must be good for all of them: no whole-table read and no parallel workers."""
@@ -111,9 +174,10 @@ def test_the_generic_plan_the_api_runs_is_an_index_walk(small_dataset_url: str, 
         assert not [n for n in nodes(plan) if n["Node Type"].startswith("Gather")], f"{name} plans parallel workers"
         assert conn.execute("SHOW jit").fetchone() == ("off",)  # the generic plans' costs pass jit_above_cost
         # A ledger is empty after each fold, and a plan made then lives as long as the connection.
-        # (refresh_status, an operator's read, must read the ledger whole to find its oldest entry.)
-        if name != "refresh_status":
-            assert ledger_scans(plan) == [], f"{name} scans a delta ledger"
+        assert ledger_scans(plan) == [], f"{name} scans a delta ledger"
+
+
+TRENDING = feed.SORTS[feed.Sort.TRENDING].statement
 
 
 def ledger_scans(plan: dict[str, Any]) -> list[str]:
@@ -130,9 +194,9 @@ def test_without_the_settings_a_generic_plan_scans_an_empty_ledger(small_dataset
         for setting, value in OLTP_SETTINGS.items():
             if setting != "enable_seqscan":
                 conn.execute(psycopg.sql.SQL("SET {} = {}").format(psycopg.sql.Identifier(setting), value))
-        assert ledger_scans(generic_plan(conn, QUERIES["feed_trending"], PARAMS["feed_trending"])) != []
+        assert ledger_scans(generic_plan(conn, QUERIES[TRENDING], PARAMS[TRENDING])) != []
         conn.execute("SET enable_seqscan = off")
-        assert ledger_scans(generic_plan(conn, QUERIES["feed_trending"], PARAMS["feed_trending"])) == []
+        assert ledger_scans(generic_plan(conn, QUERIES[TRENDING], PARAMS[TRENDING])) == []
 
 
 def test_without_the_settings_a_generic_feed_plan_goes_parallel(small_dataset_url: str) -> None:
@@ -146,5 +210,5 @@ def test_without_the_settings_a_generic_feed_plan_goes_parallel(small_dataset_ur
         conn.execute("SET min_parallel_index_scan_size = 0")
         conn.execute("SET min_parallel_table_scan_size = 0")
         conn.execute("SET cpu_tuple_cost = 1")
-        plan = generic_plan(conn, QUERIES["feed_trending"], PARAMS["feed_trending"])
+        plan = generic_plan(conn, QUERIES[TRENDING], PARAMS[TRENDING])
         assert [n for n in nodes(plan) if n["Node Type"].startswith("Gather")]

@@ -33,7 +33,7 @@ from tests.workload import (
 Connection = psycopg.Connection[Any]
 
 
-def assert_exact(conn: Connection, when: str, kinds: tuple[Kind, ...]) -> None:
+def assert_exact(conn: Connection, when: str, kinds: tuple[Kind, ...] = (Kind.LEDGER,)) -> None:
     names = {m.name for m in REGISTRY if m.kind in kinds}
     problems = {name: rows for name, rows in all_drift(conn).items() if rows and name in names}
     assert not problems, f"read models drifted {when}: " + "; ".join(

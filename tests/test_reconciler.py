@@ -368,6 +368,12 @@ def test_a_dead_redis_is_reported_and_the_run_still_finishes(seeded_url: str, rs
 Expected = dict[str, dict[str, list[Any]]]
 
 
+def first(conn: Connection, query: str, *args: Any) -> tuple[Any, ...]:
+    row = conn.execute(query.encode(), args).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
 def quietly(conn: Connection, statement: str, *args: Any) -> None:
     """A write that fires no trigger."""
     with conn.transaction():
@@ -391,7 +397,7 @@ def inject_intro_request_stats(conn: Connection) -> Expected:
 
 
 def inject_message_conversations_denorm(conn: Connection) -> Expected:
-    user, other = conn.execute("SELECT user_id, other_user_id FROM conversation_base ORDER BY 1, 2 LIMIT 1").fetchone()
+    user, other = first(conn, "SELECT user_id, other_user_id FROM conversation_base ORDER BY 1, 2 LIMIT 1")
     conn.execute("UPDATE conversation_base SET message_count = message_count + 3 "
                  "WHERE user_id = %s AND other_user_id = %s", (user, other))  # fmt: skip
     return {"message_conversations_denorm": {"different": [[user, other]]}}
@@ -405,9 +411,9 @@ def inject_mv_feed_projects(conn: Connection) -> Expected:
 
 def inject_mv_chain_projects(conn: Connection) -> Expected:
     # The issue's second: a project pushed up its chain's list.
-    chain, project = conn.execute(
-        "SELECT chain_id, project_id FROM mv_chain_projects ORDER BY upvote_count, chain_id, project_id LIMIT 1"
-    ).fetchone()
+    chain, project = first(
+        conn, "SELECT chain_id, project_id FROM mv_chain_projects ORDER BY upvote_count, chain_id, project_id LIMIT 1"
+    )
     conn.execute("UPDATE mv_chain_projects SET upvote_count = upvote_count + 1000 "
                  "WHERE chain_id = %s AND project_id = %s", (chain, project))  # fmt: skip
     return {"mv_chain_projects": {"different": [[project, chain]]}}
@@ -429,10 +435,11 @@ def inject_mv_leaderboard_users(conn: Connection) -> Expected:
 
 
 def inject_mv_chain_directory(conn: Connection) -> Expected:
-    chain, user = conn.execute(
+    chain, user = first(
+        conn,
         "SELECT c.id, u.id FROM chains c, users u WHERE NOT EXISTS (SELECT 1 FROM chain_members m "
-        "WHERE m.chain_id = c.id AND m.user_id = u.id) AND u.id > 100 ORDER BY 1, 2 LIMIT 1"
-    ).fetchone()
+        "WHERE m.chain_id = c.id AND m.user_id = u.id) AND u.id > 100 ORDER BY 1, 2 LIMIT 1",
+    )
     quietly(conn, "INSERT INTO chain_members (chain_id, user_id) VALUES (%s, %s)", chain, user)
     return {"mv_chain_directory": {"different": [chain]}, "user_dashboard_stats": {"different": [user]}}
 

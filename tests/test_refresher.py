@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import threading
 import time
-import urllib.request
 from typing import Any
 
 import psycopg
@@ -20,10 +16,9 @@ from denorm.maintenance import fold_all
 from denorm.readmodels import Kind, of_kind
 from denorm.seed import SCALES, seed
 from denorm.sql import query
-from loadtest.localproc import free_port
 from services.refresher.worker import Refresher
-from tests.support import DENORM, cli_env, settle
-from tests.workload import random_program, reset, run_concurrently
+from tests.support import settle
+from tests.workload import random_program, run_concurrently
 
 Connection = psycopg.Connection[Any]
 

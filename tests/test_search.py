@@ -8,14 +8,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from db import SQL_DIR
 from denorm.seed import SCALES, seed
-from denorm.sqlfile import load_queries
+from denorm.sql import queries
 from tests.conftest import scratch_database
 from tests.support import settle
 
 Connection = psycopg.Connection[Any]
-SEARCH = load_queries(SQL_DIR / "queries" / "api.sql")["search"]
+SEARCH = queries()["search"]
 
 
 def answer(conn: Connection, q: str, doc_type: str | None = None, limit: int = 10) -> dict[str, Any]:
