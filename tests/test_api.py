@@ -14,6 +14,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from denorm.auth import mint_token
+from denorm.readmodels import REGISTRY
 from denorm.config import Settings
 from loadtest.localproc import free_port
 from services.api.app import create_app
@@ -58,7 +59,15 @@ def test_the_read_routes_answer(client: TestClient, settings: Settings, conn: Co
     assert detail["chain"]["slug"] == slug and detail["projects"] and detail["as_of"]
     hits = client.get("/api/search", params={"q": "postgress", "type": "projects"}).json()
     assert hits["corrected"] == "postgres" and all("Postgres" in h["title"] for h in hits["items"])
-    assert client.get("/api/admin/refresh-status").json()["views"]
+    status = client.get("/api/admin/refresh-status").json()
+    assert [m["name"] for m in status["read_models"]] == [m.name for m in REGISTRY]
+    by_name = {m["name"]: m for m in status["read_models"]}
+    assert (
+        by_name["user_dashboard_stats"]["staleness_seconds"] == 0 and by_name["user_dashboard_stats"]["queue"] is None
+    )
+    assert by_name["mv_chain_directory"]["queue"]["status"] in ("idle", "pending")
+    assert by_name["mv_search_words"]["queue"] == by_name["mv_search_documents"]["queue"]
+    assert by_name["mv_feed_projects"]["as_of"] and status["fold"]["folded_at"]
     me = auth(settings, 3)
     dash = client.get("/api/users/dashboard", headers=me).json()
     truth = conn.execute("SELECT upvotes_given FROM user_dashboard_stats_truth WHERE user_id = 3").fetchone()
