@@ -14,8 +14,8 @@ import redis
 from fastapi.testclient import TestClient
 
 from denorm.auth import mint_token
-from denorm.readmodels import REGISTRY
 from denorm.config import Settings
+from denorm.readmodels import REGISTRY
 from loadtest.localproc import free_port
 from services.api.app import create_app
 

@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from denorm.auth import AuthError
-from denorm.ids import parse_id
+from denorm.ids import MAX_ID, parse_id
 from denorm.logs import get_logger
 from services.api.deps import Services, current_user, optional_user
 from services.api.errors import ApiError, error_response
@@ -118,7 +118,7 @@ class Read:
 
 
 def _bounds(info: FieldInfo) -> tuple[int, int]:
-    lo, hi = -(2**63), 2**63 - 1
+    lo, hi = -MAX_ID - 1, MAX_ID
     for m in info.metadata:
         if isinstance(m, annotated_types.Ge):
             lo = int(m.ge)  # type: ignore[call-overload]

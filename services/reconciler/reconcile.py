@@ -37,6 +37,7 @@ from psycopg import sql
 from denorm import maintenance
 from denorm.config import Settings
 from denorm.drift import KINDS, DriftRow, compare
+from denorm.ids import MAX_ID
 from denorm.logs import get_logger
 from denorm.pg import conninfo, session_options
 from denorm.readmodels import REGISTRY, Kind, ReadModel, of_kind
@@ -218,7 +219,7 @@ class Reconciler:
         highest = int(row[0]) if row and row[0] is not None else 0
         next_key = _key_bounds(keys_from, "min", "least")
         last_log = time.monotonic()
-        after = -(2**63)
+        after = -MAX_ID - 1
         while (row := conn.execute(next_key, {"after": after}).fetchone()) and row[0] is not None:
             lo = int(row[0])
             after = lo + self.size
