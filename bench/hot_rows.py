@@ -54,11 +54,15 @@ CREATE TRIGGER naive_count AFTER INSERT OR DELETE ON project_upvotes
 ALTER TABLE project_upvotes DISABLE TRIGGER naive_count;
 """
 
-USER_TRIGGERS = ("trg_project_upvotes_insert", "trg_project_upvotes_delete", "trg_project_upvotes_update")
+# The read models' triggers on project_upvotes (each ledger-kept read model that follows it has its own).
+LEDGER_TRIGGERS = """
+SELECT tgname FROM pg_trigger
+WHERE tgrelid = 'project_upvotes'::regclass AND NOT tgisinternal AND tgname <> 'naive_count' ORDER BY 1
+"""
 
 
 def set_design(conn: psycopg.Connection[tuple[object, ...]], design: str) -> None:
-    for name in USER_TRIGGERS:
+    for (name,) in conn.execute(LEDGER_TRIGGERS).fetchall():
         action = "ENABLE" if design == "ledger" else "DISABLE"
         conn.execute(f"ALTER TABLE project_upvotes {action} TRIGGER {name}".encode())
     action = "ENABLE" if design == "naive" else "DISABLE"

@@ -57,7 +57,6 @@ class Settings(BaseSettings):
 
     # The refresher (services/refresher).
     refresher_debounce_ms: int = Field(default=1000, ge=0, description="wait after a view's first dirty mark")
-    refresher_max_staleness_ms: int = Field(default=5000, ge=0, description="alert bound on a view's staleness")
     # Under a steady stream of votes the views that read the feed are dirty after every fold, and
     # were refreshed back to back (a third of a core at the 5000-user load, and the upvote's tail
     # latency: docs/performance.md). Spaced by this, they stay within the staleness bound.
