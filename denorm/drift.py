@@ -15,7 +15,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
-from denorm.readmodels import REGISTRY, Kind, ReadModel
+from denorm.readmodels import Kind, ReadModel
 
 KINDS = ("missing", "extra", "different")
 Against = Literal["truth", "definition"]
@@ -96,12 +96,3 @@ def compare(
     rows = conn.execute(statement(model, compared, other, ranged), {"lo": lo, "hi": hi} if ranged else None)
     width = len(model.key)
     return [DriftRow(tuple(r[:width]), str(r[width])) for r in rows.fetchall()]
-
-
-def all_drift(conn: psycopg.Connection[Any]) -> dict[str, list[DriftRow]]:
-    """Every read model in Postgres against its truth, all read in one REPEATABLE READ snapshot."""
-    if not conn.autocommit:
-        raise ValueError("pass an autocommit connection: the snapshot is this function's own")
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        return {m.name: compare(conn, m) for m in REGISTRY if m.kind is not Kind.REDIS}

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from db import READMODELS_DIR, SCHEMA_DIR
+from db import READMODELS_DIR
 
 
 class Kind(StrEnum):
@@ -33,15 +33,6 @@ class Kind(StrEnum):
     FOLD = "fold"
     MATVIEW = "matview"
     REDIS = "redis"
-
-
-# How each kind is repaired, for the docs and the report.
-REPAIRS = {
-    Kind.LEDGER: "a correction (truth minus model) appended to its ledger",
-    Kind.FOLD: "its rows recomputed from the source, under the fold's lock",
-    Kind.MATVIEW: "refreshed",
-    Kind.REDIS: "the user's set deleted (the next read loads it again)",
-}
 
 
 @dataclass(frozen=True)
@@ -154,21 +145,6 @@ REGISTRY: tuple[ReadModel, ...] = (
         "upvote_sets", Kind.REDIS, "upvote_sets.sql", ("user_id", "project_id"), bound_seconds=1.0,
     ),
 )  # fmt: skip
-
-BY_NAME = {m.name: m for m in REGISTRY}
-
-# The schema files that are not read models, in the order a fresh database runs them; the read
-# models' files follow, in the registry's order.
-INFRASTRUCTURE = ("source.sql", "items.sql", "ledgers.sql", "refresh_queue.sql", "reconcile_runs.sql")
-
-
-def schema_files() -> list[Path]:
-    """Every file of the current-state schema, in the order a fresh database runs them."""
-    files = [SCHEMA_DIR / name for name in INFRASTRUCTURE]
-    for model in REGISTRY:
-        if model.path not in files:
-            files.append(model.path)
-    return files
 
 
 def of_kind(*kinds: Kind) -> list[ReadModel]:

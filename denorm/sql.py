@@ -52,11 +52,6 @@ def query(name: str) -> bytes:
     return queries()[name].encode()
 
 
-def schema_of(path: Path) -> str:
-    """The schema part of one file: what a fresh database runs to create its feature."""
-    return split(path.read_text(encoding="utf-8"))[0]
-
-
 def positional(statement: str) -> tuple[str, list[str]]:
     """A named-placeholder statement as server-side SQL for PREPARE: `%(x)s` becomes `$1`, and the
     parameter names in order. (psycopg does this itself for every statement it prepares; the read

@@ -11,6 +11,11 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import TupleRow
 
+from db import SCHEMA_DIR
+from denorm.drift import DriftRow, compare
+from denorm.readmodels import REGISTRY, Kind
+from denorm.sql import split
+
 Connection = psycopg.Connection[TupleRow]
 
 _CONSOLE_SCRIPT = Path(sys.executable).with_name("denorm")
@@ -56,3 +61,31 @@ def settle(conn: Connection) -> None:
     from denorm.maintenance import drain
 
     drain(conn, worker="test")
+
+
+def all_drift(conn: Connection) -> dict[str, list[DriftRow]]:
+    """Every read model in Postgres against its truth, all read in one REPEATABLE READ snapshot."""
+    if not conn.autocommit:
+        raise ValueError("pass an autocommit connection: the snapshot is this function's own")
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        return {m.name: compare(conn, m) for m in REGISTRY if m.kind is not Kind.REDIS}
+
+
+# The schema files that are not read models, in the order a fresh database runs them; the read
+# models' files follow, in the registry's order. (The baseline migration was made so.)
+INFRASTRUCTURE = ("source.sql", "items.sql", "ledgers.sql", "refresh_queue.sql", "reconcile_runs.sql")
+
+
+def schema_files() -> list[Path]:
+    """Every file of the current-state schema, in the order a fresh database runs them."""
+    files = [SCHEMA_DIR / name for name in INFRASTRUCTURE]
+    for model in REGISTRY:
+        if model.path not in files:
+            files.append(model.path)
+    return files
+
+
+def schema_of(path: Path) -> str:
+    """The schema part of one file: what a fresh database runs to create its feature."""
+    return split(path.read_text(encoding="utf-8"))[0]

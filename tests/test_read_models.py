@@ -11,11 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from denorm.drift import all_drift
 from denorm.maintenance import fold, fold_all
 from denorm.readmodels import REGISTRY, Kind
 from denorm.sql import query
-from tests.support import settle
+from tests.support import all_drift, settle
 from tests.workload import (
     CHAINS,
     FOLD,

@@ -21,7 +21,6 @@ import redis
 import yaml
 
 from denorm.config import Settings
-from denorm.drift import all_drift
 from denorm.maintenance import fold
 from denorm.migrate import MIGRATION_LOCK_KEY
 from denorm.readmodels import REGISTRY
@@ -33,7 +32,7 @@ from services.reconciler.reconcile import Reconciler, Report
 from tests import workload
 from tests.conftest import TEST_REDIS_URL
 from tests.manifests import REPO
-from tests.support import DENORM, cli_env, run_denorm, settle
+from tests.support import DENORM, all_drift, cli_env, run_denorm, settle
 
 Connection = psycopg.Connection[Any]
 

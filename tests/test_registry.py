@@ -10,8 +10,9 @@ from typing import Any
 import psycopg
 
 from db import READMODELS_DIR
-from denorm.readmodels import REGISTRY, Kind, of_kind, schema_files
+from denorm.readmodels import REGISTRY, Kind, of_kind
 from tests.manifests import REPO
+from tests.support import schema_files
 
 Connection = psycopg.Connection[Any]
 QUEUE_TABLES = {"mv_refresh_queue", "mv_refresh_claims", "mv_refresh_log", "mv_refresh_requests"}

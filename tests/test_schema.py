@@ -10,9 +10,8 @@ import psycopg
 import pytest
 
 from denorm.migrate import migrate
-from denorm.readmodels import schema_files
-from denorm.sql import schema_of
 from tests.conftest import AdminConnection, scratch_database
+from tests.support import schema_files, schema_of
 
 Connection = psycopg.Connection[Any]
 
