@@ -235,3 +235,23 @@ def test_the_fold_keeps_each_chains_projects(seeded: Connection) -> None:
 def assert_fold_kept_tables_match_their_truth(conn: Connection) -> None:
     for model in of_kind(Kind.FOLD):
         assert compare(conn, model) == [], f"{model.name} differs from its truth"
+
+
+def test_a_view_is_as_old_as_its_first_unserved_request_collected_or_not(seeded: Connection) -> None:
+    """as_of (read_model_freshness) counts a request the refresher has not collected yet: a view is
+    never said to hold a write it does not hold, even while no refresher runs."""
+
+    def as_of(clock: str) -> Any:
+        return seeded.execute("SELECT as_of FROM read_model_freshness WHERE clock = %s", (clock,)).fetchone()
+
+    seeded.execute("INSERT INTO forum_posts (thread_id, author_id, body) VALUES (1, 1, 'not yet refreshed')")
+    committed = seeded.execute("SELECT now()").fetchone()
+    assert committed is not None
+    before = as_of("mv_forum_threads")
+    assert before is not None and before[0] < committed[0]  # uncollected
+    assert maintenance.collect(seeded) == 1
+    assert as_of("mv_forum_threads") == before  # collected, not yet refreshed
+    assert as_of("mv_chain_directory") != before  # another view, idle: as of now
+    maintenance.drain(seeded, "test")
+    after = as_of("mv_forum_threads")
+    assert after is not None and after[0] > committed[0]

@@ -41,7 +41,8 @@ CATALOG: dict[str, str] = {
     # The rows the schema itself writes.
     "refresh queue": "SELECT view_name, depends_on, status FROM mv_refresh_queue",
     "refresh claims": "SELECT view_name FROM mv_refresh_claims",
-    "fold state": "SELECT id, as_of FROM fold_state",
+    "fold state": "SELECT id FROM fold_state",  # as_of is when each database was made
+    "ledger trigger bodies": "SELECT source, event, model, body, position FROM ledger_trigger_bodies",
 }
 
 

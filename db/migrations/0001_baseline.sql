@@ -179,54 +179,84 @@ RETURN coalesce('"' || (to_json(v AT TIME ZONE 'UTC') #>> '{}') || '+00:00"', 'n
 -- for the projects it touched.
 
 -- ---------------------------------------------------------------------------------------------
--- The triggers of one read model on one source table, from one statement body written against
--- {changes}: the statement's rows, each with a sign (-1 for an old row, +1 for a new one). It
--- creates one trigger function per event (INSERT, DELETE, UPDATE), each reading its transition
--- tables directly, so a body is written once, in its read model's file, and a statement costs a
--- few aggregated inserts however many rows it touched. With `rebuild`, a TRUNCATE of the source
+-- The triggers of the read models on one source table. Each read model writes its part once, in
+-- its own file, as one statement body against {changes}: the statement's rows, each with a sign
+-- (-1 for an old row, +1 for a new one). ledger_triggers() records the body and rebuilds the
+-- source's trigger functions, one per event (INSERT, DELETE, UPDATE), each running every read
+-- model's body in the order the files recorded them and reading its transition tables directly.
+-- So a statement costs one trigger call and a few aggregated inserts, however many rows it
+-- touched and however many read models follow its table (two calls instead of one cost an upvote
+-- toggle 8-10% of its throughput: docs/read-models.md). With `rebuild`, a TRUNCATE of the source
 -- (which fires no other trigger) calls that function to rebuild the read model from what is left.
 --
--- Functions and triggers are named <model>_on_<source>_<event> and trg_<source>_<model>_<event>.
+-- The functions and triggers are named ledgers_on_<source>_<event> and trg_<source>_ledgers_<event>.
+CREATE TABLE ledger_trigger_bodies (
+    source   text    NOT NULL,
+    event    text    NOT NULL CHECK (event IN ('insert', 'delete', 'update')),
+    model    text    NOT NULL,
+    body     text    NOT NULL,
+    position integer GENERATED ALWAYS AS IDENTITY,
+    PRIMARY KEY (source, event, model)
+);
+
 CREATE FUNCTION ledger_triggers(source regclass, model text, body text,
                                 events text[] DEFAULT '{insert,delete,update}', rebuild text DEFAULT NULL)
 RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    ev text;
+BEGIN
+    FOREACH ev IN ARRAY events LOOP
+        INSERT INTO ledger_trigger_bodies (source, event, model, body) VALUES (source::text, ev, model, body)
+        ON CONFLICT ON CONSTRAINT ledger_trigger_bodies_pkey DO UPDATE SET body = excluded.body;
+    END LOOP;
+    PERFORM ledger_triggers_install(source);
+    IF rebuild IS NOT NULL THEN
+        PERFORM rebuild_on_truncate(source, model, rebuild);
+    END IF;
+END $$;
+
+-- (Re)create the source's trigger functions and triggers from the bodies recorded for it.
+CREATE FUNCTION ledger_triggers_install(source regclass) RETURNS void
 LANGUAGE plpgsql AS $install$
 DECLARE
     t text := source::text;
-    event text;
+    ev text;
     src text;
     guard text;
+    bodies text;
 BEGIN
-    FOREACH event IN ARRAY events LOOP
-        IF event = 'insert' THEN
+    FOREACH ev IN ARRAY ARRAY['insert', 'delete', 'update'] LOOP
+        IF ev = 'insert' THEN
             src := '(SELECT 1 AS sign, n.* FROM new_rows n)';
             guard := 'IF NOT EXISTS (SELECT FROM new_rows) THEN RETURN NULL; END IF;';
-        ELSIF event = 'delete' THEN
+        ELSIF ev = 'delete' THEN
             src := '(SELECT -1 AS sign, o.* FROM old_rows o)';
             guard := 'IF NOT EXISTS (SELECT FROM old_rows) THEN RETURN NULL; END IF;';
-        ELSIF event = 'update' THEN
+        ELSE
             src := '(SELECT -1 AS sign, o.* FROM old_rows o UNION ALL SELECT 1 AS sign, n.* FROM new_rows n)';
             guard := '';
-        ELSE
-            RAISE EXCEPTION 'ledger_triggers: unknown event %', event;
         END IF;
+        SELECT string_agg(format(E'-- %s\n%s', b.model, replace(b.body, '{changes}', src)), E'\n'
+                          ORDER BY b.position)
+        INTO bodies
+        FROM ledger_trigger_bodies b WHERE b.source = t AND b.event = ev;
+        CONTINUE WHEN bodies IS NULL;
         EXECUTE format($f$
-            CREATE FUNCTION %1$I() RETURNS trigger LANGUAGE plpgsql AS $body$
+            CREATE OR REPLACE FUNCTION %1$I() RETURNS trigger LANGUAGE plpgsql AS $body$
             BEGIN
                 %2$s
                 %3$s
                 RETURN NULL;
-            END $body$ $f$, format('%s_on_%s_%s', model, t, event), guard, replace(body, '{changes}', src));
-        EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s REFERENCING %s FOR EACH STATEMENT EXECUTE FUNCTION %I()',
-                       format('trg_%s_%s_%s', t, model, event), upper(event), source,
-                       CASE event WHEN 'insert' THEN 'NEW TABLE AS new_rows'
+            END $body$ $f$, format('ledgers_on_%s_%s', t, ev), guard, bodies);
+        EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER %s ON %s REFERENCING %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION %I()',
+                       format('trg_%s_ledgers_%s', t, ev), upper(ev), source,
+                       CASE ev WHEN 'insert' THEN 'NEW TABLE AS new_rows'
                                   WHEN 'delete' THEN 'OLD TABLE AS old_rows'
                                   ELSE 'OLD TABLE AS old_rows NEW TABLE AS new_rows' END,
-                       format('%s_on_%s_%s', model, t, event));
+                       format('ledgers_on_%s_%s', t, ev));
     END LOOP;
-    IF rebuild IS NOT NULL THEN
-        PERFORM rebuild_on_truncate(source, model, rebuild);
-    END IF;
 END $install$;
 
 -- TRUNCATE fires no row or statement triggers of the other kinds: the read model is rebuilt from
@@ -246,11 +276,13 @@ BEGIN
 END $$;
 
 -- ---------------------------------------------------------------------------------------------
--- The fold's clock: every write committed before as_of is in the fold-kept read models.
+-- The fold's clock: every write committed before as_of is in the fold-kept read models. It starts
+-- at the schema's creation (nothing was written before it), so a database that is written to but
+-- never folded shows its staleness growing.
 
 CREATE TABLE fold_state (
     id          boolean     PRIMARY KEY DEFAULT true CHECK (id),
-    as_of       timestamptz,
+    as_of       timestamptz NOT NULL DEFAULT now(),
     folded_at   timestamptz,
     duration_ms integer
 );
@@ -307,6 +339,8 @@ CREATE TABLE mv_refresh_requests (
     source_table text        NOT NULL,
     requested_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+-- The oldest request of a source: a view's as_of counts the requests not collected yet.
+CREATE INDEX mv_refresh_requests_source_idx ON mv_refresh_requests (source_table, requested_at);
 ALTER TABLE mv_refresh_requests SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
                                      autovacuum_vacuum_insert_scale_factor = 0,
                                      autovacuum_vacuum_insert_threshold = 5000);
@@ -370,17 +404,23 @@ END $$;
 
 -- ---------------------------------------------------------------------------------------------
 -- Freshness: the one rule for how old a read model is. as_of is the instant before which every
--- committed write is in it: for a refreshed view, now when it is idle, else its first unserved
--- request; for the fold-kept read models, the fold's as_of (db/schema/ledgers.sql). The
--- ledger-kept read models are exact at every commit and have no clock. denorm/readmodels.py says
--- which clock each read model follows; the API's reads, /api/admin/refresh-status, the
--- refresher's gauges and the reconciler all read this view.
+-- committed write is in it: for a refreshed view, the first request it has not served, whether
+-- the refresher has collected it into the queue row or not (a request is written before its
+-- write commits), and now when there is none; for the fold-kept read models, the fold's as_of
+-- (db/schema/ledgers.sql). The ledger-kept read models are exact at every commit and have no
+-- clock. denorm/readmodels.py says which clock each read model follows; the API's reads,
+-- /api/admin/refresh-status, the refresher's gauges and the reconciler all read this view.
 CREATE VIEW read_model_freshness AS
 SELECT q.view_name AS clock,
-       CASE WHEN q.status = 'pending' THEN q.first_requested_at ELSE now() END AS as_of
+       least(CASE WHEN q.status = 'pending' THEN q.first_requested_at ELSE now() END,
+             (SELECT min(r.requested_at)
+              FROM unnest(q.depends_on) AS d(source_table)
+              CROSS JOIN LATERAL (SELECT x.requested_at FROM mv_refresh_requests x
+                                  WHERE x.source_table = d.source_table
+                                  ORDER BY x.requested_at LIMIT 1) r)) AS as_of
 FROM mv_refresh_queue q
 UNION ALL
-SELECT 'fold', coalesce(f.as_of, now()) FROM fold_state f;
+SELECT 'fold', f.as_of FROM fold_state f;
 
 -- =============================================================================================
 -- db/schema/reconcile_runs.sql

@@ -45,6 +45,8 @@ CREATE TABLE mv_refresh_requests (
     source_table text        NOT NULL,
     requested_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+-- The oldest request of a source: a view's as_of counts the requests not collected yet.
+CREATE INDEX mv_refresh_requests_source_idx ON mv_refresh_requests (source_table, requested_at);
 ALTER TABLE mv_refresh_requests SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
                                      autovacuum_vacuum_insert_scale_factor = 0,
                                      autovacuum_vacuum_insert_threshold = 5000);
@@ -108,17 +110,23 @@ END $$;
 
 -- ---------------------------------------------------------------------------------------------
 -- Freshness: the one rule for how old a read model is. as_of is the instant before which every
--- committed write is in it: for a refreshed view, now when it is idle, else its first unserved
--- request; for the fold-kept read models, the fold's as_of (db/schema/ledgers.sql). The
--- ledger-kept read models are exact at every commit and have no clock. denorm/readmodels.py says
--- which clock each read model follows; the API's reads, /api/admin/refresh-status, the
--- refresher's gauges and the reconciler all read this view.
+-- committed write is in it: for a refreshed view, the first request it has not served, whether
+-- the refresher has collected it into the queue row or not (a request is written before its
+-- write commits), and now when there is none; for the fold-kept read models, the fold's as_of
+-- (db/schema/ledgers.sql). The ledger-kept read models are exact at every commit and have no
+-- clock. denorm/readmodels.py says which clock each read model follows; the API's reads,
+-- /api/admin/refresh-status, the refresher's gauges and the reconciler all read this view.
 CREATE VIEW read_model_freshness AS
 SELECT q.view_name AS clock,
-       CASE WHEN q.status = 'pending' THEN q.first_requested_at ELSE now() END AS as_of
+       least(CASE WHEN q.status = 'pending' THEN q.first_requested_at ELSE now() END,
+             (SELECT min(r.requested_at)
+              FROM unnest(q.depends_on) AS d(source_table)
+              CROSS JOIN LATERAL (SELECT x.requested_at FROM mv_refresh_requests x
+                                  WHERE x.source_table = d.source_table
+                                  ORDER BY x.requested_at LIMIT 1) r)) AS as_of
 FROM mv_refresh_queue q
 UNION ALL
-SELECT 'fold', coalesce(f.as_of, now()) FROM fold_state f;
+SELECT 'fold', f.as_of FROM fold_state f;
 
 -- name: freshness
 -- Every clock with its staleness in seconds.
