@@ -1396,27 +1396,31 @@ LANGUAGE sql STABLE PARALLEL SAFE
 RETURN '{"rank":' || rank || ',"project_id":' || project_id || ',"title":' || json_str(title)
        || ',"owner_id":' || owner_id || ',"username":' || json_str(username);
 
--- The truth, from the source tables alone (through the feed's truth).
-CREATE VIEW mv_leaderboard_projects_truth AS
-SELECT top.*, leaderboard_project_item_head(top.rank, top.project_id, top.title, top.owner_id, top.username)
-           AS item_head
-FROM (
-    SELECT row_number() OVER (ORDER BY upvote_count DESC, id DESC) AS rank,
-           id AS project_id, title, owner_id, username, upvote_count, comment_count, created_at
-    FROM (SELECT * FROM mv_feed_projects_truth ORDER BY upvote_count DESC, id DESC LIMIT 1000) f
-) top;
+-- The definition, once, over either the feed's truth (the source tables alone) or the feed table:
+-- the first 1000 rows of the feed's upvote index take milliseconds, where the truth counts every
+-- project's upvotes (a second at `standard`). The two agree whenever the feed is folded. A SQL
+-- function, inlined into each caller: the branch its argument rules out is never planned.
+CREATE FUNCTION leaderboard_projects_ranked(from_truth boolean)
+RETURNS TABLE (rank bigint, project_id bigint, title text, owner_id bigint, username text, upvote_count bigint,
+               comment_count bigint, created_at timestamptz, item_head text)
+LANGUAGE sql STABLE AS $$
+    SELECT top.*, leaderboard_project_item_head(top.rank, top.project_id, top.title, top.owner_id, top.username)
+    FROM (
+        SELECT row_number() OVER (ORDER BY f.upvote_count DESC, f.id DESC) AS rank,
+               f.id AS project_id, f.title, f.owner_id, f.username, f.upvote_count, f.comment_count, f.created_at
+        FROM ((SELECT id, title, owner_id, username, upvote_count, comment_count, created_at
+               FROM mv_feed_projects WHERE NOT from_truth
+               ORDER BY upvote_count DESC, id DESC LIMIT 1000)
+              UNION ALL
+              (SELECT id, title, owner_id, username, upvote_count, comment_count, created_at
+               FROM mv_feed_projects_truth WHERE from_truth
+               ORDER BY upvote_count DESC, id DESC LIMIT 1000)) f
+    ) top
+$$;
 
--- The truth over the feed table instead of the feed's truth: the first 1000 rows of the feed's
--- upvote index (milliseconds), where the truth counts every project's upvotes (a second at
--- `standard`). The two agree whenever the feed is folded.
-CREATE MATERIALIZED VIEW mv_leaderboard_projects AS
-SELECT top.*, leaderboard_project_item_head(top.rank, top.project_id, top.title, top.owner_id, top.username)
-           AS item_head
-FROM (
-    SELECT row_number() OVER (ORDER BY upvote_count DESC, id DESC) AS rank,
-           id AS project_id, title, owner_id, username, upvote_count, comment_count, created_at
-    FROM (SELECT * FROM mv_feed_projects ORDER BY upvote_count DESC, id DESC LIMIT 1000) f
-) top;
+CREATE VIEW mv_leaderboard_projects_truth AS SELECT * FROM leaderboard_projects_ranked(true);
+
+CREATE MATERIALIZED VIEW mv_leaderboard_projects AS SELECT * FROM leaderboard_projects_ranked(false);
 CREATE UNIQUE INDEX mv_leaderboard_projects_key ON mv_leaderboard_projects (project_id);
 CREATE INDEX mv_leaderboard_projects_rank_idx ON mv_leaderboard_projects (rank);
 
@@ -1436,36 +1440,32 @@ RETURN '{"rank":' || rank || ',"user_id":' || user_id || ',"username":' || json_
        || ',"display_name":' || json_str(display_name) || ',"upvotes_received":' || upvotes_received
        || ',"project_count":' || project_count || '}';
 
--- The truth, from the source tables alone (through the feed's truth).
-CREATE VIEW mv_leaderboard_users_truth AS
-SELECT top.*, leaderboard_user_item(top.rank, top.user_id, top.username, top.display_name, top.upvotes_received,
-                                    top.project_count) AS item
-FROM (
-    SELECT row_number() OVER (ORDER BY t.upvotes_received DESC, t.user_id DESC) AS rank,
-           t.user_id, u.username, u.display_name, t.upvotes_received, t.project_count
+-- The definition, once, over either the feed's truth (the source tables alone) or the feed table,
+-- whose per-project counts the truth would recompute; the two agree whenever the feed is folded.
+-- See leaderboard_projects_ranked().
+CREATE FUNCTION leaderboard_users_ranked(from_truth boolean)
+RETURNS TABLE (rank bigint, user_id bigint, username text, display_name text, upvotes_received bigint,
+               project_count bigint, item text)
+LANGUAGE sql STABLE AS $$
+    SELECT top.*, leaderboard_user_item(top.rank, top.user_id, top.username, top.display_name,
+                                        top.upvotes_received, top.project_count)
     FROM (
-        SELECT owner_id AS user_id, sum(upvote_count)::bigint AS upvotes_received, count(*) AS project_count
-        FROM mv_feed_projects_truth GROUP BY owner_id
-        ORDER BY upvotes_received DESC, owner_id DESC LIMIT 1000
-    ) t
-    JOIN users u ON u.id = t.user_id
-) top;
+        SELECT row_number() OVER (ORDER BY t.upvotes_received DESC, t.user_id DESC) AS rank,
+               t.user_id, u.username, u.display_name, t.upvotes_received, t.project_count
+        FROM ((SELECT owner_id AS user_id, sum(upvote_count)::bigint AS upvotes_received, count(*) AS project_count
+               FROM mv_feed_projects WHERE NOT from_truth GROUP BY owner_id
+               ORDER BY upvotes_received DESC, owner_id DESC LIMIT 1000)
+              UNION ALL
+              (SELECT owner_id, sum(upvote_count)::bigint, count(*)
+               FROM mv_feed_projects_truth WHERE from_truth GROUP BY owner_id
+               ORDER BY 2 DESC, 1 DESC LIMIT 1000)) t
+        JOIN users u ON u.id = t.user_id
+    ) top
+$$;
 
--- The truth over the feed table instead of the feed's truth, whose per-project counts it would
--- recompute; the two agree whenever the feed is folded.
-CREATE MATERIALIZED VIEW mv_leaderboard_users AS
-SELECT top.*, leaderboard_user_item(top.rank, top.user_id, top.username, top.display_name, top.upvotes_received,
-                                    top.project_count) AS item
-FROM (
-    SELECT row_number() OVER (ORDER BY t.upvotes_received DESC, t.user_id DESC) AS rank,
-           t.user_id, u.username, u.display_name, t.upvotes_received, t.project_count
-    FROM (
-        SELECT owner_id AS user_id, sum(upvote_count)::bigint AS upvotes_received, count(*) AS project_count
-        FROM mv_feed_projects GROUP BY owner_id
-        ORDER BY upvotes_received DESC, owner_id DESC LIMIT 1000
-    ) t
-    JOIN users u ON u.id = t.user_id
-) top;
+CREATE VIEW mv_leaderboard_users_truth AS SELECT * FROM leaderboard_users_ranked(true);
+
+CREATE MATERIALIZED VIEW mv_leaderboard_users AS SELECT * FROM leaderboard_users_ranked(false);
 CREATE UNIQUE INDEX mv_leaderboard_users_key ON mv_leaderboard_users (user_id);
 CREATE INDEX mv_leaderboard_users_rank_idx ON mv_leaderboard_users (rank);
 
@@ -1591,12 +1591,18 @@ SELECT refreshed_view('mv_search_documents', '{projects,users,chains}');
 -- word is corrected only to a word found in at least two documents: most of the vocabulary is
 -- usernames, each in one document, and the nearest-trigram search over all 105k words took 6 ms
 -- at `standard`; over the words in two documents or more, 0.1 ms.
-CREATE VIEW mv_search_words_truth AS
-SELECT word, ndoc FROM ts_stat($q$SELECT to_tsvector('simple', words) FROM mv_search_documents_truth$q$);
+-- The definition, once, over either the documents' truth or the documents just refreshed, which
+-- the truth would recompute.
+CREATE FUNCTION search_vocabulary(from_truth boolean) RETURNS TABLE (word text, ndoc integer)
+LANGUAGE sql STABLE AS $$
+    SELECT word, ndoc FROM ts_stat(format('SELECT to_tsvector(''simple'', words) FROM %I',
+                                          CASE WHEN from_truth THEN 'mv_search_documents_truth'
+                                               ELSE 'mv_search_documents' END))
+$$;
 
--- The truth over the documents just refreshed instead of their truth, which it would recompute.
-CREATE MATERIALIZED VIEW mv_search_words AS
-SELECT word, ndoc FROM ts_stat($q$SELECT to_tsvector('simple', words) FROM mv_search_documents$q$);
+CREATE VIEW mv_search_words_truth AS SELECT * FROM search_vocabulary(true);
+
+CREATE MATERIALIZED VIEW mv_search_words AS SELECT * FROM search_vocabulary(false);
 CREATE UNIQUE INDEX mv_search_words_key ON mv_search_words (word);
 CREATE INDEX mv_search_words_trgm_idx ON mv_search_words USING gist (word gist_trgm_ops) WHERE ndoc >= 2;
 

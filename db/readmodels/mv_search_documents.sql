@@ -49,12 +49,18 @@ SELECT refreshed_view('mv_search_documents', '{projects,users,chains}');
 -- word is corrected only to a word found in at least two documents: most of the vocabulary is
 -- usernames, each in one document, and the nearest-trigram search over all 105k words took 6 ms
 -- at `standard`; over the words in two documents or more, 0.1 ms.
-CREATE VIEW mv_search_words_truth AS
-SELECT word, ndoc FROM ts_stat($q$SELECT to_tsvector('simple', words) FROM mv_search_documents_truth$q$);
+-- The definition, once, over either the documents' truth or the documents just refreshed, which
+-- the truth would recompute.
+CREATE FUNCTION search_vocabulary(from_truth boolean) RETURNS TABLE (word text, ndoc integer)
+LANGUAGE sql STABLE AS $$
+    SELECT word, ndoc FROM ts_stat(format('SELECT to_tsvector(''simple'', words) FROM %I',
+                                          CASE WHEN from_truth THEN 'mv_search_documents_truth'
+                                               ELSE 'mv_search_documents' END))
+$$;
 
--- The truth over the documents just refreshed instead of their truth, which it would recompute.
-CREATE MATERIALIZED VIEW mv_search_words AS
-SELECT word, ndoc FROM ts_stat($q$SELECT to_tsvector('simple', words) FROM mv_search_documents$q$);
+CREATE VIEW mv_search_words_truth AS SELECT * FROM search_vocabulary(true);
+
+CREATE MATERIALIZED VIEW mv_search_words AS SELECT * FROM search_vocabulary(false);
 CREATE UNIQUE INDEX mv_search_words_key ON mv_search_words (word);
 CREATE INDEX mv_search_words_trgm_idx ON mv_search_words USING gist (word gist_trgm_ops) WHERE ndoc >= 2;
 
