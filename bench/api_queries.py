@@ -246,6 +246,9 @@ class Params:
     slug: str
     busy_users: list[int]  # users with conversations, so that the query has something to do
 
+    def drawer(self, name: str) -> Callable[[random.Random], dict[str, Any]]:
+        return lambda rng: self.draw(name, rng)
+
     def draw(self, name: str, rng: random.Random) -> dict[str, Any]:
         user = rng.choice(self.busy_users) if name == "conversations" else rng.randint(1, self.users)
         sort = FEED_LABELS.get(name, Sort.TRENDING)
@@ -268,12 +271,14 @@ def summary_ms(row: tuple[Any, ...] | None) -> float:
     return float(summary.get("Planning Time", 0.0)) + float(summary["Execution Time"])
 
 
-def medians(conn: Conn, query: str, name: str, runs: int, params: Params, prepared: bool) -> tuple[float, float]:
-    """(median server ms, median round-trip ms) over `runs` random parameter sets.
+def medians(
+    conn: Conn, query: str, draw: Callable[[random.Random], dict[str, Any]], runs: int, prepared: bool, seed: str
+) -> tuple[float, float]:
+    """(median server ms, median round-trip ms) over `runs` parameter sets from `draw`.
 
     Prepared, as the API runs it: one server-side statement, planned once (a generic plan), then
     executed with each parameter set. Unprepared: parsed and planned on every run."""
-    rng = random.Random(name)
+    rng = random.Random(seed)
     server, trip = [], []
     if prepared:
         sql, names = positional(query)
@@ -287,11 +292,11 @@ def medians(conn: Conn, query: str, name: str, runs: int, params: Params, prepar
 
     try:
         for _ in range(3):  # warm up: caches, and the prepared statement's generic plan
-            conn.execute(query.encode(), params.draw(name, rng), prepare=prepared).fetchall()
+            conn.execute(query.encode(), draw(rng), prepare=prepared).fetchall()
             if prepared:
-                conn.execute(execute(params.draw(name, rng))).fetchall()
+                conn.execute(execute(draw(rng))).fetchall()
         for _ in range(runs):
-            p = params.draw(name, rng)
+            p = draw(rng)
             started = time.perf_counter()
             conn.execute(query.encode(), p, prepare=prepared).fetchall()
             trip.append(time.perf_counter() - started)
@@ -388,11 +393,12 @@ def main() -> None:
             print(f"{label:<24}{cells}")
 
         for name, naive in NAIVE.items():
-            slow = medians(conn, naive, name, naive_runs, params, prepared=False)
-            row(name, slow, medians(api_conn, api[name], name, args.runs, params, prepared=True))
-        fast = medians(api_conn, api["search"], "search", args.runs, params, prepared=True)
+            draw = params.drawer(name)
+            slow = medians(conn, naive, draw, naive_runs, prepared=False, seed=name)
+            row(name, slow, medians(api_conn, api[name], draw, args.runs, prepared=True, seed=name))
+        fast = medians(api_conn, api["search"], params.drawer("search"), args.runs, prepared=True, seed="search")
         for label, naive in NAIVE_SEARCH.items():
-            row(label, medians(conn, naive, "search", naive_runs, params, prepared=False), fast)
+            row(label, medians(conn, naive, params.drawer("search"), naive_runs, prepared=False, seed="search"), fast)
         if shutil.which("pgbench") is None:
             print("dashboard throughput: pgbench not found (apt-get install postgresql-client)")
             return

@@ -1,82 +1,92 @@
-"""Refresh cost of every view at 1x, 2x and 4x the `standard` dataset, side by side.
+"""Maintenance cost per 1,000 changes of every read model, at 1x, 2x and 4x the `standard` dataset.
 
-For each materialized view: REFRESH ... CONCURRENTLY (what the refresher runs) and a plain REFRESH.
-For mv_feed_projects, which the fold keeps: one fold after 1,000 upvote toggles on random projects
-(the incremental path, what production runs every 500 ms), and feed_rebuild() (a full recompute).
+On a database seeded at each size (every read model folded and refreshed first), --rounds times:
+1,000 writes of the freshness bench's mix (upvote toggles, comments, project renames, chain joins
+and leaves, new threads, new posts; bench/freshness.py), as plain SQL; then the maintenance they
+call for, timed per read model: each step of one fold (denorm/maintenance.py: a read model kept
+by the fold, or a ledger's), and the refresh of each materialized view they made pending. Prints
+the median seconds per read model at each size, and the ratio of the largest size to the first.
 
-    python -m bench.refresh_cost [--factors 1 2 4]
+    python -m bench.refresh_cost [--factors 1 2 4] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
+import statistics
 import time
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from bench.scratch import scratch_database
+from bench.freshness import WRITES, Ids, word
+from bench.scratch import add_sizes_arguments, sized_database
 from denorm.logs import configure_logging
-from denorm.maintenance import fold
-from denorm.readmodels import Kind, of_kind
-from denorm.seed import STANDARD, seed
+from denorm.maintenance import RefreshResult, Timing, collect, drain, fold, refresh_one
+from denorm.readmodels import REGISTRY, Kind
+from denorm.seed import SCALES
 
-VIEWS = [m.name for m in of_kind(Kind.MATVIEW)]
-
-
-def timed(conn: psycopg.Connection[Any], query: sql.Composed | str) -> float:
-    started = time.perf_counter()
-    conn.execute(query if isinstance(query, sql.Composed) else query.encode())
-    return time.perf_counter() - started
+CHANGES = 1000
 
 
-def measure(factor: float) -> dict[str, tuple[float, float]]:
-    scale = STANDARD.times(factor)
-    out: dict[str, tuple[float, float]] = {}
-    with scratch_database("bench_refresh") as url, psycopg.connect(url, autocommit=True) as conn:
-        seed(url, scale)
-        for view in VIEWS:
-            name = sql.Identifier(view)
-            conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(name))  # warm the caches
-            concurrent = timed(conn, sql.SQL("REFRESH MATERIALIZED VIEW CONCURRENTLY {}").format(name))
-            plain = timed(conn, sql.SQL("REFRESH MATERIALIZED VIEW {}").format(name))
-            out[view] = (concurrent, plain)
-        rng = random.Random(4)
-        for _ in range(1000):
-            conn.execute(
-                "WITH gone AS (DELETE FROM project_upvotes WHERE user_id = %(u)s AND project_id = %(p)s RETURNING 1) "
-                "INSERT INTO project_upvotes (user_id, project_id) SELECT %(u)s, %(p)s "
-                "WHERE NOT EXISTS (SELECT 1 FROM gone)",
-                {"u": rng.randint(1, scale.users), "p": rng.randint(1, scale.projects)},
-            )
-        started = time.perf_counter()
-        fold(conn)
-        folded = time.perf_counter() - started
-        rebuild = timed(conn, "SELECT feed_rebuild()")
-        out["mv_feed_projects"] = (folded, rebuild)
+def apply_changes(conn: psycopg.Connection[Any], ids: Ids, rng: random.Random) -> None:
+    statements = [s for s, weight in WRITES for _ in range(weight)]
+    for _ in range(CHANGES):
+        params = {"u": ids.writer_user(rng), "p": ids.writer_project(rng), "c": ids.writer_chain(rng), "w": word(rng)}
+        with contextlib.suppress(psycopg.errors.IntegrityError):
+            conn.execute(rng.choice(statements).encode(), params)
+
+
+def one_round(conn: psycopg.Connection[Any], ids: Ids, rng: random.Random) -> dict[str, float]:
+    """Seconds of each read model's maintenance after one batch of changes."""
+    apply_changes(conn, ids, rng)
+    time.sleep(1.1)  # past the refresher's debounce, as in production
+    steps = fold(conn, max_keys=1_000_000)
+    assert steps is not None
+    spent = {s.step: s.seconds for s in steps}
+    collect(conn)
+    refreshed: list[RefreshResult] = []
+    while (result := refresh_one(conn, Timing(), "bench")) is not None:
+        refreshed.append(result)
+    out: dict[str, float] = {}
+    for model in REGISTRY:
+        if model.kind in (Kind.LEDGER, Kind.FOLD) and model.fold is not None:
+            out[model.name] = spent.get(model.fold, 0.0)
+        elif model.kind is Kind.MATVIEW:
+            out[model.name] = sum(r.duration_ms / 1000 for r in refreshed if r.view_name == model.clock)
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--factors", type=float, nargs="+", default=[1.0, 2.0, 4.0])
+    add_sizes_arguments(parser)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     configure_logging("WARNING")
-    results = {}
-    for factor in args.factors:
-        started = time.perf_counter()
-        results[factor] = measure(factor)
-        print(f"measured {factor:g}x in {time.perf_counter() - started:.0f} s", flush=True)
-    labels = [(f"{f:g}x conc", f"{f:g}x plain") for f in args.factors]
-    head = "".join(f"{conc:>12}{plain:>12}" for conc, plain in labels)
-    print(f"seconds per refresh; datasets {', '.join(f'{f:g}x' for f in args.factors)} the standard one")
-    print(f"{'view':<26}{head}")
-    for view in ["mv_feed_projects", *VIEWS]:
-        cells = "".join(f"{results[f][view][0]:>12.3f}{results[f][view][1]:>12.3f}" for f in args.factors)
-        print(f"{view:<26}{cells}")
-    print("mv_feed_projects: 'conc' is one incremental fold after 1,000 upvote toggles, 'plain' feed_rebuild()")
+    results: dict[float, dict[str, float]] = {}
+    for i, factor in enumerate(args.factors):
+        scale = SCALES[args.scale].times(factor)
+        with sized_database(args, i, "bench_refresh") as url, psycopg.connect(url, autocommit=True) as conn:
+            drain(conn, worker="bench")
+            conn.execute("VACUUM ANALYZE")
+            ids = Ids(scale.users, scale.projects, scale.chains, scale.threads)
+            rng = random.Random(4)
+            rounds = [one_round(conn, ids, rng) for _ in range(args.rounds)]
+            results[factor] = {name: statistics.median(r[name] for r in rounds) for name in rounds[0]}
+        print(f"measured {factor:g}x", flush=True)
+    first, last = args.factors[0], args.factors[-1]
+    print(f"seconds of maintenance per {CHANGES:,} mixed plain-SQL changes (median of {args.rounds}); "
+          f"datasets {', '.join(f'{f:g}x' for f in args.factors)} the {args.scale} one")  # fmt: skip
+    print(f"{'read model':<30}{'kind':<9}" + "".join(f"{f'{f:g}x':>10}" for f in args.factors)
+          + f"{f'{last:g}x/{first:g}x':>10}")  # fmt: skip
+    kinds = {m.name: m.kind.value for m in REGISTRY}
+    for name in results[first]:
+        cells = "".join(f"{results[f][name]:>10.3f}" for f in args.factors)
+        ratio = results[last][name] / results[first][name] if results[first][name] > 0 else float("nan")
+        print(f"{name:<30}{kinds[name]:<9}{cells}{ratio:>10.2f}")
+    print("(a fold step shared by several read models is shown for each)")
 
 
 if __name__ == "__main__":

@@ -54,3 +54,26 @@ def scratch_database(prefix: str = "bench", keep: bool = False) -> Iterator[str]
         if not keep:
             with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
                 admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def add_sizes_arguments(parser: argparse.ArgumentParser) -> None:
+    """--scale and --factors: the dataset sizes a benchmark runs at, side by side; or --database-urls,
+    databases already seeded at those sizes (one per factor, in order)."""
+    from denorm.seed import SCALES
+
+    parser.add_argument("--scale", choices=list(SCALES), default="standard")
+    parser.add_argument("--factors", type=float, nargs="+", default=[1.0, 2.0, 4.0])
+    parser.add_argument("--database-urls", nargs="+", help="databases seeded at --scale times each factor")
+
+
+@contextmanager
+def sized_database(args: argparse.Namespace, index: int, prefix: str) -> Iterator[str]:
+    """The database for the index-th factor: the one given, or a scratch one seeded at that size."""
+    if args.database_urls:
+        yield args.database_urls[index]
+        return
+    from denorm.seed import SCALES, seed
+
+    with scratch_database(prefix) as url:
+        seed(url, SCALES[args.scale].times(args.factors[index]))
+        yield url

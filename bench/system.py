@@ -18,6 +18,7 @@ from loadtest.localproc import free_port, wait_ready
 class System:
     base: str  # the API's URL
     api: subprocess.Popen[bytes]
+    refresher: subprocess.Popen[bytes]
 
 
 @contextmanager
@@ -35,7 +36,7 @@ def running_system(url: str, **env: str) -> Iterator[System]:
     try:
         wait_ready(base, api)
         time.sleep(3)  # the refresher's first pass
-        yield System(base, api)
+        yield System(base, api, refresher)
     finally:
         api.terminate()
         refresher.terminate()

@@ -24,6 +24,7 @@ class FoldStep:
     step: str
     keys_folded: int
     deltas_folded: int
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -73,13 +74,15 @@ def fold(conn: Connection, max_keys: int = 20_000) -> list[FoldStep] | None:
             return None
         touched: set[int] = set()
         for step in ledger_folds():
+            at = time.perf_counter()
             keys, deltas, projects = _call(conn, step, max_keys).fetchone() or (0, 0, [])
             touched.update(projects)
-            steps.append(FoldStep(step, int(keys), int(deltas)))
+            steps.append(FoldStep(step, int(keys), int(deltas), time.perf_counter() - at))
         ids = sorted(touched)
         for step in fold_applies():
+            at = time.perf_counter()
             _call(conn, step, ids)
-            steps.append(FoldStep(step, len(ids), 0))
+            steps.append(FoldStep(step, len(ids), 0, time.perf_counter() - at))
         conn.execute(query("fold_done"), {"duration_ms": round((time.perf_counter() - started) * 1000)})
     return steps
 
