@@ -50,6 +50,7 @@ from denorm.pg import OLTP_SETTINGS, session_options
 from denorm.seed import SCALES
 from denorm.sql import positional, queries
 from services.api.feed import SORTS, Sort, statements
+from services.api.params import SEARCH_START
 
 MAX_ID = 2**63 - 1
 FEED_LABELS = {"feed_trending": Sort.TRENDING, "feed_top_rated": Sort.TOP_RATED, "feed_newest": Sort.NEWEST}
@@ -257,7 +258,7 @@ class Params:
             "after_score": float("inf"), "after_id": MAX_ID, "after_time": datetime.max.replace(tzinfo=UTC),
             "after_members": MAX_ID, "limit": 50 if "leaderboard" in name or name == "conversations" else 20,
             "offset": 0, "page": None, "slug": self.slug, "user_id": user, "q": rng.choice(SEARCH_WORDS),
-            "doc_type": None,
+            "doc_type": None, **SEARCH_START,
         }  # fmt: skip
 
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import psycopg
 
-from bench.scratch import add_sizes_arguments, sized_database
+from bench.scratch import add_sizes_arguments, sized_database, warm
 from bench.system import running_system
 from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET
@@ -189,7 +189,7 @@ def probes(conn: Conn, ids: Ids, rng: random.Random) -> list[Probe]:
         return pid, title
 
     # The leaderboards: a project and a user near the top, renamed.
-    top_project = one(conn, "SELECT project_id FROM mv_leaderboard_projects WHERE project_id <= %s ORDER BY 1 "
+    top_project = one(conn, "SELECT project_id FROM mv_leaderboard_projects WHERE project_id <= %s ORDER BY rank "
                             "LIMIT 1", ids.projects - RESERVED)  # fmt: skip
     top_user = one(conn, "SELECT user_id FROM mv_leaderboard_users WHERE user_id <= %s "
                          "ORDER BY upvotes_received DESC LIMIT 1", ids.users - RESERVED)  # fmt: skip
@@ -348,10 +348,11 @@ def wal_lsn(conn: Conn) -> int:
 
 def measure(url: str, factor: float, scale_name: str, rate: float, writers: int, count: int) -> None:
     scale = SCALES[scale_name].times(factor)
-    rng = random.Random(int(factor * 100))
+    rng = random.Random(time.time_ns())  # new probe words each run: a database may be measured again
     with psycopg.connect(url, autocommit=True) as conn:
         drain(conn, worker="bench")
         conn.execute("VACUUM ANALYZE")
+        warm(conn)
         ids = Ids(scale.users, scale.projects, scale.chains, scale.threads)
         probe_list = probes(conn, ids, rng)
         drain(conn, worker="bench")

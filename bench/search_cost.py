@@ -20,11 +20,11 @@ import psycopg
 
 from bench.api_queries import NAIVE_SEARCH, medians
 from bench.scratch import add_sizes_arguments, sized_database
-from denorm.ids import MAX_ID
 from denorm.logs import configure_logging
 from denorm.maintenance import drain
 from denorm.pg import OLTP_SETTINGS, session_options
 from denorm.sql import queries
+from services.api.params import SEARCH_START
 
 # Common words of every size (a tech, a thing, a first name), misspelt ones, two words, a rarer one.
 QUERIES = ["redis", "dashboard", "lovelace", "postgress", "reddis cache", "kubernetis dashbord", "elasticsearh",
@@ -34,7 +34,7 @@ RANKED = NAIVE_SEARCH["search, ILIKE ranked"]
 
 def params(q: str) -> dict[str, Any]:
     """The route's parameters for a first page (those a statement does not name are ignored)."""
-    return {"q": q, "doc_type": None, "limit": 20, "after_score": float("inf"), "after_type": "", "after_id": MAX_ID}
+    return {"q": q, "doc_type": None, "limit": 20, **SEARCH_START}
 
 
 def main() -> None:

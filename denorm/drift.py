@@ -3,8 +3,9 @@ differ, each missing (in the truth only), extra (in the model only) or different
 
 The comparison is one statement, so model and truth are read in one snapshot. It is composed here
 from the registry (denorm/readmodels.py): the relation and column names come from that fixed list,
-never from input. A fold-kept model's rows still pending for the next fold are left out: the fold
-will write them, and until then they differ from the truth by design.
+never from input. A fold-kept model's rows still pending for the next fold (the keys its view
+`<name>_pending` lists) are left out: the fold will write them, and until then they differ from the
+truth by design.
 """
 
 from __future__ import annotations
@@ -42,23 +43,32 @@ def definition_of(conn: psycopg.Connection[Any], view: str) -> str:
     return str(row[0]).strip().rstrip(";")
 
 
-def statement(model: ReadModel, compared: tuple[str, ...], other: sql.Composable, ranged: bool) -> sql.Composed:
-    """The comparison of `model` with `other` (its truth, or a subquery), over `compared` columns."""
+def statement(
+    model: ReadModel,
+    compared: tuple[str, ...],
+    other: sql.Composable,
+    ranged: bool,
+    pending: tuple[str, ...] = (),
+) -> sql.Composed:
+    """The comparison of `model` with `other` (its truth, or a subquery), over `compared` columns,
+    leaving out the keys (named by `pending`'s columns) that its `<name>_pending` view lists."""
     key = [sql.Identifier(k) for k in model.key]
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in compared)
     where = sql.SQL("WHERE {k} >= %(lo)s AND {k} < %(hi)s").format(k=key[0]) if ranged else sql.SQL("")
-    pending: sql.Composable = sql.SQL("")
-    if model.pending is not None:
-        column, ledger, ledger_column = model.pending
-        pending = sql.SQL("AND NOT EXISTS (SELECT 1 FROM {l} p WHERE p.{lc} = coalesce(t.{c}, m.{c}))").format(
-            l=sql.Identifier(ledger), lc=sql.Identifier(ledger_column), c=sql.Identifier(column)
+    waiting: sql.Composable = sql.SQL("")
+    if pending:
+        waiting = sql.SQL("AND NOT EXISTS (SELECT 1 FROM {view} p WHERE {match})").format(
+            view=sql.Identifier(f"{model.name}_pending"),
+            match=sql.SQL(" AND ").join(
+                sql.SQL("p.{c} = coalesce(t.{c}, m.{c})").format(c=sql.Identifier(c)) for c in pending
+            ),
         )
     return sql.SQL(
         "SELECT {keys}, CASE WHEN m.present IS NULL THEN 'missing' WHEN t.present IS NULL THEN 'extra' "
         "ELSE 'different' END "
         "FROM (SELECT true AS present, {cols} FROM {other} x {where}) t "
         "FULL JOIN (SELECT true AS present, {cols} FROM {model} y {where}) m ON {join} "
-        "WHERE ({tcols}) IS DISTINCT FROM ({mcols}) {pending} "
+        "WHERE ({tcols}) IS DISTINCT FROM ({mcols}) {waiting} "
         "ORDER BY {order}"
     ).format(
         keys=sql.SQL(", ").join(sql.SQL("coalesce(t.{k}, m.{k})").format(k=k) for k in key),
@@ -69,7 +79,7 @@ def statement(model: ReadModel, compared: tuple[str, ...], other: sql.Composable
         join=sql.SQL(" AND ").join(sql.SQL("t.{k} = m.{k}").format(k=k) for k in key),
         tcols=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in ("present", *compared)),
         mcols=sql.SQL(", ").join(sql.SQL("m.{}").format(sql.Identifier(c)) for c in ("present", *compared)),
-        pending=pending,
+        waiting=waiting,
         order=sql.SQL(", ").join(sql.Literal(i + 1) for i in range(len(key))),
     )
 
@@ -92,7 +102,8 @@ def compare(
     else:
         other = sql.Identifier(model.truth)
     compared = tuple(dict.fromkeys(model.key + (model.columns or columns_of(conn, model.truth))))
+    pending = columns_of(conn, f"{model.name}_pending") if model.pending else ()
     ranged = lo is not None and hi is not None
-    rows = conn.execute(statement(model, compared, other, ranged), {"lo": lo, "hi": hi} if ranged else None)
+    rows = conn.execute(statement(model, compared, other, ranged, pending), {"lo": lo, "hi": hi} if ranged else None)
     width = len(model.key)
     return [DriftRow(tuple(r[:width]), str(r[width])) for r in rows.fetchall()]

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from denorm.readmodels import Kind, fold_applies, ledger_folds, rebuilds, refreshed_with
+from denorm.readmodels import Kind, fold_ledgers, fold_steps, rebuilds, refreshed_with
 from denorm.sql import query
 
 Connection = psycopg.Connection[Any]
@@ -64,27 +64,34 @@ def _call(conn: Connection, function: str, *args: Any) -> psycopg.Cursor[Any]:
 
 
 def fold(conn: Connection, max_keys: int = 20_000) -> list[FoldStep] | None:
-    """One fold, in one transaction: each ledger's step in the registry's order, then each fold-kept
-    read model's step for the projects those touched. None when another fold holds the lock."""
+    """One fold, in one transaction: each step of the registry in its order, each given the projects,
+    users and chains the steps before it touched (db/schema/ledgers.sql). None when another fold
+    holds the lock."""
     started = time.perf_counter()
     steps: list[FoldStep] = []
     with conn.transaction():
         row = conn.execute(query("fold_begin")).fetchone()
         if row is None or not row[0]:
             return None
-        touched: set[int] = set()
-        for step in ledger_folds():
+        touched: dict[str, set[int]] = {"projects": set(), "users": set(), "chains": set()}
+        for step in fold_steps():
             at = time.perf_counter()
-            keys, deltas, projects = _call(conn, step, max_keys).fetchone() or (0, 0, [])
-            touched.update(projects)
-            steps.append(FoldStep(step, int(keys), int(deltas), time.perf_counter() - at))
-        ids = sorted(touched)
-        for step in fold_applies():
-            at = time.perf_counter()
-            _call(conn, step, ids)
-            steps.append(FoldStep(step, len(ids), 0, time.perf_counter() - at))
-        conn.execute(query("fold_done"), {"duration_ms": round((time.perf_counter() - started) * 1000)})
+            given = [sorted(touched[kind]) for kind in ("projects", "users", "chains")]
+            keys, deltas, *touches = _call(conn, step, max_keys, *given).fetchone() or (0, 0, None, None, None)
+            for kind, ids in zip(("projects", "users", "chains"), touches, strict=True):
+                touched[kind].update(ids or ())
+            steps.append(FoldStep(step, int(keys or 0), int(deltas or 0), time.perf_counter() - at))
+        conn.execute(_fold_done(), {"duration_ms": round((time.perf_counter() - started) * 1000)})
     return steps
+
+
+def _fold_done() -> sql.Composed:
+    """The fold's clock, at the end of its transaction (db/schema/ledgers.sql): now() is the
+    transaction's start, or earlier, the oldest delta left in a ledger a fold-kept model follows."""
+    oldest = [sql.SQL("(SELECT min(created_at) FROM {})").format(sql.Identifier(t)) for t in fold_ledgers()]
+    return sql.SQL(
+        "UPDATE fold_state SET as_of = least(now(), {}), folded_at = clock_timestamp(), duration_ms = %(duration_ms)s"
+    ).format(sql.SQL(", ").join(oldest))
 
 
 def fold_all(conn: Connection, max_keys: int = 100_000) -> int:
@@ -95,12 +102,13 @@ def fold_all(conn: Connection, max_keys: int = 100_000) -> int:
         if steps is None:
             time.sleep(0.05)
             continue
-        total += sum(s.deltas_folded for s in steps)
-        if not any(s.keys_folded for s in steps if s.step in ledger_folds()):
+        folded = sum(s.deltas_folded for s in steps)
+        total += folded
+        if folded == 0:
             return total
 
 
-def repair_folded(conn: Connection, apply: str, keys: list[int]) -> None:
+def repair_folded(conn: Connection, apply: str, keys: list[Any]) -> None:
     """Recompute these keys of a fold-kept read model as the fold would, holding the fold's lock so
     that the fold is its only writer."""
     with conn.transaction():

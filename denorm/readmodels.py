@@ -1,21 +1,22 @@
 """The registry of read models: the one list that maintenance, reconciliation, metrics and tests follow.
 
-Each read model is defined in one SQL file (`file`, under db/): its tables or view, its *truth*
-(a view `<name>_truth` that computes it from the source tables), its maintenance and the named
-statements that read it. This list says how each is kept, how stale it may be, and how it is
+Each read model is defined in one SQL file (`file`, under db/readmodels/): its tables or view, its
+*truth* (a view `<name>_truth` that computes it from the source tables), its maintenance and the
+named statements that read it. This list says how each is kept, how stale it may be, and how it is
 checked and repaired. Adding a read model is one SQL file plus one entry here;
 tests/test_registry.py fails when the database has a read model this list does not know, or the
 other way round.
 
 The kinds:
 - ledger: a base table plus a delta ledger, kept by statement triggers; its view adds the pending
-  deltas, so it is exact at every commit. The fold moves deltas into the base (`fold`: a SQL
-  function of max_keys returning keys and deltas folded and the projects it touched).
-- fold: a table the fold keeps for the projects the ledger folds touched (`fold`: a SQL function of
-  those project ids), as of the fold's clock.
+  deltas, so it is exact at every commit. The fold moves deltas into the base.
+- fold: a table the fold keeps, from a ledger of its own or from the keys the steps before it
+  touched (db/schema/ledgers.sql), as of the fold's clock.
 - matview: a materialized view refreshed CONCURRENTLY from the refresh queue; `clock` names the
-  queue row that schedules it (a view refreshed with another names that one).
+  queue row that schedules it.
 - redis: per-user sets in Redis, written through by the API.
+
+The registry's order is the fold's: a step comes after the steps whose touched keys it reads.
 """
 
 from __future__ import annotations
@@ -45,15 +46,18 @@ class ReadModel:
     columns: tuple[str, ...] = ()
     bound_seconds: float = 0.0  # how stale it may be: 0 means exact at every commit
     clock: str | None = None  # its read_model_freshness clock; None: exact, no clock
-    # Where the reconciler finds its keys, a range of the first key column at a time: the source
-    # relation and the read model's own stored relation, each with its key column.
+    # Where the reconciler finds its keys, a range of the first key column at a time: the relations
+    # that hold them, each with its key column, the first counted as "checked". () compares the
+    # read model whole (its key is not a number).
     keys_from: tuple[tuple[str, str], ...] = ()
-    fold: str | None = None  # its step in the fold (a SQL function)
+    fold: str | None = None  # its step in the fold (a SQL function, db/schema/ledgers.sql)
     rebuild: str | None = None  # rebuilds it whole from the source (a SQL function)
     repair: str | None = None  # repairs given keys of its first key column (a SQL function)
-    # For a fold-kept model: a row whose (column) appears in (ledger, column) is pending for the
-    # next fold, and not compared with the truth until then.
-    pending: tuple[str, str, str] | None = None
+    # For a fold-kept model: the ledgers whose rows it follows (the fold's clock is as old as their
+    # oldest row), and whether a view `<name>_pending` lists the keys waiting for the next fold (the
+    # reconciler leaves them out).
+    ledgers: tuple[str, ...] = ()
+    pending: bool = False
 
     @property
     def truth(self) -> str:
@@ -73,6 +77,7 @@ FOLD_BOUND_S = 2.0  # the fold runs every REFRESHER_FOLD_MS (0.5 s)
 REFRESH_BOUND_S = 5.0
 USER = (("users", "id"),)
 PROJECT = (("projects", "id"),)
+COUNTERS = "project_counter_deltas"
 
 REGISTRY: tuple[ReadModel, ...] = (
     ReadModel(
@@ -102,44 +107,52 @@ REGISTRY: tuple[ReadModel, ...] = (
         fold="conversations_fold", rebuild="conversations_rebuild", repair="conversations_repair",
     ),
     ReadModel(
+        "mv_chain_directory", Kind.FOLD, "mv_chain_directory.sql", ("chain_id",),
+        bound_seconds=FOLD_BOUND_S, clock="fold", keys_from=(("chains", "id"), ("mv_chain_directory", "chain_id")),
+        fold="chain_directory_fold", rebuild="chain_directory_rebuild", repair="chain_directory_set",
+        ledgers=("chain_stat_deltas",), pending=True,
+    ),
+    ReadModel(
+        "mv_forum_threads", Kind.FOLD, "mv_forum_threads.sql", ("thread_id",),
+        bound_seconds=FOLD_BOUND_S, clock="fold",
+        keys_from=(("forum_threads", "id"), ("mv_forum_threads", "thread_id")),
+        fold="forum_threads_fold", rebuild="forum_threads_rebuild", repair="forum_threads_set",
+        ledgers=("forum_thread_deltas",), pending=True,
+    ),
+    ReadModel(
         "mv_feed_projects", Kind.FOLD, "mv_feed_projects.sql", ("id",),
         bound_seconds=FOLD_BOUND_S, clock="fold", keys_from=(*PROJECT, ("mv_feed_projects", "id")),
-        fold="feed_apply", rebuild="feed_rebuild", repair="feed_apply",
-        pending=("id", "project_counter_deltas", "project_id"),
+        fold="feed_fold", rebuild="feed_rebuild", repair="feed_apply", ledgers=(COUNTERS,), pending=True,
     ),
     ReadModel(
         "mv_chain_projects", Kind.FOLD, "mv_chain_projects.sql", ("project_id", "chain_id"),
         bound_seconds=FOLD_BOUND_S, clock="fold",
         keys_from=(("chain_projects", "project_id"), ("mv_chain_projects", "project_id")),
-        fold="chain_projects_apply", rebuild="chain_projects_rebuild", repair="chain_projects_apply",
-        pending=("project_id", "project_counter_deltas", "project_id"),
+        fold="chain_projects_fold", rebuild="chain_projects_rebuild", repair="chain_projects_apply",
+        ledgers=(COUNTERS,), pending=True,
+    ),
+    ReadModel(
+        "mv_leaderboard_users", Kind.FOLD, "mv_leaderboard_users.sql", ("user_id",),
+        bound_seconds=FOLD_BOUND_S, clock="fold", keys_from=(*USER, ("mv_leaderboard_users", "user_id")),
+        fold="leaderboard_users_fold", rebuild="leaderboard_users_rebuild", repair="leaderboard_users_set",
+        ledgers=("user_stat_deltas", COUNTERS), pending=True,
+    ),
+    ReadModel(
+        "mv_search_documents", Kind.FOLD, "mv_search_documents.sql", ("doc_id", "doc_type"),
+        bound_seconds=FOLD_BOUND_S, clock="fold",
+        keys_from=(("mv_search_documents", "doc_id"), ("projects", "id"), ("users", "id"), ("chains", "id")),
+        fold="search_documents_fold", rebuild="search_documents_rebuild", repair="search_documents_repair",
+        ledgers=("search_document_changes", COUNTERS, "chain_stat_deltas"), pending=True,
+    ),
+    ReadModel(
+        "mv_search_words", Kind.FOLD, "mv_search_documents.sql", ("word",),
+        bound_seconds=FOLD_BOUND_S, clock="fold",
+        fold="search_documents_fold", rebuild="search_documents_rebuild", repair="search_words_repair",
+        ledgers=("search_document_changes",), pending=True,
     ),
     ReadModel(
         "mv_leaderboard_projects", Kind.MATVIEW, "mv_leaderboard_projects.sql", ("project_id",),
         bound_seconds=REFRESH_BOUND_S, clock="mv_leaderboard_projects",
-    ),
-    ReadModel(
-        "mv_leaderboard_users", Kind.MATVIEW, "mv_leaderboard_users.sql", ("user_id",),
-        bound_seconds=REFRESH_BOUND_S, clock="mv_leaderboard_users",
-    ),
-    ReadModel(
-        "mv_chain_directory", Kind.MATVIEW, "mv_chain_directory.sql", ("chain_id",),
-        bound_seconds=REFRESH_BOUND_S, clock="mv_chain_directory",
-    ),
-    ReadModel(
-        "mv_forum_threads", Kind.MATVIEW, "mv_forum_threads.sql", ("thread_id",),
-        bound_seconds=REFRESH_BOUND_S, clock="mv_forum_threads",
-    ),
-    ReadModel(
-        "mv_search_documents", Kind.MATVIEW, "mv_search_documents.sql", ("doc_type", "doc_id"),
-        # Popularity is as of the refresh by design: upvotes do not ask for a refresh of the
-        # whole corpus (mv_search_documents.sql), so it is not compared.
-        ("title", "subtitle", "slug", "document", "words"),
-        bound_seconds=REFRESH_BOUND_S, clock="mv_search_documents",
-    ),
-    ReadModel(
-        "mv_search_words", Kind.MATVIEW, "mv_search_documents.sql", ("word",),
-        bound_seconds=REFRESH_BOUND_S, clock="mv_search_documents",
     ),
     ReadModel(
         "upvote_sets", Kind.REDIS, "upvote_sets.sql", ("user_id", "project_id"), bound_seconds=1.0,
@@ -156,12 +169,14 @@ def unique(names: Iterator[str | None]) -> list[str]:
     return list(dict.fromkeys(n for n in names if n))
 
 
-def ledger_folds() -> list[str]:
-    return unique(m.fold for m in of_kind(Kind.LEDGER))
+def fold_steps() -> list[str]:
+    """The fold's steps, in order (several read models share one)."""
+    return unique(m.fold for m in REGISTRY)
 
 
-def fold_applies() -> list[str]:
-    return unique(m.fold for m in of_kind(Kind.FOLD))
+def fold_ledgers() -> list[str]:
+    """The ledgers the fold-kept read models follow: their oldest row dates the fold's clock."""
+    return unique(ledger for m in of_kind(Kind.FOLD) for ledger in m.ledgers)
 
 
 def rebuilds(*kinds: Kind) -> list[str]:

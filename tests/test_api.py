@@ -57,16 +57,18 @@ def test_the_read_routes_answer(client: TestClient, settings: Settings, conn: Co
     slug = chains["items"][0]["slug"]
     detail = client.get(f"/api/chains/{slug}").json()
     assert detail["chain"]["slug"] == slug and detail["projects"] and detail["as_of"]
-    hits = client.get("/api/search", params={"q": "postgress", "type": "projects"}).json()
+    hits = client.get("/api/search", params={"q": "postgress", "type": "projects", "limit": 3}).json()
     assert hits["corrected"] == "postgres" and all("Postgres" in h["title"] for h in hits["items"])
+    after = client.get(f"/api/search?q=postgress&type=projects&limit=3&{hits['next_cursor']}").json()
+    assert after["items"] and not {h["id"] for h in after["items"]} & {h["id"] for h in hits["items"]}
     status = client.get("/api/admin/refresh-status").json()
     assert [m["name"] for m in status["read_models"]] == [m.name for m in REGISTRY]
     by_name = {m["name"]: m for m in status["read_models"]}
     assert (
         by_name["user_dashboard_stats"]["staleness_seconds"] == 0 and by_name["user_dashboard_stats"]["queue"] is None
     )
-    assert by_name["mv_chain_directory"]["queue"]["status"] in ("idle", "pending")
-    assert by_name["mv_search_words"]["queue"] == by_name["mv_search_documents"]["queue"]
+    assert by_name["mv_leaderboard_projects"]["queue"]["status"] in ("idle", "pending")
+    assert by_name["mv_search_words"]["queue"] is None and by_name["mv_search_words"]["as_of"]
     assert by_name["mv_feed_projects"]["as_of"] and status["fold"]["folded_at"]
     me = auth(settings, 3)
     dash = client.get("/api/users/dashboard", headers=me).json()

@@ -147,6 +147,7 @@ def test_valid_reads_take_the_direct_path_and_bad_ones_do_not(pair: Pair, settin
         ("/api/chains?limit=2", None),
         (f"/api/chains/{slug}", None),
         ("/api/search?q=postgress&type=projects", None),
+        ("/api/search?q=redis&limit=5&after_tier=2&after_popularity=9&after_type=chain&after_id=40", None),
         ("/api/messages/conversations?limit=5", me),
     ]
     for url, headers in valid:
@@ -161,6 +162,8 @@ def test_valid_reads_take_the_direct_path_and_bad_ones_do_not(pair: Pair, settin
         ("/api/users/dashboard", {"Authorization": "Bearer not-a-token"}),
         ("/api/projects", {"Authorization": f"Bearer {mint_token(3, 'another-secret-of-at-least-32-bytes!')}"}),
         ("/api/search?q=", None),
+        ("/api/search?q=redis&after_type=post", None),
+        ("/api/search?q=redis&after_tier=4", None),
         ("/api/chains/Not_A_Slug", None),
     ]
     for url, headers in bad:

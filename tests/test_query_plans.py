@@ -15,6 +15,7 @@ from denorm.ids import MAX_ID
 from denorm.pg import OLTP_SETTINGS
 from denorm.sql import positional, queries
 from services.api import feed
+from services.api.params import SEARCH_START
 from tests.manifests import REPO
 
 # Every named statement, with the feed's one per sort in place of its template.
@@ -41,9 +42,18 @@ PARAMS: dict[str, dict[str, Any]] = {
     "upvote_count_and_unlock": {"u": 1, "p": 1},
     "upvote_unlock": {"u": 1, "p": 1},
     "upvote_warm_up": {},
-    "search": {"q": "reddis cache", "doc_type": "project", "limit": 20},
+    "search": {"q": "reddis cache", "doc_type": "project", "limit": 20, **SEARCH_START},
     # A rare word across every type: the GIN index, not a scan of every document.
-    "search:all": {"q": "lovelase", "doc_type": None, "limit": 20},
+    "search:all": {"q": "lovelase", "doc_type": None, "limit": 20, **SEARCH_START},
+    "search:next": {
+        "q": "redis",
+        "doc_type": None,
+        "limit": 20,
+        "after_tier": 2,
+        "after_popularity": 5,
+        "after_type": "chain",
+        "after_id": 7,
+    },
     "freshness": {},
     "queue_state": {},
     "fold_state": {},
@@ -62,11 +72,10 @@ PARAMS: dict[str, dict[str, Any]] = {
     # The refresher's and the reconciler's.
     "fold_begin": {},
     "fold_lock": {},
-    "fold_done": {"duration_ms": 1},
     "collect_requests": {},
     "claim_due_view": {"debounce_s": 1.0, "min_interval_s": 3.0},
-    "claim_view": {"view_name": "mv_chain_directory"},
-    "view_idle": {"view_name": "mv_chain_directory"},
+    "claim_view": {"view_name": "mv_leaderboard_projects"},
+    "view_idle": {"view_name": "mv_leaderboard_projects"},
     "refresh_timeout": {"timeout": "120s"},
     "finish_refresh": {"generation": 1, "started_at": NOW, "duration_ms": 1, "view_name": "mv_chain_directory"},
     "log_refresh": {
@@ -89,7 +98,7 @@ PARAMS: dict[str, dict[str, Any]] = {
 }
 # What the API runs (its sessions' settings: denorm/pg.py); the rest is the refresher's and the reconciler's.
 API = {name for name in PARAMS if name.split(":")[0] in QUERIES} - {
-    "fold_begin", "fold_lock", "fold_done", "collect_requests", "claim_due_view", "claim_view", "view_idle",
+    "fold_begin", "fold_lock", "collect_requests", "claim_due_view", "claim_view", "view_idle",
     "refresh_timeout", "finish_refresh", "log_refresh", "fail_refresh", "next_due_in", "prune_log",
     "reconcile_lock", "reconcile_unlock", "record_start", "record_finish", "recent_runs", "upvote_sets",
 }  # fmt: skip

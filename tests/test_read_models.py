@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from denorm.maintenance import fold, fold_all
-from denorm.readmodels import REGISTRY, Kind
+from denorm.readmodels import REGISTRY, Kind, fold_ledgers
 from denorm.sql import query
 from tests.support import all_drift, settle
 from tests.workload import (
@@ -22,6 +22,7 @@ from tests.workload import (
     PROJECTS,
     SINGLE,
     STRUCTURAL,
+    TITLES,
     USERS,
     Op,
     random_program,
@@ -40,11 +41,11 @@ def assert_exact(conn: Connection, when: str, kinds: tuple[Kind, ...] = (Kind.LE
     )
 
 
+LEDGERS = ("user_stat_deltas", "project_counter_deltas", "conversation_deltas", *fold_ledgers())
+
+
 def ledger_rows(conn: Connection) -> int:
-    row = conn.execute(
-        "SELECT (SELECT count(*) FROM user_stat_deltas) + (SELECT count(*) FROM project_counter_deltas)"
-        " + (SELECT count(*) FROM conversation_deltas)"
-    ).fetchone()
+    row = conn.execute(" + ".join(f"(SELECT count(*) FROM {t})" for t in dict.fromkeys(LEDGERS)).encode()).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -203,6 +204,7 @@ ops = st.builds(
             "body": st.sampled_from(["hi", "x" * 130]),
             "status": st.sampled_from(["accepted", "declined"]),
             "k": st.sampled_from([1, 3, 1000]),
+            "title": st.sampled_from(TITLES),
         }
     ),
 )

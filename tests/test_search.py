@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import parse_qs
 
 import psycopg
 import pytest
 
 from denorm.seed import SCALES, seed
 from denorm.sql import queries
+from services.api.params import SEARCH_START
 from tests.conftest import scratch_database
 from tests.support import settle
 
@@ -17,9 +19,12 @@ Connection = psycopg.Connection[Any]
 SEARCH = queries()["search"]
 
 
-def answer(conn: Connection, q: str, doc_type: str | None = None, limit: int = 10) -> dict[str, Any]:
-    """The search query's JSON document."""
-    row = conn.execute(SEARCH.encode(), {"q": q, "doc_type": doc_type, "limit": limit}).fetchone()
+def answer(
+    conn: Connection, q: str, doc_type: str | None = None, limit: int = 10, cursor: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The search query's JSON document: a first page, or the page after `cursor`."""
+    params = {"q": q, "doc_type": doc_type, "limit": limit, **(cursor or SEARCH_START)}
+    row = conn.execute(SEARCH.encode(), params).fetchone()
     assert row is not None
     document: dict[str, Any] = json.loads(row[0])
     return document
@@ -55,6 +60,7 @@ def searchable(admin_conn: Connection, template_database: str) -> Any:
         ("postgre", ["postgres"]),  # one too few
         ("reddis cache", ["redis", "cache"]),
         ("kubernetis dashbord", ["kubernetes", "dashboard"]),
+        ("elasticsearh", ["elasticsearch"]),
     ],
 )
 def test_projects_are_found_despite_typos(searchable: Connection, query: str, must_contain: list[str]) -> None:
@@ -98,18 +104,33 @@ def test_hits_come_best_first(searchable: Connection) -> None:
     assert len(scores) == 50 and scores == sorted(scores, reverse=True)
 
 
-@pytest.mark.parametrize("word", ["redis", "postgres", "lovelace", "guild", "zzqqxx"])
-@pytest.mark.parametrize("doc_type", ["project", "user", "chain"])
-def test_candidates_are_each_types_200_most_popular_matches(searchable: Connection, word: str, doc_type: str) -> None:
-    """Whichever path search_candidates() takes (a walk in popularity order, or the GIN index),
-    it returns what this plain query says."""
-    query = "plainto_tsquery('english', %(w)s)"
-    got = searchable.execute(
-        f"SELECT doc_id FROM search_candidates({query}, %(t)s)".encode(), {"w": word, "t": doc_type}
-    ).fetchall()
-    want = searchable.execute(
-        f"SELECT doc_id FROM mv_search_documents WHERE doc_type = %(t)s AND document @@ {query} "
-        "ORDER BY popularity DESC, doc_id DESC LIMIT 200".encode(),
-        {"w": word, "t": doc_type},
-    ).fetchall()
-    assert got == want
+# Every match of a query, in the order the pages follow, by a plain query over the whole table.
+EVERY_MATCH = """
+    SELECT doc_type, doc_id
+    FROM mv_search_documents, plainto_tsquery('english', %(w)s) q
+    WHERE document @@ q AND (%(t)s::text IS NULL OR doc_type = %(t)s)
+    ORDER BY head @@ q DESC, popularity DESC, search_type_rank(doc_type) DESC, doc_id DESC"""
+
+
+def every_page(conn: Connection, q: str, doc_type: str | None, limit: int) -> list[tuple[str, int]]:
+    """Each page after the one before, by its next_cursor, until a page says there is no more."""
+    got: list[tuple[str, int]] = []
+    cursor = None
+    for _ in range(1000):
+        page = answer(conn, q, doc_type, limit, cursor)
+        got += [(h["type"], h["id"]) for h in page["items"]]
+        if page["next_cursor"] is None:
+            return got
+        cursor = {k: v[0] for k, v in parse_qs(page["next_cursor"]).items()}
+    raise AssertionError("a thousand pages")
+
+
+# Common words (the walk in popularity order), a rare one and an absent one (the GIN index), words
+# common in one tier and absent from the other, in one type only or in all.
+@pytest.mark.parametrize("word", ["redis", "redis cache", "lovelace", "guild", "pgvector", "version", "zzqqxx"])
+@pytest.mark.parametrize("doc_type", [None, "project", "user", "chain"])
+def test_the_pages_follow_on_and_hold_every_match_in_order(searchable: Connection, word: str,
+                                                         doc_type: str | None) -> None:  # fmt: skip
+    want = [tuple(r) for r in searchable.execute(EVERY_MATCH.encode(), {"w": word, "t": doc_type})]
+    for limit in (29, 100):
+        assert every_page(searchable, word, doc_type, limit) == want, limit

@@ -50,6 +50,9 @@ FROM generate_series(1, 12) i;
 INSERT INTO intro_requests (requester_id, target_id, project_id, status, responded_at)
 VALUES (1, 2, 1, 'pending', NULL), (3, 2, NULL, 'accepted', now()), (4, 5, 2, 'declined', now());
 INSERT INTO chain_members (chain_id, user_id) VALUES (1, 1), (1, 2), (2, 3);
+INSERT INTO chain_projects (chain_id, project_id) VALUES (1, 1), (1, 2), (2, 3);
+INSERT INTO forum_threads (chain_id, author_id, title) VALUES (1, 1, 'Welcome'), (2, 3, 'Redis questions');
+INSERT INTO forum_posts (thread_id, author_id, body) SELECT 1 + i % 2, 1 + i % 6, 'post' FROM generate_series(1, 5) i;
 """
 
 SOURCE_TABLES = (
@@ -93,7 +96,25 @@ SINGLE: dict[str, str] = {
     "add_to_chain": "INSERT INTO chain_projects (chain_id, project_id) VALUES (%(c)s, %(p)s) ON CONFLICT DO NOTHING",
     "remove_from_chain": "DELETE FROM chain_projects WHERE chain_id = %(c)s AND project_id = %(p)s",
     "leave": "DELETE FROM chain_members WHERE chain_id = %(c)s AND user_id = %(u)s",
+    # Names and titles, which the directory, the thread lists, the leaderboard and search show.
+    "rename_user": "UPDATE users SET display_name = %(title)s WHERE id = %(u)s",
+    "change_username": "UPDATE users SET username = 'user' || %(u)s || '_' || %(k)s WHERE id = %(u)s",
+    "retitle_project": "UPDATE projects SET title = %(title)s, tagline = %(title)s WHERE id = %(p)s",
+    "add_chain": "INSERT INTO chains (id, slug, name, owner_id) VALUES (%(c)s, 'chain' || %(c)s, %(title)s, %(u)s) "
+    "ON CONFLICT DO NOTHING",
+    "rename_chain": "UPDATE chains SET name = %(title)s, description = %(body)s WHERE id = %(c)s",
+    "new_thread": "INSERT INTO forum_threads (chain_id, author_id, title) VALUES (%(c)s, %(u)s, %(title)s)",
+    "post": "INSERT INTO forum_posts (thread_id, author_id, body, created_at) "
+    "SELECT id, %(u)s, %(body)s, now() + %(dt)s * interval '1 second' FROM forum_threads WHERE chain_id = %(c)s "
+    "ORDER BY id DESC LIMIT 1",
+    "delete_post": "DELETE FROM forum_posts WHERE id = (SELECT max(p.id) FROM forum_posts p "
+    "JOIN forum_threads t ON t.id = p.thread_id WHERE t.chain_id = %(c)s)",
+    "retitle_thread": "UPDATE forum_threads SET title = %(title)s WHERE id = "
+    "(SELECT min(id) FROM forum_threads WHERE chain_id = %(c)s)",
 }
+# Titles and names from a small vocabulary, so that words come and go in the search vocabulary.
+TITLES = ["Redis Cache", "Fast Postgres Queue", "Renamed", "Redis Guild", "Ada Lovelace"]
+
 # Not a statement: the fold (denorm/maintenance.py), run by a writer's connection among the writes.
 FOLD = "fold"
 
@@ -108,6 +129,12 @@ STRUCTURAL: dict[str, str] = {
     "bulk_send": "INSERT INTO messages (sender_id, recipient_id, body) "
     "SELECT %(u)s, v, 'bulk' FROM generate_series(1, 8) v WHERE v <> %(u)s AND v IN (SELECT id FROM users)",
     "move_messages": "UPDATE messages SET sender_id = recipient_id, recipient_id = sender_id WHERE sender_id = %(u)s",
+    "delete_chain": "DELETE FROM chains WHERE id = %(c)s",
+    "delete_thread": "DELETE FROM forum_threads WHERE id = (SELECT min(id) FROM forum_threads WHERE chain_id = %(c)s)",
+    "bulk_retitle": "UPDATE projects SET title = title || ' ' || %(title)s WHERE owner_id = %(u)s",
+    "bulk_leave": "DELETE FROM chain_members WHERE user_id = %(u)s",
+    "bulk_upvote": "INSERT INTO project_upvotes (user_id, project_id) SELECT %(u)s, id FROM projects "
+    "ON CONFLICT DO NOTHING",
 }
 
 # Transactions of several statements: inserts without unique keys, so they cannot deadlock by themselves.
@@ -141,6 +168,7 @@ def random_params(rng: random.Random) -> dict[str, Any]:
         "body": rng.choice(["hi", "hello there", "x" * 130, "see you"]),
         "status": rng.choice(["accepted", "declined"]),
         "k": rng.choice([1, 3, 1000]),
+        "title": rng.choice(TITLES),
     }
 
 

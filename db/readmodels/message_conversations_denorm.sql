@@ -137,8 +137,10 @@ $$;
 
 -- The fold's step; see project_counters_fold(). Both directions of a pair fold together, and only
 -- when both users are locked.
-CREATE FUNCTION conversations_fold(max_keys integer)
-RETURNS TABLE (keys_folded bigint, deltas_folded bigint, touched bigint[])
+CREATE FUNCTION conversations_fold(
+    max_keys integer, moved_projects bigint[], moved_users bigint[], moved_chains bigint[])
+RETURNS TABLE (keys_folded bigint, deltas_folded bigint,
+               touched_projects bigint[], touched_users bigint[], touched_chains bigint[])
 LANGUAGE plpgsql AS $$
 DECLARE
     ids bigint[];
@@ -182,7 +184,7 @@ BEGIN
             last_message_preview = excluded.last_message_preview,
             last_sender_id = excluded.last_sender_id
     )
-    SELECT count(*), coalesce(sum(n), 0), '{}'::bigint[] INTO keys_folded, deltas_folded, touched FROM agg;
+    SELECT count(*), coalesce(sum(n), 0) INTO keys_folded, deltas_folded FROM agg;
     DELETE FROM conversation_base WHERE ctid IN (
         SELECT ctid FROM conversation_base WHERE message_count <= 0 FOR UPDATE SKIP LOCKED);
     -- Pairs with a user deleted for good: nothing of them may remain, in either direction.

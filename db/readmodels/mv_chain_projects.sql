@@ -44,8 +44,11 @@ SELECT cp.chain_id, cp.project_id, f.title, f.tagline, f.username, f.upvote_coun
 FROM chain_projects cp
 JOIN mv_feed_projects_truth f ON f.id = cp.project_id;
 
--- The fold's step (and the reconciler's repair, under the fold's lock): bring the chain rows of
--- these projects up to date with chain_projects and their feed rows.
+-- The projects whose rows wait for the next fold (the reconciler leaves them out).
+CREATE VIEW mv_chain_projects_pending AS SELECT DISTINCT project_id FROM project_counter_deltas;
+
+-- The chain rows of these projects (the fold's step, and the reconciler's repair under the fold's
+-- lock), brought up to date with chain_projects and their feed rows.
 CREATE FUNCTION chain_projects_apply(ids bigint[]) RETURNS void
 LANGUAGE sql AS $$
     DELETE FROM mv_chain_projects c
@@ -66,6 +69,19 @@ LANGUAGE sql AS $$
           IS DISTINCT FROM (excluded.title, excluded.tagline, excluded.username, excluded.upvote_count,
                             excluded.comment_count, excluded.added_at);
 $$;
+
+-- The fold's step (db/schema/ledgers.sql): the projects the counters' step touched, after the feed's.
+CREATE FUNCTION chain_projects_fold(
+    max_keys integer, moved_projects bigint[], moved_users bigint[], moved_chains bigint[])
+RETURNS TABLE (keys_folded bigint, deltas_folded bigint,
+               touched_projects bigint[], touched_users bigint[], touched_chains bigint[])
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM chain_projects_apply(moved_projects);
+    keys_folded := cardinality(moved_projects);
+    deltas_folded := 0;
+    RETURN NEXT;
+END $$;
 
 CREATE FUNCTION chain_projects_rebuild() RETURNS void
 LANGUAGE sql AS $$

@@ -80,11 +80,14 @@ FROM projects p
 JOIN users u ON u.id = p.owner_id
 JOIN project_counters_truth c ON c.project_id = p.id;
 
+-- The projects whose rows wait for the next fold (the reconciler leaves them out).
+CREATE VIEW mv_feed_projects_pending AS SELECT DISTINCT project_id AS id FROM project_counter_deltas;
+
 -- ---------------------------------------------------------------------------------------------
 -- Maintenance.
 
--- The fold's step (and the reconciler's repair, under the fold's lock): bring the feed rows of
--- these projects up to date, upserting the ones that exist and dropping the rest, with the exact
+-- The feed rows of these projects (the fold's step, and the reconciler's repair under the fold's
+-- lock): brought up to date, upserting the ones that exist and dropping the rest, with the exact
 -- counts; then ask for a refresh of the views that read the feed.
 CREATE FUNCTION feed_apply(ids bigint[]) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -114,6 +117,19 @@ BEGIN
         comment_count = excluded.comment_count, trending_score = excluded.trending_score,
         proof_score = excluded.proof_score, created_at = excluded.created_at;
     INSERT INTO mv_refresh_requests (source_table) VALUES ('mv_feed_projects');
+END $$;
+
+-- The fold's step (db/schema/ledgers.sql): the projects the counters' step touched.
+CREATE FUNCTION feed_fold(
+    max_keys integer, moved_projects bigint[], moved_users bigint[], moved_chains bigint[])
+RETURNS TABLE (keys_folded bigint, deltas_folded bigint,
+               touched_projects bigint[], touched_users bigint[], touched_chains bigint[])
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM feed_apply(moved_projects);
+    keys_folded := cardinality(moved_projects);
+    deltas_folded := 0;
+    RETURN NEXT;
 END $$;
 
 CREATE FUNCTION feed_rebuild() RETURNS void

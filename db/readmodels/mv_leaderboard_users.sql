@@ -1,51 +1,131 @@
--- mv_leaderboard_users: the 1000 users whose projects drew the most upvotes, ranked; refreshed
--- (seconds stale).
+-- mv_leaderboard_users: every user who owns a project, with the upvotes their projects drew, in
+-- leaderboard order (an index); as of the fold. The route ranks the first thousand as it reads them.
+--
+-- A table the fold keeps for the owners of the projects whose counts it folded and for the users it
+-- folded (a project that changed owner writes deltas for both owners; a renamed user, one for the
+-- user): each such owner's totals are summed again from their projects' exact counters. So the
+-- fold's work follows the owners whose projects moved. (It was a materialized view aggregating the
+-- whole feed: 0.12 s at `standard`, 0.55 s at 4x, refreshed 58 times in 3 minutes of load.)
 
-CREATE FUNCTION leaderboard_user_item(rank bigint, user_id bigint, username text, display_name text,
-                                      upvotes_received bigint, project_count bigint) RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE
-RETURN '{"rank":' || rank || ',"user_id":' || user_id || ',"username":' || json_str(username)
-       || ',"display_name":' || json_str(display_name) || ',"upvotes_received":' || upvotes_received
-       || ',"project_count":' || project_count || '}';
+-- The item's JSON, after its rank: the route writes '{"rank":N,' before it.
+CREATE FUNCTION leaderboard_user_item(user_id bigint, username text, display_name text, upvotes_received bigint,
+                                      project_count bigint) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN '"user_id":' || user_id || ',"username":' || json_str(username)
+        || ',"display_name":' || json_str(display_name) || ',"upvotes_received":' || upvotes_received
+        || ',"project_count":' || project_count || '}';
+END $$;
 
--- The definition, once, over either the feed's truth (the source tables alone) or the feed table,
--- whose per-project counts the truth would recompute; the two agree whenever the feed is folded.
--- See leaderboard_projects_ranked().
-CREATE FUNCTION leaderboard_users_ranked(from_truth boolean)
-RETURNS TABLE (rank bigint, user_id bigint, username text, display_name text, upvotes_received bigint,
-               project_count bigint, item text)
-LANGUAGE sql STABLE AS $$
-    SELECT top.*, leaderboard_user_item(top.rank, top.user_id, top.username, top.display_name,
-                                        top.upvotes_received, top.project_count)
-    FROM (
-        SELECT row_number() OVER (ORDER BY t.upvotes_received DESC, t.user_id DESC) AS rank,
-               t.user_id, u.username, u.display_name, t.upvotes_received, t.project_count
-        FROM ((SELECT owner_id AS user_id, sum(upvote_count)::bigint AS upvotes_received, count(*) AS project_count
-               FROM mv_feed_projects WHERE NOT from_truth GROUP BY owner_id
-               ORDER BY upvotes_received DESC, owner_id DESC LIMIT 1000)
-              UNION ALL
-              (SELECT owner_id, sum(upvote_count)::bigint, count(*)
-               FROM mv_feed_projects_truth WHERE from_truth GROUP BY owner_id
-               ORDER BY 2 DESC, 1 DESC LIMIT 1000)) t
-        JOIN users u ON u.id = t.user_id
-    ) top
+CREATE TABLE mv_leaderboard_users (
+    user_id          bigint PRIMARY KEY,
+    username         text   NOT NULL,
+    display_name     text   NOT NULL,
+    upvotes_received bigint NOT NULL,
+    project_count    bigint NOT NULL,
+    item_tail        text   NOT NULL GENERATED ALWAYS AS (
+        leaderboard_user_item(user_id, username, display_name, upvotes_received, project_count)) STORED
+);
+CREATE INDEX mv_leaderboard_users_rank_idx ON mv_leaderboard_users (upvotes_received DESC, user_id DESC);
+
+-- The truth, from the source tables alone. A filter on user_id reaches the scan of users.
+CREATE VIEW mv_leaderboard_users_truth AS
+SELECT t.*, leaderboard_user_item(t.user_id, t.username, t.display_name, t.upvotes_received, t.project_count)
+           AS item_tail
+FROM (
+    SELECT u.id AS user_id, u.username, u.display_name,
+           (SELECT count(*) FROM projects p JOIN project_upvotes v ON v.project_id = p.id
+            WHERE p.owner_id = u.id) AS upvotes_received,
+           o.project_count
+    FROM users u
+    CROSS JOIN LATERAL (SELECT count(*) AS project_count FROM projects p WHERE p.owner_id = u.id) o
+    WHERE o.project_count > 0
+) t;
+
+-- The users whose rows wait for the next fold (the reconciler leaves them out): their own deltas
+-- (a rename, a project that came or went) and their projects' counter deltas.
+CREATE VIEW mv_leaderboard_users_pending AS
+SELECT user_id FROM user_stat_deltas
+UNION
+SELECT p.owner_id FROM project_counter_deltas d JOIN projects p ON p.id = d.project_id;
+
+-- ---------------------------------------------------------------------------------------------
+-- Maintenance: nothing of its own is written by the triggers; the counters' and the users' ledgers
+-- say who changed.
+
+-- These users' rows, summed again from their projects' exact counters: kept when they own a
+-- project, dropped otherwise (and when they are gone).
+CREATE FUNCTION leaderboard_users_set(keys bigint[]) RETURNS void
+LANGUAGE sql AS $$
+    WITH fresh AS (
+        SELECT u.id AS user_id, u.username, u.display_name, t.upvotes_received, t.project_count
+        FROM users u
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS project_count, coalesce(sum(c.upvote_count), 0)::bigint AS upvotes_received
+            FROM projects p JOIN project_counters c ON c.project_id = p.id
+            WHERE p.owner_id = u.id) t
+        WHERE (keys IS NULL OR u.id = ANY (keys)) AND t.project_count > 0
+    ), gone AS (
+        DELETE FROM mv_leaderboard_users l
+        WHERE (keys IS NULL OR l.user_id = ANY (keys)) AND NOT EXISTS (SELECT 1 FROM fresh f WHERE f.user_id = l.user_id)
+    )
+    INSERT INTO mv_leaderboard_users AS l (user_id, username, display_name, upvotes_received, project_count)
+    SELECT * FROM fresh
+    ON CONFLICT (user_id) DO UPDATE SET
+        username = excluded.username, display_name = excluded.display_name,
+        upvotes_received = excluded.upvotes_received, project_count = excluded.project_count
+    -- A user touched for something the row does not show (a vote given, a message) leaves it as it
+    -- was: it is not rewritten.
+    WHERE (l.username, l.display_name, l.upvotes_received, l.project_count)
+          IS DISTINCT FROM (excluded.username, excluded.display_name, excluded.upvotes_received,
+                            excluded.project_count);
 $$;
 
-CREATE VIEW mv_leaderboard_users_truth AS SELECT * FROM leaderboard_users_ranked(true);
+-- The fold's step (db/schema/ledgers.sql): the owners of the projects the steps before touched, and
+-- the users they touched.
+CREATE FUNCTION leaderboard_users_fold(
+    max_keys integer, moved_projects bigint[], moved_users bigint[], moved_chains bigint[])
+RETURNS TABLE (keys_folded bigint, deltas_folded bigint,
+               touched_projects bigint[], touched_users bigint[], touched_chains bigint[])
+LANGUAGE plpgsql AS $$
+DECLARE
+    owners bigint[];
+BEGIN
+    SELECT coalesce(array_agg(DISTINCT id), '{}') INTO owners FROM (
+        SELECT p.owner_id AS id FROM projects p WHERE p.id = ANY (moved_projects)
+        UNION ALL
+        SELECT unnest(moved_users)) o;
+    IF cardinality(owners) > 0 THEN
+        PERFORM leaderboard_users_set(owners);
+    END IF;
+    keys_folded := cardinality(owners);
+    deltas_folded := 0;
+    RETURN NEXT;
+END $$;
 
-CREATE MATERIALIZED VIEW mv_leaderboard_users AS SELECT * FROM leaderboard_users_ranked(false);
-CREATE UNIQUE INDEX mv_leaderboard_users_key ON mv_leaderboard_users (user_id);
-CREATE INDEX mv_leaderboard_users_rank_idx ON mv_leaderboard_users (rank);
+-- Whole, from the source tables in one pass (not from the counters: after a TRUNCATE of the
+-- upvotes this runs in a trigger that may come before the counters' own rebuild).
+CREATE FUNCTION leaderboard_users_rebuild() RETURNS void
+LANGUAGE sql AS $$
+    TRUNCATE mv_leaderboard_users;
+    INSERT INTO mv_leaderboard_users (user_id, username, display_name, upvotes_received, project_count)
+    SELECT u.id, u.username, u.display_name, coalesce(sum(v.n), 0)::bigint, count(*)
+    FROM users u
+    JOIN projects p ON p.owner_id = u.id
+    LEFT JOIN (SELECT project_id, count(*) AS n FROM project_upvotes GROUP BY project_id) v ON v.project_id = p.id
+    GROUP BY u.id;
+$$;
 
-SELECT refreshed_view('mv_leaderboard_users', '{users}', '{mv_feed_projects}');
+SELECT rebuild_on_truncate('users', 'mv_leaderboard_users', 'leaderboard_users_rebuild');
+SELECT rebuild_on_truncate('projects', 'mv_leaderboard_users', 'leaderboard_users_rebuild');
+SELECT rebuild_on_truncate('project_upvotes', 'mv_leaderboard_users', 'leaderboard_users_rebuild');
 
 -- name: leaderboard_users
--- GET /api/leaderboard/users.
-SELECT '{"items":[' || coalesce(string_agg(l.item, ','), '')
-       || '],"as_of":' || (SELECT json_ts(as_of) FROM read_model_freshness WHERE clock = 'mv_leaderboard_users')
-       || '}'
-FROM (SELECT rank, item
-      FROM mv_leaderboard_users
-      WHERE rank > %(offset)s
-      ORDER BY rank
-      LIMIT %(limit)s) l
+-- GET /api/leaderboard/users: a page of the users whose projects drew the most upvotes, ranked as
+-- read (offset + position: the index gives the order, and pages go no deeper than 1,000).
+SELECT '{"items":[' || coalesce(string_agg('{"rank":' || (%(offset)s::bigint + l.n) || ',' || l.item_tail, ','), '')
+       || '],"as_of":' || (SELECT json_ts(as_of) FROM read_model_freshness WHERE clock = 'fold') || '}'
+FROM (SELECT row_number() OVER () AS n, item_tail
+      FROM (SELECT item_tail FROM mv_leaderboard_users
+            ORDER BY upvotes_received DESC, user_id DESC
+            LIMIT %(limit)s OFFSET %(offset)s) top) l

@@ -86,13 +86,15 @@ LANGUAGE sql AS $$
     SELECT project_id, upvote_count, comment_count FROM project_counters_truth;
 $$;
 
--- The fold's step: move the deltas of at most max_keys projects into the base. It locks the
--- projects FOR KEY SHARE SKIP LOCKED and folds only the keys it locked: a project being deleted
--- is left for the next fold. The move is one statement, so readers see a delta either still
--- pending or already in the base, never both or neither. `touched`: the projects folded, and
--- those found gone, for the fold-kept read models.
-CREATE FUNCTION project_counters_fold(max_keys integer)
-RETURNS TABLE (keys_folded bigint, deltas_folded bigint, touched bigint[])
+-- The fold's step (db/schema/ledgers.sql): move the deltas of at most max_keys projects into the
+-- base. It locks the projects FOR KEY SHARE SKIP LOCKED and folds only the keys it locked: a
+-- project being deleted is left for the next fold. The move is one statement, so readers see a
+-- delta either still pending or already in the base, never both or neither. It touches the
+-- projects it folded, and those it found gone, for the fold-kept read models.
+CREATE FUNCTION project_counters_fold(
+    max_keys integer, moved_projects bigint[], moved_users bigint[], moved_chains bigint[])
+RETURNS TABLE (keys_folded bigint, deltas_folded bigint,
+               touched_projects bigint[], touched_users bigint[], touched_chains bigint[])
 LANGUAGE plpgsql AS $$
 DECLARE
     ids bigint[];
@@ -115,7 +117,7 @@ BEGIN
         FROM agg a WHERE b.project_id = a.project_id
     )
     SELECT count(*), coalesce(sum(n), 0), coalesce(array_agg(project_id), '{}')
-    INTO keys_folded, deltas_folded, touched FROM agg;
+    INTO keys_folded, deltas_folded, touched_projects FROM agg;
     -- Deltas of projects deleted for good (a cascade can write them after the project's own cleanup).
     WITH gone AS (
         DELETE FROM project_counter_deltas WHERE ctid IN (
@@ -124,7 +126,7 @@ BEGIN
             FOR UPDATE SKIP LOCKED)
         RETURNING project_id
     )
-    SELECT touched || coalesce(array_agg(DISTINCT project_id), '{}') INTO touched FROM gone;
+    SELECT touched_projects || coalesce(array_agg(DISTINCT project_id), '{}') INTO touched_projects FROM gone;
     RETURN NEXT;
 END $$;
 

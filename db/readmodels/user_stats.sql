@@ -133,6 +133,9 @@ SELECT ledger_triggers('users', 'user_stats', $body$
     DELETE FROM user_stats_base b USING ends e WHERE b.user_id = e.id;
     INSERT INTO user_stats_base (user_id)
     SELECT id FROM {changes} c GROUP BY id HAVING bool_and(sign > 0);
+    -- A zero delta for every user touched, gone ones included: the fold passes their ids on, so
+    -- what is kept per user (the leaderboard, with the names) follows edits and deletes too.
+    INSERT INTO user_stat_deltas (user_id) SELECT DISTINCT id FROM {changes} c;
 $body$, rebuild => 'user_stats_rebuild');
 
 -- An update that keeps the owner nets to zero and writes nothing.
@@ -189,10 +192,12 @@ LANGUAGE sql AS $$
     FROM user_dashboard_stats_truth d JOIN intro_request_stats_truth i ON i.user_id = d.user_id;
 $$;
 
--- The fold's step; see project_counters_fold(). No fold-kept read model follows users (touched is
--- empty).
-CREATE FUNCTION user_stats_fold(max_keys integer)
-RETURNS TABLE (keys_folded bigint, deltas_folded bigint, touched bigint[])
+-- The fold's step; see project_counters_fold(). It touches the users it folded, and those it found
+-- gone.
+CREATE FUNCTION user_stats_fold(
+    max_keys integer, moved_projects bigint[], moved_users bigint[], moved_chains bigint[])
+RETURNS TABLE (keys_folded bigint, deltas_folded bigint,
+               touched_projects bigint[], touched_users bigint[], touched_chains bigint[])
 LANGUAGE plpgsql AS $$
 DECLARE
     ids bigint[];
@@ -227,12 +232,17 @@ BEGIN
             updated_at = greatest(b.updated_at, a.t)
         FROM agg a WHERE b.user_id = a.user_id
     )
-    SELECT count(*), coalesce(sum(n), 0), '{}'::bigint[] INTO keys_folded, deltas_folded, touched FROM agg;
+    SELECT count(*), coalesce(sum(n), 0), coalesce(array_agg(user_id), '{}')
+    INTO keys_folded, deltas_folded, touched_users FROM agg;
     -- Deltas of users deleted for good (a cascade can write them after the user's own cleanup).
-    DELETE FROM user_stat_deltas WHERE ctid IN (
-        SELECT d.ctid FROM user_stat_deltas d
-        WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = d.user_id)
-        FOR UPDATE SKIP LOCKED);
+    WITH gone AS (
+        DELETE FROM user_stat_deltas WHERE ctid IN (
+            SELECT d.ctid FROM user_stat_deltas d
+            WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.id = d.user_id)
+            FOR UPDATE SKIP LOCKED)
+        RETURNING user_id
+    )
+    SELECT touched_users || coalesce(array_agg(DISTINCT user_id), '{}') INTO touched_users FROM gone;
     RETURN NEXT;
 END $$;
 

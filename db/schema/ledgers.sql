@@ -110,9 +110,26 @@ BEGIN
 END $$;
 
 -- ---------------------------------------------------------------------------------------------
--- The fold's clock: every write committed before as_of is in the fold-kept read models. It starts
--- at the schema's creation (nothing was written before it), so a database that is written to but
--- never folded shows its staleness growing.
+-- The fold. Each read model kept by it has one step, a SQL function in its file that the fold calls
+-- in the registry's order (denorm/readmodels.py), all in one transaction:
+--
+--     step(max_keys integer, moved_projects bigint[], moved_users bigint[], moved_chains bigint[])
+--     RETURNS TABLE (keys_folded bigint, deltas_folded bigint,
+--                    touched_projects bigint[], touched_users bigint[], touched_chains bigint[])
+--
+-- A step moves the deltas of at most max_keys keys of its own ledger (if it has one), and brings
+-- its rows up to date for the projects, users and chains the steps before it touched; it returns
+-- the keys it touched in turn (the ones it folded, and the ones it found gone). So the feed
+-- follows the projects the counters' step folded, and the search documents the projects and the
+-- chains whose counts moved.
+--
+-- The fold's clock: every write committed before as_of is in the fold-kept read models. At the end
+-- of a fold it becomes the fold's transaction start (now(): every write committed before it was
+-- visible to the fold's snapshots), or the creation of the oldest delta the fold left for later
+-- (a key locked by a writer, a batch past max_keys) in any ledger a fold-kept read model follows:
+-- a delta is created at its transaction's start, before its commit. It starts at the schema's
+-- creation (nothing was written before it), so a database that is written to but never folded
+-- shows its staleness growing.
 
 CREATE TABLE fold_state (
     id          boolean     PRIMARY KEY DEFAULT true CHECK (id),
@@ -131,16 +148,6 @@ SELECT pg_try_advisory_xact_lock(7305798357383151617), set_config('lock_timeout'
 -- name: fold_lock
 -- The fold's lock, waited for: a repair of a fold-kept read model writes it as the fold would.
 SELECT pg_advisory_xact_lock(7305798357383151617)
-
--- name: fold_done
--- At the end of the fold's transaction. now() is the transaction's start, before any of its
--- snapshots, so every write committed before it was visible to the fold; a write the fold left
--- for later (a key locked by a writer, a batch past max_keys) is still in the ledger, and as_of
--- goes back to its delta's time: a delta is created at its transaction's start, before its commit.
-UPDATE fold_state SET
-    as_of = least(now(), (SELECT min(created_at) FROM project_counter_deltas)),
-    folded_at = clock_timestamp(),
-    duration_ms = %(duration_ms)s
 
 -- name: fold_state
 SELECT as_of, folded_at, duration_ms FROM fold_state

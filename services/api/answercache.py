@@ -1,7 +1,7 @@
-"""A small in-process cache of whole answers, for the one read that is expensive at the database: search.
+"""A small in-process cache of whole answers, for the read that costs the database the most: search.
 
-A search reads a seconds-stale view (mv_search_documents) and costs milliseconds in Postgres,
-where every other read costs a tenth of one. The same query asked again within
+A search reads the fold-kept search documents and costs Postgres up to a millisecond, where every
+other read costs a tenth of one, and a popular query is asked by many users at once. The same query asked again within
 `API_SEARCH_CACHE_SECONDS` gets the answer computed the first time, as_of included, so the answer
 still says truthfully how old it is: every write committed before its as_of is in it.
 

@@ -179,13 +179,14 @@ class SearchHit(BaseModel):
     title: str
     subtitle: str | None
     slug: str | None
-    score: float
+    score: float = Field(description="the tier (2: every word in the title or name; 1: elsewhere) + popularity / 100")
 
 
 class SearchResults(BaseModel):
     query: str
     corrected: str | None
     items: list[SearchHit]
+    next_cursor: str | None = Field(description="the query parameters that continue after the last item")
     as_of: datetime | None
 
 

@@ -12,6 +12,9 @@ from denorm.ids import MAX_ID, SLUG_MAX, SLUG_PATTERN
 MAX_LIMIT = 100  # items per page
 MAX_OFFSET = 1000  # ranks past this are not kept (the leaderboards hold 1000)
 
+# A search's cursor before its first page: past every tier (db/readmodels/mv_search_documents.sql).
+SEARCH_START = {"after_tier": 3, "after_popularity": 0, "after_type": "project", "after_id": 0}
+
 IdPath = Annotated[int, Path(gt=0, le=MAX_ID)]
 Slug = Annotated[str, Path(min_length=1, max_length=SLUG_MAX, pattern=SLUG_PATTERN)]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]

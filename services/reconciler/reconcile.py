@@ -2,20 +2,23 @@
 drift per read model (rows missing, extra and different) and, with repair, repair it.
 
 - **Ledger- and fold-kept read models** are walked in key ranges of `RECONCILER_BATCH_SIZE` keys of
-  their first key column. A range's truth and model are read in one statement (denorm/drift.py), so
-  memory stays bounded by a range and no lock is held between ranges. Read models that share their
-  keys (the dashboard and the intro stats) are compared together before either is repaired, so
-  each reports what it had.
+  their first key column (one whose key is not a number, the typo vocabulary, is compared whole).
+  A range's truth and model are read in one statement (denorm/drift.py), so memory stays bounded
+  by a range and no lock is held between ranges. The keys a fold-kept model has waiting for the
+  next fold are left out: the fold will write them. Read models that share their keys (the
+  dashboard and the intro stats) are compared together before either is repaired, so each reports
+  what it had.
 - **Repairs never clobber a fresher write.** A ledger-kept model gets a correction (truth minus
   model, read in one statement's snapshot) appended to its ledger, as a writer's delta is: a write
   that commits during the repair adds its own. A fold-kept model's rows are recomputed from the
   source as the fold would, under the fold's lock, so the fold stays its only writer. After a
   range's repair it is read again, and what is still wrong is counted as unrepaired.
-- **Materialized views** are compared with their own definition when they are idle (refreshed since
-  the last write they depend on, read in the comparison's snapshot): then the two must be equal,
-  and a difference is drift, repaired by a refresh. A pending view cannot be compared (its
-  definition has moved on since its refresh): one past its staleness bound is refreshed (repair)
-  or reported stale; one within it is left to the refresher. The report says which, per view.
+- **Materialized views** (the project leaderboard) are compared with their own definition when
+  they are idle (refreshed since the last write they depend on, read in the comparison's
+  snapshot): then the two must be equal, and a difference is drift, repaired by a refresh. A
+  pending view cannot be compared (its definition has moved on since its refresh): one past its
+  staleness bound is refreshed (repair) or reported stale; one within it is left to the
+  refresher. The report says which, per view.
 - **The Redis upvote sets** are compared with project_upvotes (services/reconciler/redis_sets.py).
 - **One at a time.** A session advisory lock; a second run exits at once and says so.
 """
@@ -231,26 +234,37 @@ class Reconciler:
                          drift={m.name: self.findings[m.name].drift for m in group})  # fmt: skip
 
     def _walk_group(self, conn: psycopg.Connection[Any], group: list[ReadModel]) -> None:
+        if not group[0].keys_from:
+            # Keys that are not numbers (the vocabulary's words): compared whole, in one statement.
+            (model,) = group
+            row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(model.name))).fetchone()
+            self._check(conn, group, int(row[0]) if row else 0, None, None)
+            return
         source, column = group[0].keys_from[0]
         count = sql.SQL("SELECT count(*) FROM {r} WHERE {c} >= %(lo)s AND {c} < %(hi)s").format(
             r=sql.Identifier(source), c=sql.Identifier(column)
         )
         for lo, hi in self._ranges(conn, group):
             row = conn.execute(count, {"lo": lo, "hi": hi}).fetchone()
-            checked = int(row[0]) if row else 0
-            found = {m.name: compare(conn, m, lo=lo, hi=hi) for m in group}
+            self._check(conn, group, int(row[0]) if row else 0, lo, hi)
+
+    def _check(
+        self, conn: psycopg.Connection[Any], group: list[ReadModel], checked: int, lo: int | None, hi: int | None
+    ) -> None:
+        """Compare the group's read models over [lo, hi) (whole, without one); repair what differs."""
+        found = {m.name: compare(conn, m, lo=lo, hi=hi) for m in group}
+        for model in group:
+            self.findings[model.name].checked += checked
+            for drift in found[model.name]:
+                self.findings[model.name].add(drift.kind, list(drift.key) if len(drift.key) > 1 else drift.key[0])
+        if self.repair and any(found.values()):
+            self._repair(conn, group, found)
             for model in group:
-                self.findings[model.name].checked += checked
-                for drift in found[model.name]:
-                    self.findings[model.name].add(drift.kind, list(drift.key) if len(drift.key) > 1 else drift.key[0])
-            if self.repair and any(found.values()):
-                self._repair(conn, group, found)
-                for model in group:
-                    after = compare(conn, model, lo=lo, hi=hi)
-                    self._settle(self.findings[model.name], found[model.name], after)
+                after = compare(conn, model, lo=lo, hi=hi)
+                self._settle(self.findings[model.name], found[model.name], after)
 
     def _repair(self, conn: psycopg.Connection[Any], group: list[ReadModel], found: dict[str, list[DriftRow]]) -> None:
-        keys: dict[tuple[Kind, str], set[int]] = {}
+        keys: dict[tuple[Kind, str], set[Any]] = {}
         for model in group:
             if found[model.name] and model.repair:
                 keys.setdefault((model.kind, model.repair), set()).update(d.key[0] for d in found[model.name])

@@ -27,6 +27,11 @@ FOLD_SECONDS = Histogram(
 DELTAS_FOLDED = Counter(
     "denorm_refresher_deltas_folded_total", "Delta rows folded into base tables, by fold step", ["step"]
 )
+FOLD_STEP_SECONDS = Counter(
+    "denorm_refresher_fold_step_seconds_total",
+    "Seconds spent in each step of the fold: what keeping its read models costs",
+    ["step"],
+)
 FOLD_FAILURES = Counter("denorm_refresher_fold_failures_total", "Folds that failed and will be retried")
 REQUESTS_COLLECTED = Counter("denorm_refresher_requests_collected_total", "Refresh requests coalesced into the queue")
 OVER_BOUND = Gauge(

@@ -1,7 +1,7 @@
 """The refresher: folds the read-model ledgers (which keeps the fold-kept read models) and drains the
 refresh queue of the materialized views, both as denorm/maintenance.py defines them.
 
-Two loops, each on its own connection, so that a long REFRESH never delays the fold:
+Two loops, each on its own connection, so that a REFRESH never delays the fold:
 
 - the folder folds every REFRESHER_FOLD_MS;
 - the refresher coalesces refresh requests into mv_refresh_queue, then refreshes each view whose
@@ -68,8 +68,8 @@ class Refresher:
         """Run the loops until stop(); returns once they have finished their current work.
 
         REFRESHER_REFRESH_LOOPS refresh loops run side by side (the claims keep them off each
-        other's views), so one long refresh, such as search, does not hold the others past their
-        staleness bound.
+        other's views), so that one long refresh would not hold the others past their staleness
+        bound. (With one refreshed view, one loop is enough.)
         """
         folder = threading.Thread(target=self._fold_loop, name="folder", daemon=True)
         listener = threading.Thread(target=self._listen_loop, name="listener", daemon=True)
@@ -136,6 +136,7 @@ class Refresher:
         metrics.FOLD_SECONDS.observe(time.perf_counter() - started)
         for s in steps:
             metrics.DELTAS_FOLDED.labels(s.step).inc(s.deltas_folded)
+            metrics.FOLD_STEP_SECONDS.labels(s.step).inc(s.seconds)
         return sum(s.deltas_folded for s in steps)
 
     # --- the refresher ----------------------------------------------------------------------

@@ -93,12 +93,19 @@ async def chain(svc: ServicesDep, slug: Slug) -> RawJSON:
 
 
 SearchType = Literal["all", "projects", "users", "chains"]
+DocType = Literal["project", "chain", "user"]
 
 
-async def search_body(svc: Services, q: str, type: SearchType, limit: int) -> bytes:
+async def search_body(
+    svc: Services, q: str, type: SearchType, limit: int, after_tier: int, after_popularity: int,
+    after_type: DocType, after_id: int,
+) -> bytes:  # fmt: skip
     doc_type = None if type == "all" else type.removesuffix("s")
-    params = {"q": q, "doc_type": doc_type, "limit": limit}
-    return await svc.search_cache.get((q, type, limit), lambda: json_of_pool(svc.read_pool, "search", params))
+    cursor = {"after_tier": after_tier, "after_popularity": after_popularity, "after_type": after_type,
+              "after_id": after_id}  # fmt: skip
+    params = {"q": q, "doc_type": doc_type, "limit": limit, **cursor}
+    key = (q, type, limit, after_tier, after_popularity, after_type, after_id)
+    return await svc.search_cache.get(key, lambda: json_of_pool(svc.read_pool, "search", params))
 
 
 @router.get("/api/search", tags=["search"], response_model=SearchResults, response_class=JSONBytes)
@@ -108,9 +115,14 @@ async def search(
     q: Annotated[str, Query(min_length=1, max_length=SEARCH_MAX)],
     type: SearchType = "all",
     limit: Limit = 20,
+    after_tier: Annotated[int, Query(ge=0, le=3, description="cursor: the tier of the last item")] = 3,
+    after_popularity: Annotated[int, Query(ge=0, le=1000, description="cursor: its popularity")] = 0,
+    after_type: Annotated[DocType, Query(description="cursor: its type")] = "project",
+    after_id: Annotated[int, Query(ge=0, le=MAX_ID, description="cursor: its id")] = 0,  # SEARCH_START
 ) -> RawJSON:
-    """Full-text search over projects, users and chains, forgiving typos."""
-    return RawJSON(await search_body(svc, q, type, limit))
+    """Full-text search over projects, users and chains, forgiving typos: the documents with every
+    word in their title or name first, the most popular first; next_cursor continues."""
+    return RawJSON(await search_body(svc, q, type, limit, after_tier, after_popularity, after_type, after_id))
 
 
 @router.get("/api/admin/refresh-status", tags=["operations"], response_model=RefreshStatus, response_class=JSONBytes)

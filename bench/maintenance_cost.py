@@ -1,13 +1,14 @@
 """Maintenance cost per 1,000 changes of every read model, at 1x, 2x and 4x the `standard` dataset.
 
-On a database seeded at each size (every read model folded and refreshed first), --rounds times:
+On a database seeded at each size (every read model folded and refreshed first, every table and
+index read into the page cache: bench/scratch.py warm()), --rounds times:
 1,000 writes of the freshness bench's mix (upvote toggles, comments, project renames, chain joins
 and leaves, new threads, new posts; bench/freshness.py), as plain SQL; then the maintenance they
 call for, timed per read model: each step of one fold (denorm/maintenance.py: a read model kept
 by the fold, or a ledger's), and the refresh of each materialized view they made pending. Prints
 the median seconds per read model at each size, and the ratio of the largest size to the first.
 
-    python -m bench.refresh_cost [--factors 1 2 4] [--rounds 3]
+    python -m bench.maintenance_cost [--factors 1 2 4] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import psycopg
 
 from bench.freshness import WRITES, Ids, word
-from bench.scratch import add_sizes_arguments, sized_database
+from bench.scratch import add_sizes_arguments, sized_database, warm
 from denorm.logs import configure_logging
 from denorm.maintenance import RefreshResult, Timing, collect, drain, fold, refresh_one
 from denorm.readmodels import REGISTRY, Kind
@@ -71,6 +72,7 @@ def main() -> None:
         with sized_database(args, i, "bench_refresh") as url, psycopg.connect(url, autocommit=True) as conn:
             drain(conn, worker="bench")
             conn.execute("VACUUM ANALYZE")
+            warm(conn)
             ids = Ids(scale.users, scale.projects, scale.chains, scale.threads)
             rng = random.Random(4)
             rounds = [one_round(conn, ids, rng) for _ in range(args.rounds)]

@@ -1,0 +1,117 @@
+"""The fold-kept read models are kept in proportion to the change: one write costs the rows it
+changes, whatever the size of the data. Counted, not timed: the rows each read model's table had
+inserted, updated or deleted by the fold after one write (pg_stat_xact_user_tables, within the
+fold's own transaction), and the models still equal their truths."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from denorm.maintenance import fold, fold_all
+from denorm.readmodels import Kind, of_kind
+from tests.support import all_drift, settle
+
+Connection = psycopg.Connection[Any]
+
+# The table each fold-kept read model writes.
+TABLES = {m.name: m.name for m in of_kind(Kind.FOLD)}
+
+
+def rows_written_by_the_fold(conn: Connection) -> dict[str, int]:
+    """One fold, in a transaction of this test's own, and the rows it wrote per read model."""
+    with conn.transaction():
+        assert fold(conn) is not None
+        rows = conn.execute(
+            "SELECT relname, n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_xact_user_tables WHERE relname = ANY (%s)",
+            (list(TABLES.values()),),
+        ).fetchall()
+    written = {str(name): int(n) for name, n in rows}
+    return {model: written.get(table, 0) for model, table in TABLES.items()}
+
+
+def one(conn: Connection, query: str, *args: Any) -> Any:
+    row = conn.execute(query.encode(), args).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def exact(conn: Connection) -> None:
+    settle(conn)  # the fold, and the refresh of the project leaderboard
+    assert {name: rows for name, rows in all_drift(conn).items() if rows} == {}
+
+
+@pytest.fixture
+def folded(seeded_url: str, conn: Connection) -> Connection:
+    fold_all(conn)
+    return conn
+
+
+def test_a_renamed_project_costs_its_rows_and_its_words(folded: Connection) -> None:
+    project = one(folded, "SELECT min(project_id) FROM chain_projects")
+    chains = one(folded, "SELECT count(*) FROM chain_projects WHERE project_id = %s", project)
+    folded.execute("UPDATE projects SET title = 'Zebracorn Quagga' WHERE id = %s", (project,))
+    written = rows_written_by_the_fold(folded)
+    # Its feed row, its row in each of its chains, its search document; the two new words, and
+    # each word of the old title moved (the old title has at most four).
+    assert written["mv_feed_projects"] == 1 and written["mv_chain_projects"] == chains
+    assert written["mv_search_documents"] == 1
+    assert 2 <= written["mv_search_words"] <= 6
+    assert written["mv_chain_directory"] == written["mv_forum_threads"] == written["mv_leaderboard_users"] == 0
+    exact(folded)
+
+
+def test_a_vote_costs_the_projects_rows_and_its_owners(folded: Connection) -> None:
+    project = one(folded, "SELECT min(id) FROM projects")
+    voter = one(folded, "SELECT min(id) FROM users u WHERE NOT EXISTS (SELECT 1 FROM project_upvotes v "
+                        "WHERE v.user_id = u.id AND v.project_id = %s)", project)  # fmt: skip
+    folded.execute("INSERT INTO project_upvotes (user_id, project_id) VALUES (%s, %s)", (voter, project))
+    written = rows_written_by_the_fold(folded)
+    assert written["mv_feed_projects"] == 1
+    assert written["mv_leaderboard_users"] == 1  # the owner's total
+    assert written["mv_search_documents"] <= 1  # its popularity, when the vote moves it a step
+    assert written["mv_chain_directory"] == written["mv_forum_threads"] == written["mv_search_words"] == 0
+    exact(folded)
+
+
+def test_a_post_costs_its_thread(folded: Connection) -> None:
+    thread = one(folded, "SELECT min(id) FROM forum_threads")
+    folded.execute("INSERT INTO forum_posts (thread_id, author_id, body) VALUES (%s, 1, 'hello')", (thread,))
+    written = rows_written_by_the_fold(folded)
+    assert written == {**dict.fromkeys(TABLES, 0), "mv_forum_threads": 1}
+    exact(folded)
+
+
+def test_a_join_costs_its_chain(folded: Connection) -> None:
+    chain, user = folded.execute(
+        "SELECT c.id, u.id FROM chains c, users u WHERE NOT EXISTS (SELECT 1 FROM chain_members m "
+        "WHERE m.chain_id = c.id AND m.user_id = u.id) ORDER BY 1, 2 LIMIT 1"
+    ).fetchone() or (0, 0)
+    folded.execute("INSERT INTO chain_members (chain_id, user_id) VALUES (%s, %s)", (chain, user))
+    written = rows_written_by_the_fold(folded)
+    assert written["mv_chain_directory"] == 1
+    assert written["mv_search_documents"] <= 1  # the chain's popularity, when the join moves it a step
+    others = {k: v for k, v in written.items() if k not in ("mv_chain_directory", "mv_search_documents")}
+    assert others == dict.fromkeys(others, 0)
+    exact(folded)
+
+
+def test_a_renamed_user_costs_their_rows(folded: Connection) -> None:
+    user = one(folded, "SELECT owner_id FROM chains ORDER BY id LIMIT 1")
+    owned = one(folded, "SELECT count(*) FROM chains WHERE owner_id = %s", user)
+    threads = one(folded, "SELECT count(*) FROM forum_threads WHERE author_id = %s", user)
+    projects = one(folded, "SELECT count(*) FROM projects WHERE owner_id = %s", user)
+    folded.execute("UPDATE users SET username = 'renamed_owner', display_name = 'Zebracorn Owner' WHERE id = %s",
+                   (user,))  # fmt: skip
+    written = rows_written_by_the_fold(folded)
+    assert written["mv_chain_directory"] == owned and written["mv_forum_threads"] == threads
+    assert written["mv_feed_projects"] == projects
+    assert written["mv_leaderboard_users"] == (1 if projects else 0)
+    assert written["mv_search_documents"] == 1
+    exact(folded)
+
+
+def test_nothing_written_costs_nothing(folded: Connection) -> None:
+    assert rows_written_by_the_fold(folded) == dict.fromkeys(TABLES, 0)
