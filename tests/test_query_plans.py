@@ -77,7 +77,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "claim_view": {"view_name": "mv_leaderboard_projects"},
     "view_idle": {"view_name": "mv_leaderboard_projects"},
     "refresh_timeout": {"timeout": "120s"},
-    "finish_refresh": {"generation": 1, "started_at": NOW, "duration_ms": 1, "view_name": "mv_chain_directory"},
+    "finish_refresh": {"generation": 1, "started_at": NOW, "duration_ms": 1, "view_name": "mv_leaderboard_projects"},
     "log_refresh": {
         "view_name": "v",
         "started_at": NOW,
@@ -87,7 +87,7 @@ PARAMS: dict[str, dict[str, Any]] = {
         "worker": "w",
         "first_requested_at": NOW,
     },
-    "fail_refresh": {"retry_max_s": 60.0, "retry_base_s": 1.0, "error": "e", "view_name": "mv_chain_directory"},
+    "fail_refresh": {"retry_max_s": 60.0, "retry_base_s": 1.0, "error": "e", "view_name": "mv_leaderboard_projects"},
     "next_due_in": {"debounce_s": 1.0, "min_interval_s": 3.0},
     "prune_log": {"days": 7},
     "reconcile_lock": {},

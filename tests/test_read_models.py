@@ -45,7 +45,9 @@ LEDGERS = ("user_stat_deltas", "project_counter_deltas", "conversation_deltas", 
 
 
 def ledger_rows(conn: Connection) -> int:
-    row = conn.execute(" + ".join(f"(SELECT count(*) FROM {t})" for t in dict.fromkeys(LEDGERS)).encode()).fetchone()
+    row = conn.execute(
+        ("SELECT " + " + ".join(f"(SELECT count(*) FROM {t})" for t in dict.fromkeys(LEDGERS))).encode()
+    ).fetchone()
     assert row is not None
     return int(row[0])
 

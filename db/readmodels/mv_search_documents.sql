@@ -348,10 +348,11 @@ END $$;
 
 -- A page: the first `n` matches after the cursor (after_tier, after_popularity, after_type,
 -- after_id), in the order above, each type's stream read as far as the page needs.
+-- (ROWS: a page, so that the planner joins its rows to the documents by key.)
 CREATE FUNCTION search_page(q tsquery, wanted text, after_tier integer, after_popularity integer, after_type text,
                             after_id bigint, n integer)
 RETURNS TABLE (tier integer, popularity integer, doc_type text, doc_id bigint)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE ROWS 20 AS $$
 DECLARE
     need integer := n;
     got integer;
