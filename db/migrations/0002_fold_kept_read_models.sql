@@ -682,7 +682,8 @@ SELECT p.owner_id FROM project_counter_deltas d JOIN projects p ON p.id = d.proj
 -- say who changed.
 
 -- These users' rows, summed again from their projects' exact counters: kept when they own a
--- project, dropped otherwise (and when they are gone).
+-- project, dropped otherwise (and when they are gone). Keys only (the whole table is the rebuild's):
+-- a "keys IS NULL OR" here made the plan read every user, 0.9 s a fold at `standard`.
 CREATE FUNCTION leaderboard_users_set(keys bigint[]) RETURNS void
 LANGUAGE sql AS $$
     WITH fresh AS (
@@ -692,10 +693,10 @@ LANGUAGE sql AS $$
             SELECT count(*) AS project_count, coalesce(sum(c.upvote_count), 0)::bigint AS upvotes_received
             FROM projects p JOIN project_counters c ON c.project_id = p.id
             WHERE p.owner_id = u.id) t
-        WHERE (keys IS NULL OR u.id = ANY (keys)) AND t.project_count > 0
+        WHERE u.id = ANY (keys) AND t.project_count > 0
     ), gone AS (
         DELETE FROM mv_leaderboard_users l
-        WHERE (keys IS NULL OR l.user_id = ANY (keys)) AND NOT EXISTS (SELECT 1 FROM fresh f WHERE f.user_id = l.user_id)
+        WHERE l.user_id = ANY (keys) AND NOT EXISTS (SELECT 1 FROM fresh f WHERE f.user_id = l.user_id)
     )
     INSERT INTO mv_leaderboard_users AS l (user_id, username, display_name, upvotes_received, project_count)
     SELECT * FROM fresh
