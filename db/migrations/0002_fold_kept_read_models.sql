@@ -808,9 +808,13 @@ CREATE TABLE mv_search_documents (
 -- eager autovacuum).
 CREATE INDEX mv_search_documents_popular_idx ON mv_search_documents (doc_type, popularity DESC, doc_id DESC)
     INCLUDE (head, document);
--- The rare words' matches, per type (btree_gin): each tier has its index.
-CREATE INDEX mv_search_documents_head_idx ON mv_search_documents USING gin (doc_type, head);
-CREATE INDEX mv_search_documents_fts_idx ON mv_search_documents USING gin (doc_type, document);
+-- The rare words' matches, per type (btree_gin): each tier has its index. A search reads an index's
+-- whole pending list (new entries not yet merged), so it is kept short: 256 kB, not 4 MB (2 MB of
+-- pending entries doubled a search's cost at `standard`).
+CREATE INDEX mv_search_documents_head_idx ON mv_search_documents USING gin (doc_type, head)
+    WITH (gin_pending_list_limit = 256);
+CREATE INDEX mv_search_documents_fts_idx ON mv_search_documents USING gin (doc_type, document)
+    WITH (gin_pending_list_limit = 256);
 ALTER TABLE mv_search_documents SET (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_insert_scale_factor = 0.01);
 
 -- The vocabulary of the documents' titles and names, for correcting a misspelled query word by
@@ -1056,8 +1060,9 @@ $$;
 -- The first `n` matches of one type and tier after (after_popularity, after_id). A probe of the
 -- next 4n documents in popularity order says how common the query is among them:
 -- - none matched: the query is rare (under one in 4n), and the GIN index finds its few matches;
--- - some did: the walk goes on, as far as twice what that share predicts, then hands what is left
---   to the GIN index (a query common only among the less popular).
+-- - some did: the walk goes on, each time as far as twice what the share so far predicts, until
+--   the page is full; a stretch with no match at all hands what is left to the GIN index (a query
+--   common only among the less popular).
 -- A query common everywhere (the usual case) is answered by the walk after n / share documents,
 -- whatever the size of the corpus. The walk reads the popularity index only (head and document
 -- are in it); its statement is PL/pgSQL's, so its plan is made once per session.
@@ -1066,8 +1071,7 @@ CREATE FUNCTION search_stream(q tsquery, wanted text, tier integer, after_popula
 RETURNS TABLE (doc_id bigint, popularity integer)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    probe integer := 4 * n;
-    chunk integer := probe;
+    chunk integer := 4 * n;  -- the first stretch: the probe
     ids bigint[] := '{}';
     pops integer[] := '{}';
     ap integer := after_popularity;
@@ -1075,8 +1079,9 @@ DECLARE
     hit_ids bigint[];
     hit_pops integer[];
     walked bigint;
+    total bigint := 0;
 BEGIN
-    FOR round IN 1..2 LOOP
+    FOR round IN 1..8 LOOP
         SELECT coalesce(array_agg(w.doc_id) FILTER (WHERE w.hit), '{}'),
                coalesce(array_agg(w.popularity) FILTER (WHERE w.hit), '{}'),
                count(*), (array_agg(w.popularity))[count(*)], (array_agg(w.doc_id))[count(*)]
@@ -1089,12 +1094,13 @@ BEGIN
               LIMIT chunk) w;  -- the aggregates read the rows in this order
         ids := ids || hit_ids;
         pops := pops || hit_pops;
+        total := total + walked;
         IF cardinality(ids) >= n OR walked < chunk THEN  -- enough, or the whole type was read
             RETURN QUERY SELECT * FROM unnest(ids[1:n], pops[1:n]);
             RETURN;
         END IF;
-        EXIT WHEN cardinality(ids) = 0;
-        chunk := ceil(2.0 * (n - cardinality(ids)) * probe / cardinality(ids));
+        EXIT WHEN cardinality(hit_ids) = 0;
+        chunk := ceil(2.0 * (n - cardinality(ids)) * total / cardinality(ids));
     END LOOP;
     RETURN QUERY SELECT * FROM unnest(ids, pops)
                  UNION ALL
@@ -1102,7 +1108,9 @@ BEGIN
 END $$;
 
 -- A page: the first `n` matches after the cursor (after_tier, after_popularity, after_type,
--- after_id), in the order above, each type's stream read as far as the page needs.
+-- after_id), in the order above, each type's stream read as far as the page needs. A type whose
+-- most popular document past the cursor could not enter the page is not read at all: with a
+-- common word, the projects fill a page before the users (all of popularity 0) are reached.
 -- (ROWS: a page, so that the planner joins its rows to the documents by key.)
 CREATE FUNCTION search_page(q tsquery, wanted text, after_tier integer, after_popularity integer, after_type text,
                             after_id bigint, n integer)
@@ -1112,26 +1120,48 @@ DECLARE
     need integer := n;
     got integer;
     t text;
-    bound bigint;
+    ap integer;
+    ai bigint;
+    best integer;
+    worst_pop integer;
+    worst_rank integer;
+    pops integer[];
+    types text[];
+    ids bigint[];
 BEGIN
     IF q IS NULL OR numnode(q) = 0 THEN  -- no words, or stop words only
         RETURN;
     END IF;
     FOR k IN REVERSE 2..1 LOOP
         CONTINUE WHEN k > after_tier;
-        RETURN QUERY
-        SELECT k, s.popularity, ty.doc_type, s.doc_id
-        FROM unnest(CASE WHEN wanted IS NULL THEN ARRAY['project', 'chain', 'user'] ELSE ARRAY[wanted] END) ty(doc_type)
-        CROSS JOIN LATERAL search_stream(
-            q, ty.doc_type, k,
-            CASE WHEN k < after_tier THEN 2147483647 ELSE after_popularity END,
+        pops := '{}';
+        types := '{}';
+        ids := '{}';
+        FOREACH t IN ARRAY CASE WHEN wanted IS NULL THEN ARRAY['project', 'chain', 'user'] ELSE ARRAY[wanted] END LOOP
+            ap := CASE WHEN k < after_tier THEN 2147483647 ELSE after_popularity END;
             -- After the cursor's own type, its ties of popularity are past; before it, still to come.
-            CASE WHEN k < after_tier THEN 9223372036854775807
-                 WHEN search_type_rank(ty.doc_type) < search_type_rank(after_type) THEN 9223372036854775807
-                 WHEN search_type_rank(ty.doc_type) > search_type_rank(after_type) THEN 0
-                 ELSE after_id END,
-            need) s
-        ORDER BY s.popularity DESC, search_type_rank(ty.doc_type) DESC, s.doc_id DESC
+            ai := CASE WHEN k < after_tier THEN 9223372036854775807
+                       WHEN search_type_rank(t) < search_type_rank(after_type) THEN 9223372036854775807
+                       WHEN search_type_rank(t) > search_type_rank(after_type) THEN 0
+                       ELSE after_id END;
+            IF cardinality(ids) >= need THEN
+                SELECT d.popularity INTO best FROM mv_search_documents d
+                WHERE d.doc_type = t AND (d.popularity, d.doc_id) < (ap, ai)
+                ORDER BY d.popularity DESC, d.doc_id DESC LIMIT 1;
+                SELECT u.p, search_type_rank(u.ty) INTO worst_pop, worst_rank
+                FROM unnest(pops, types) u(p, ty) ORDER BY u.p DESC, search_type_rank(u.ty) DESC
+                OFFSET need - 1 LIMIT 1;
+                -- The types come in rank order, so a tie of popularity is already won.
+                CONTINUE WHEN best IS NULL OR best <= worst_pop;
+            END IF;
+            SELECT pops || coalesce(array_agg(s.popularity), '{}'), types || coalesce(array_agg(t), '{}'),
+                   ids || coalesce(array_agg(s.doc_id), '{}')
+            INTO pops, types, ids
+            FROM search_stream(q, t, k, ap, ai, need) s;
+        END LOOP;
+        RETURN QUERY
+        SELECT k, u.p, u.ty, u.id FROM unnest(pops, types, ids) u(p, ty, id)
+        ORDER BY u.p DESC, search_type_rank(u.ty) DESC, u.id DESC
         LIMIT need;
         GET DIAGNOSTICS got = ROW_COUNT;
         need := need - got;
