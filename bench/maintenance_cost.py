@@ -5,8 +5,10 @@ index read into the page cache: bench/scratch.py warm()), --rounds times:
 1,000 writes of the freshness bench's mix (upvote toggles, comments, project renames, chain joins
 and leaves, new threads, new posts; bench/freshness.py), as plain SQL; then the maintenance they
 call for, timed per read model: each step of one fold (denorm/maintenance.py: a read model kept
-by the fold, or a ledger's), and the refresh of each materialized view they made pending. Prints
-the median seconds per read model at each size, and the ratio of the largest size to the first.
+by the fold, or a ledger's), and the refresh of each materialized view they made pending, with
+the write-ahead log each wrote (full-page images included: their share depends on how recently a
+checkpoint ran). Prints the median seconds and MiB per read model at each size, and the ratio of
+the largest size to the first.
 
     python -m bench.maintenance_cost [--factors 1 2 4] [--rounds 3]
 """
@@ -40,23 +42,33 @@ def apply_changes(conn: psycopg.Connection[Any], ids: Ids, rng: random.Random) -
             conn.execute(rng.choice(statements).encode(), params)
 
 
-def one_round(conn: psycopg.Connection[Any], ids: Ids, rng: random.Random) -> dict[str, float]:
-    """Seconds of each read model's maintenance after one batch of changes."""
+def wal_position(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def one_round(conn: psycopg.Connection[Any], ids: Ids, rng: random.Random) -> dict[str, tuple[float, float]]:
+    """(seconds, MiB of WAL) of each read model's maintenance after one batch of changes."""
     apply_changes(conn, ids, rng)
     time.sleep(1.1)  # past the refresher's debounce, as in production
     steps = fold(conn, max_keys=1_000_000)
     assert steps is not None
-    spent = {s.step: s.seconds for s in steps}
+    spent = {s.step: (s.seconds, s.wal_bytes / 2**20) for s in steps}
     collect(conn)
-    refreshed: list[RefreshResult] = []
-    while (result := refresh_one(conn, Timing(), "bench")) is not None:
-        refreshed.append(result)
-    out: dict[str, float] = {}
+    refreshed: list[tuple[RefreshResult, int]] = []
+    while True:
+        before = wal_position(conn)
+        if (result := refresh_one(conn, Timing(), "bench")) is None:
+            break
+        refreshed.append((result, wal_position(conn) - before))
+    out: dict[str, tuple[float, float]] = {}
     for model in REGISTRY:
         if model.kind in (Kind.LEDGER, Kind.FOLD) and model.fold is not None:
-            out[model.name] = spent.get(model.fold, 0.0)
+            out[model.name] = spent.get(model.fold, (0.0, 0.0))
         elif model.kind is Kind.MATVIEW:
-            out[model.name] = sum(r.duration_ms / 1000 for r in refreshed if r.view_name == model.clock)
+            mine = [(r.duration_ms / 1000, wal / 2**20) for r, wal in refreshed if r.view_name == model.clock]
+            out[model.name] = (sum(t for t, _ in mine), sum(w for _, w in mine))
     return out
 
 
@@ -66,7 +78,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     configure_logging("WARNING")
-    results: dict[float, dict[str, float]] = {}
+    results: dict[float, dict[str, tuple[float, float]]] = {}
     for i, factor in enumerate(args.factors):
         scale = SCALES[args.scale].times(factor)
         with sized_database(args, i, "bench_refresh") as url, psycopg.connect(url, autocommit=True) as conn:
@@ -76,18 +88,23 @@ def main() -> None:
             ids = Ids(scale.users, scale.projects, scale.chains, scale.threads)
             rng = random.Random(4)
             rounds = [one_round(conn, ids, rng) for _ in range(args.rounds)]
-            results[factor] = {name: statistics.median(r[name] for r in rounds) for name in rounds[0]}
+            results[factor] = {
+                name: (statistics.median(r[name][0] for r in rounds), statistics.median(r[name][1] for r in rounds))
+                for name in rounds[0]
+            }
         print(f"measured {factor:g}x", flush=True)
     first, last = args.factors[0], args.factors[-1]
-    print(f"seconds of maintenance per {CHANGES:,} mixed plain-SQL changes (median of {args.rounds}); "
-          f"datasets {', '.join(f'{f:g}x' for f in args.factors)} the {args.scale} one")  # fmt: skip
-    print(f"{'read model':<30}{'kind':<9}" + "".join(f"{f'{f:g}x':>10}" for f in args.factors)
-          + f"{f'{last:g}x/{first:g}x':>10}")  # fmt: skip
     kinds = {m.name: m.kind.value for m in REGISTRY}
-    for name in results[first]:
-        cells = "".join(f"{results[f][name]:>10.3f}" for f in args.factors)
-        ratio = results[last][name] / results[first][name] if results[first][name] > 0 else float("nan")
-        print(f"{name:<30}{kinds[name]:<9}{cells}{ratio:>10.2f}")
+    for what, index, form in (("seconds", 0, ".3f"), ("MiB of write-ahead log", 1, ".2f")):
+        print(f"{what} of maintenance per {CHANGES:,} mixed plain-SQL changes (median of {args.rounds}); "
+              f"datasets {', '.join(f'{f:g}x' for f in args.factors)} the {args.scale} one")  # fmt: skip
+        print(f"{'read model':<30}{'kind':<9}" + "".join(f"{f'{f:g}x':>10}" for f in args.factors)
+              + f"{f'{last:g}x/{first:g}x':>10}")  # fmt: skip
+        for name in results[first]:
+            cells = "".join(f"{results[f][name][index]:>10{form}}" for f in args.factors)
+            base = results[first][name][index]
+            ratio = results[last][name][index] / base if base > 0 else float("nan")
+            print(f"{name:<30}{kinds[name]:<9}{cells}{ratio:>10.2f}")
     print("(a fold step shared by several read models is shown for each)")
 
 

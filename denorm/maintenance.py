@@ -25,6 +25,7 @@ class FoldStep:
     keys_folded: int
     deltas_folded: int
     seconds: float
+    wal_bytes: int  # the write-ahead log the step wrote: what keeping its read models costs the disk
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,13 @@ class Timing:
         }
 
 
-def _call(conn: Connection, function: str, *args: Any) -> psycopg.Cursor[Any]:
-    """SELECT * FROM function(args): the function's name is the registry's, never input."""
+def _call(conn: Connection, function: str, *args: Any, wal: bool = False) -> psycopg.Cursor[Any]:
+    """SELECT * FROM function(args): the function's name is the registry's, never input. With `wal`,
+    the WAL insert position after it as a last column (a set-returning function has run whole
+    before its first row is read)."""
     params = sql.SQL(", ").join(sql.Placeholder() for _ in args)
-    return conn.execute(sql.SQL("SELECT * FROM {}({})").format(sql.Identifier(function), params), args)
+    after = sql.SQL(", pg_current_wal_insert_lsn() - '0/0'::pg_lsn") if wal else sql.SQL("")
+    return conn.execute(sql.SQL("SELECT *{} FROM {}({})").format(after, sql.Identifier(function), params), args)
 
 
 # --- the fold ----------------------------------------------------------------------------------
@@ -74,15 +78,27 @@ def fold(conn: Connection, max_keys: int = 20_000) -> list[FoldStep] | None:
         if row is None or not row[0]:
             return None
         touched: dict[str, set[int]] = {"projects": set(), "users": set(), "chains": set()}
+        wal = _wal_position(conn)
         for step in fold_steps():
             at = time.perf_counter()
             given = [sorted(touched[kind]) for kind in ("projects", "users", "chains")]
-            keys, deltas, *touches = _call(conn, step, max_keys, *given).fetchone() or (0, 0, None, None, None)
+            row = _call(conn, step, max_keys, *given, wal=True).fetchone()
+            assert row is not None  # a step returns one row
+            keys, deltas, *touches, wal_after = row
             for kind, ids in zip(("projects", "users", "chains"), touches, strict=True):
                 touched[kind].update(ids or ())
-            steps.append(FoldStep(step, int(keys or 0), int(deltas or 0), time.perf_counter() - at))
+            steps.append(
+                FoldStep(step, int(keys or 0), int(deltas or 0), time.perf_counter() - at, int(wal_after - wal))
+            )
+            wal = wal_after
         conn.execute(_fold_done(), {"duration_ms": round((time.perf_counter() - started) * 1000)})
     return steps
+
+
+def _wal_position(conn: Connection) -> int:
+    row = conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def _fold_done() -> sql.Composed:

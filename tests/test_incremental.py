@@ -115,3 +115,15 @@ def test_a_renamed_user_costs_their_rows(folded: Connection) -> None:
 
 def test_nothing_written_costs_nothing(folded: Connection) -> None:
     assert rows_written_by_the_fold(folded) == dict.fromkeys(TABLES, 0)
+
+
+def test_each_step_reports_the_wal_it_wrote(folded: Connection) -> None:
+    """The fold counts the write-ahead log of each step (the refresher exports it): a message
+    writes its conversations' rows and nothing of a project's, so only its step's count moves."""
+    sender, recipient = (one(folded, "SELECT min(id) FROM users"), one(folded, "SELECT max(id) FROM users"))
+    folded.execute("INSERT INTO messages (sender_id, recipient_id, body) VALUES (%s, %s, 'hi')", (sender, recipient))
+    steps = fold(folded)
+    assert steps is not None
+    wal = {s.step: s.wal_bytes for s in steps}
+    assert wal["conversations_fold"] > 0
+    assert wal["feed_fold"] == wal["chain_projects_fold"] == wal["search_documents_fold"] == 0

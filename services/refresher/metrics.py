@@ -32,6 +32,11 @@ FOLD_STEP_SECONDS = Counter(
     "Seconds spent in each step of the fold: what keeping its read models costs",
     ["step"],
 )
+FOLD_STEP_WAL = Counter(
+    "denorm_refresher_fold_step_wal_bytes_total",
+    "Write-ahead log written by each step of the fold (full-page images included)",
+    ["step"],
+)
 FOLD_FAILURES = Counter("denorm_refresher_fold_failures_total", "Folds that failed and will be retried")
 REQUESTS_COLLECTED = Counter("denorm_refresher_requests_collected_total", "Refresh requests coalesced into the queue")
 OVER_BOUND = Gauge(

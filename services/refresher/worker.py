@@ -137,6 +137,7 @@ class Refresher:
         for s in steps:
             metrics.DELTAS_FOLDED.labels(s.step).inc(s.deltas_folded)
             metrics.FOLD_STEP_SECONDS.labels(s.step).inc(s.seconds)
+            metrics.FOLD_STEP_WAL.labels(s.step).inc(s.wal_bytes)
         return sum(s.deltas_folded for s in steps)
 
     # --- the refresher ----------------------------------------------------------------------
