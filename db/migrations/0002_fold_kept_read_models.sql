@@ -1036,38 +1036,39 @@ CREATE FUNCTION search_type_rank(doc_type text) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE doc_type WHEN 'project' THEN 3 WHEN 'chain' THEN 2 ELSE 1 END;
 
--- The first `n` matches of one type and tier after (after_popularity, after_id), through the GIN
--- index of the tier: every match is read and sorted, which is cheap for a rare word only. The only
--- plan allowed: a generic plan would rather walk the popularity index, which for a rare word reads
--- the whole type.
+-- The first `n` matches of one type and tier after (after_popularity, after_id) and more popular
+-- than `above`, through the GIN index of the tier: every match is read and sorted, which is cheap
+-- for a rare word only. The only plan allowed: a generic plan would rather walk the popularity
+-- index, which for a rare word reads the whole type.
 CREATE FUNCTION search_rare(q tsquery, wanted text, tier integer, after_popularity integer, after_id bigint,
-                            n integer)
+                            n integer, above integer)
 RETURNS TABLE (doc_id bigint, popularity integer)
 LANGUAGE sql STABLE
 SET enable_indexscan = off SET enable_seqscan = off SET enable_indexonlyscan = off
 AS $$
     SELECT d.doc_id, d.popularity FROM mv_search_documents d
-    WHERE d.doc_type = wanted AND (d.popularity, d.doc_id) < (after_popularity, after_id)
+    WHERE d.doc_type = wanted AND (d.popularity, d.doc_id) < (after_popularity, after_id) AND d.popularity > above
       AND tier = 2 AND d.head @@ q
     UNION ALL
     SELECT d.doc_id, d.popularity FROM mv_search_documents d
-    WHERE d.doc_type = wanted AND (d.popularity, d.doc_id) < (after_popularity, after_id)
+    WHERE d.doc_type = wanted AND (d.popularity, d.doc_id) < (after_popularity, after_id) AND d.popularity > above
       AND tier = 1 AND d.document @@ q AND NOT d.head @@ q
     ORDER BY 2 DESC, 1 DESC
     LIMIT n
 $$;
 
--- The first `n` matches of one type and tier after (after_popularity, after_id). A probe of the
--- next 4n documents in popularity order says how common the query is among them:
+-- The first `n` matches of one type and tier after (after_popularity, after_id) and more popular
+-- than `above` (what could still enter the page). A probe of the next 4n documents in popularity
+-- order says how common the query is among them:
 -- - none matched: the query is rare (under one in 4n), and the GIN index finds its few matches;
--- - some did: the walk goes on, each time as far as twice what the share so far predicts, until
---   the page is full; a stretch with no match at all hands what is left to the GIN index (a query
---   common only among the less popular).
+-- - some did: the walk goes on, each stretch as far as twice what the share so far predicts (and
+--   at most twice what was walked), until the page is full; a stretch with no match at all hands
+--   what is left to the GIN index (a query common only among the less popular).
 -- A query common everywhere (the usual case) is answered by the walk after n / share documents,
 -- whatever the size of the corpus. The walk reads the popularity index only (head and document
 -- are in it); its statement is PL/pgSQL's, so its plan is made once per session.
 CREATE FUNCTION search_stream(q tsquery, wanted text, tier integer, after_popularity integer, after_id bigint,
-                              n integer)
+                              n integer, above integer)
 RETURNS TABLE (doc_id bigint, popularity integer)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -1089,28 +1090,29 @@ BEGIN
         FROM (SELECT d.popularity, d.doc_id,
                      CASE WHEN tier = 2 THEN d.head @@ q ELSE d.document @@ q AND NOT d.head @@ q END AS hit
               FROM mv_search_documents d
-              WHERE d.doc_type = wanted AND (d.popularity, d.doc_id) < (ap, ai)
+              WHERE d.doc_type = wanted AND (d.popularity, d.doc_id) < (ap, ai) AND d.popularity > above
               ORDER BY d.popularity DESC, d.doc_id DESC
               LIMIT chunk) w;  -- the aggregates read the rows in this order
         ids := ids || hit_ids;
         pops := pops || hit_pops;
         total := total + walked;
-        IF cardinality(ids) >= n OR walked < chunk THEN  -- enough, or the whole type was read
+        IF cardinality(ids) >= n OR walked < chunk THEN  -- enough, or all there is was read
             RETURN QUERY SELECT * FROM unnest(ids[1:n], pops[1:n]);
             RETURN;
         END IF;
         EXIT WHEN cardinality(hit_ids) = 0;
-        chunk := ceil(2.0 * (n - cardinality(ids)) * total / cardinality(ids));
+        chunk := least(ceil(2.0 * (n - cardinality(ids)) * total / cardinality(ids)), 2 * total);
     END LOOP;
     RETURN QUERY SELECT * FROM unnest(ids, pops)
                  UNION ALL
-                 SELECT * FROM search_rare(q, wanted, tier, ap, ai, n - cardinality(ids));
+                 SELECT * FROM search_rare(q, wanted, tier, ap, ai, n - cardinality(ids), above);
 END $$;
 
 -- A page: the first `n` matches after the cursor (after_tier, after_popularity, after_type,
--- after_id), in the order above, each type's stream read as far as the page needs. A type whose
--- most popular document past the cursor could not enter the page is not read at all: with a
--- common word, the projects fill a page before the users (all of popularity 0) are reached.
+-- after_id), in the order above, each type's stream read as far as the page needs. The types are
+-- read in rank order, so once the page is full a later type's document enters it only if it is
+-- more popular than the page's last item: the next stream reads above it. With a common word the
+-- projects fill the page, and the users (all of popularity 0) are not read at all.
 -- (ROWS: a page, so that the planner joins its rows to the documents by key.)
 CREATE FUNCTION search_page(q tsquery, wanted text, after_tier integer, after_popularity integer, after_type text,
                             after_id bigint, n integer)
@@ -1120,11 +1122,8 @@ DECLARE
     need integer := n;
     got integer;
     t text;
-    ap integer;
     ai bigint;
-    best integer;
-    worst_pop integer;
-    worst_rank integer;
+    above integer;
     pops integer[];
     types text[];
     ids bigint[];
@@ -1138,26 +1137,20 @@ BEGIN
         types := '{}';
         ids := '{}';
         FOREACH t IN ARRAY CASE WHEN wanted IS NULL THEN ARRAY['project', 'chain', 'user'] ELSE ARRAY[wanted] END LOOP
-            ap := CASE WHEN k < after_tier THEN 2147483647 ELSE after_popularity END;
             -- After the cursor's own type, its ties of popularity are past; before it, still to come.
             ai := CASE WHEN k < after_tier THEN 9223372036854775807
                        WHEN search_type_rank(t) < search_type_rank(after_type) THEN 9223372036854775807
                        WHEN search_type_rank(t) > search_type_rank(after_type) THEN 0
                        ELSE after_id END;
+            above := -1;
             IF cardinality(ids) >= need THEN
-                SELECT d.popularity INTO best FROM mv_search_documents d
-                WHERE d.doc_type = t AND (d.popularity, d.doc_id) < (ap, ai)
-                ORDER BY d.popularity DESC, d.doc_id DESC LIMIT 1;
-                SELECT u.p, search_type_rank(u.ty) INTO worst_pop, worst_rank
-                FROM unnest(pops, types) u(p, ty) ORDER BY u.p DESC, search_type_rank(u.ty) DESC
-                OFFSET need - 1 LIMIT 1;
-                -- The types come in rank order, so a tie of popularity is already won.
-                CONTINUE WHEN best IS NULL OR best <= worst_pop;
+                SELECT u.p INTO above FROM unnest(pops) u(p) ORDER BY u.p DESC OFFSET need - 1 LIMIT 1;
             END IF;
             SELECT pops || coalesce(array_agg(s.popularity), '{}'), types || coalesce(array_agg(t), '{}'),
                    ids || coalesce(array_agg(s.doc_id), '{}')
             INTO pops, types, ids
-            FROM search_stream(q, t, k, ap, ai, need) s;
+            FROM search_stream(q, t, k, CASE WHEN k < after_tier THEN 2147483647 ELSE after_popularity END, ai,
+                               need, above) s;
         END LOOP;
         RETURN QUERY
         SELECT k, u.p, u.ty, u.id FROM unnest(pops, types, ids) u(p, ty, id)
