@@ -192,8 +192,9 @@ LANGUAGE sql AS $$
     FROM user_dashboard_stats_truth d JOIN intro_request_stats_truth i ON i.user_id = d.user_id;
 $$;
 
--- The fold's step; see project_counters_fold(). It touches the users it folded, and those it found
--- gone.
+-- The fold's step; see project_counters_fold(). It touches the users whose own row may show it (a
+-- statement on the user, a project that came or went; not a vote given or a message), and those it
+-- found gone: the steps after it (the user leaderboard) follow those only.
 CREATE FUNCTION user_stats_fold(
     max_keys integer, moved_projects bigint[], moved_users bigint[], moved_chains bigint[])
 RETURNS TABLE (keys_folded bigint, deltas_folded bigint,
@@ -215,7 +216,12 @@ BEGIN
                sum(sent_pending) AS sent_pending, sum(sent_accepted) AS sent_accepted,
                sum(sent_declined) AS sent_declined, sum(received_pending) AS received_pending,
                sum(received_accepted) AS received_accepted, sum(received_declined) AS received_declined,
-               max(created_at) AS t, count(*) AS n
+               max(created_at) AS t, count(*) AS n,
+               -- A statement on the user (its zero delta) or a project that came or went.
+               bool_or(project_count <> 0
+                       OR (upvotes_given, unread_messages, chains_joined, sent_pending, sent_accepted,
+                           sent_declined, received_pending, received_accepted, received_declined)
+                          = (0, 0, 0, 0, 0, 0, 0, 0, 0)) AS own_row
         FROM moved GROUP BY user_id
     ), upd AS (
         UPDATE user_stats_base b SET
@@ -232,7 +238,7 @@ BEGIN
             updated_at = greatest(b.updated_at, a.t)
         FROM agg a WHERE b.user_id = a.user_id
     )
-    SELECT count(*), coalesce(sum(n), 0), coalesce(array_agg(user_id), '{}')
+    SELECT count(*), coalesce(sum(n), 0), coalesce(array_agg(user_id) FILTER (WHERE own_row), '{}')
     INTO keys_folded, deltas_folded, touched_users FROM agg;
     -- Deltas of users deleted for good (a cascade can write them after the user's own cleanup).
     WITH gone AS (
