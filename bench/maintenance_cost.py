@@ -10,7 +10,7 @@ the write-ahead log each wrote (full-page images included: their share depends o
 checkpoint ran). Prints the median seconds and MiB per read model at each size, and the ratio of
 the largest size to the first.
 
-    python -m bench.maintenance_cost [--factors 1 2 4] [--rounds 3]
+    python -m bench.maintenance_cost [--factors 1 2 4] [--rounds 3] [--wal-compression lz4]
 """
 
 from __future__ import annotations
@@ -76,6 +76,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sizes_arguments(parser)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--wal-compression",
+        choices=["off", "pglz", "lz4"],
+        default="off",
+        help="compress the full-page images the maintenance writes (this session only; a superuser setting)",
+    )
     args = parser.parse_args()
     configure_logging("WARNING")
     results: dict[float, dict[str, tuple[float, float]]] = {}
@@ -85,6 +91,7 @@ def main() -> None:
             drain(conn, worker="bench")
             conn.execute("VACUUM ANALYZE")
             warm(conn)
+            conn.execute("SELECT set_config('wal_compression', %s, false)", (args.wal_compression,))
             ids = Ids(scale.users, scale.projects, scale.chains, scale.threads)
             rng = random.Random(4)
             rounds = [one_round(conn, ids, rng) for _ in range(args.rounds)]
