@@ -7,8 +7,9 @@ and leaves, new threads, new posts; bench/freshness.py), as plain SQL; then the 
 call for, timed per read model: each step of one fold (denorm/maintenance.py: a read model kept
 by the fold, or a ledger's), and the refresh of each materialized view they made pending, with
 the write-ahead log each wrote (full-page images included: their share depends on how recently a
-checkpoint ran). Prints the median seconds and MiB per read model at each size, and the ratio of
-the largest size to the first.
+checkpoint ran; pg_walinspect splits the whole of it into records and full-page images). Prints
+the median seconds and MiB per read model at each size, and the ratio of the largest size to the
+first.
 
     python -m bench.maintenance_cost [--factors 1 2 4] [--rounds 3] [--wal-compression lz4]
 """
@@ -48,10 +49,25 @@ def wal_position(conn: psycopg.Connection[Any]) -> int:
     return int(row[0])
 
 
-def one_round(conn: psycopg.Connection[Any], ids: Ids, rng: random.Random) -> dict[str, tuple[float, float]]:
-    """(seconds, MiB of WAL) of each read model's maintenance after one batch of changes."""
+def wal_split(conn: psycopg.Connection[Any], start: int, end: int) -> tuple[float, float]:
+    """MiB of (records, full-page images) written between two WAL positions (pg_walinspect)."""
+    row = conn.execute(
+        "SELECT coalesce(sum(record_size), 0), coalesce(sum(fpi_size), 0) FROM pg_get_wal_stats("
+        "'0/0'::pg_lsn + %s::numeric, least('0/0'::pg_lsn + %s::numeric, pg_current_wal_flush_lsn()))",
+        (start, end),
+    ).fetchone()
+    assert row is not None
+    return float(row[0]) / 2**20, float(row[1]) / 2**20
+
+
+def one_round(
+    conn: psycopg.Connection[Any], ids: Ids, rng: random.Random
+) -> tuple[dict[str, tuple[float, float]], tuple[float, float]]:
+    """(seconds, MiB of WAL) of each read model's maintenance after one batch of changes; and the
+    MiB of records and of full-page images that all of it wrote."""
     apply_changes(conn, ids, rng)
     time.sleep(1.1)  # past the refresher's debounce, as in production
+    start = wal_position(conn)
     steps = fold(conn, max_keys=1_000_000)
     assert steps is not None
     spent = {s.step: (s.seconds, s.wal_bytes / 2**20) for s in steps}
@@ -69,7 +85,7 @@ def one_round(conn: psycopg.Connection[Any], ids: Ids, rng: random.Random) -> di
         elif model.kind is Kind.MATVIEW:
             mine = [(r.duration_ms / 1000, wal / 2**20) for r, wal in refreshed if r.view_name == model.clock]
             out[model.name] = (sum(t for t, _ in mine), sum(w for _, w in mine))
-    return out
+    return out, wal_split(conn, start, wal_position(conn))
 
 
 def main() -> None:
@@ -85,6 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging("WARNING")
     results: dict[float, dict[str, tuple[float, float]]] = {}
+    splits: dict[float, tuple[float, float]] = {}
     for i, factor in enumerate(args.factors):
         scale = SCALES[args.scale].times(factor)
         with sized_database(args, i, "bench_refresh") as url, psycopg.connect(url, autocommit=True) as conn:
@@ -94,11 +111,17 @@ def main() -> None:
             conn.execute("SELECT set_config('wal_compression', %s, false)", (args.wal_compression,))
             ids = Ids(scale.users, scale.projects, scale.chains, scale.threads)
             rng = random.Random(4)
-            rounds = [one_round(conn, ids, rng) for _ in range(args.rounds)]
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+            measured = [one_round(conn, ids, rng) for _ in range(args.rounds)]
+            rounds = [m for m, _ in measured]
             results[factor] = {
                 name: (statistics.median(r[name][0] for r in rounds), statistics.median(r[name][1] for r in rounds))
                 for name in rounds[0]
             }
+            splits[factor] = (
+                statistics.median(w[0] for _, w in measured),
+                statistics.median(w[1] for _, w in measured),
+            )
         print(f"measured {factor:g}x", flush=True)
     first, last = args.factors[0], args.factors[-1]
     kinds = {m.name: m.kind.value for m in REGISTRY}
@@ -113,6 +136,9 @@ def main() -> None:
             ratio = results[last][name][index] / base if base > 0 else float("nan")
             print(f"{name:<30}{kinds[name]:<9}{cells}{ratio:>10.2f}")
     print("(a fold step shared by several read models is shown for each)")
+    split = ", ".join(f"{f:g}x {splits[f][0]:.2f} / {splits[f][1]:.2f}" for f in args.factors)
+    print(f"all of it, MiB of WAL records / of full-page images (pg_walinspect; the images depend on how "
+          f"recently a checkpoint ran): {split}")  # fmt: skip
 
 
 if __name__ == "__main__":
