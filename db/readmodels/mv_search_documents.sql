@@ -438,7 +438,7 @@ SELECT '{"query":' || json_str(%(q)s) || ',"corrected":' || json_str((SELECT tex
        || ',"items":[' || coalesce(string_agg(
               '{"type":' || json_str(doc_type) || ',"id":' || doc_id || ',"title":' || json_str(title)
               || ',"subtitle":' || json_str(subtitle) || ',"slug":' || json_str(slug)
-              || ',"score":' || (tier + popularity / 100.0) || '}', ',' ORDER BY ord), '')
+              || ',"score":' || round(tier + popularity / 100.0, 2) || '}', ',' ORDER BY ord), '')
        || '],"next_cursor":' || CASE WHEN count(*) = %(limit)s
               THEN '"after_tier=' || (array_agg(tier ORDER BY ord))[count(*)]
                    || '&after_popularity=' || (array_agg(popularity ORDER BY ord))[count(*)]
