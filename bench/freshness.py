@@ -38,7 +38,7 @@ from bench.system import running_system
 from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET
 from denorm.logs import configure_logging
-from denorm.maintenance import drain
+from denorm.maintenance import drain, wal_position
 from denorm.seed import SCALES
 
 Conn = psycopg.Connection[Any]
@@ -342,10 +342,6 @@ def summary(lags: list[float]) -> str:
     return "".join(f"{v:>8.2f}" if v != float("inf") else f"{'>' + str(int(TIMEOUT_S)):>8}" for v in cells)
 
 
-def wal_lsn(conn: Conn) -> int:
-    return int(one(conn, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
-
-
 def measure(url: str, factor: float, scale_name: str, rate: float, writers: int, count: int) -> None:
     scale = SCALES[scale_name].times(factor)
     rng = random.Random(time.time_ns())  # new probe words each run: a database may be measured again
@@ -366,7 +362,7 @@ def measure(url: str, factor: float, scale_name: str, rate: float, writers: int,
             t.start()
         time.sleep(5)  # let the load and the maintenance settle into their rhythm
         with psycopg.connect(url, autocommit=True) as conn:
-            started, lsn = time.perf_counter(), wal_lsn(conn)
+            started, lsn = time.perf_counter(), wal_position(conn)
             written = sum(c[0] for c in counts)
             probers = [threading.Thread(target=run_probe, args=(url, system.base, p, count, i, stop), daemon=True)
                        for i, p in enumerate(probe_list)]  # fmt: skip
@@ -375,13 +371,13 @@ def measure(url: str, factor: float, scale_name: str, rate: float, writers: int,
             for t in probers:
                 t.join()
             minutes = (time.perf_counter() - started) / 60
-            wal_running = (wal_lsn(conn) - lsn) / minutes
+            wal_running = (wal_position(conn) - lsn) / minutes
             writes = (sum(c[0] for c in counts) - written) / (minutes * 60)
             os.kill(refresher_pid, signal.SIGSTOP)
             try:
-                paused, lsn = time.perf_counter(), wal_lsn(conn)
+                paused, lsn = time.perf_counter(), wal_position(conn)
                 time.sleep(30)
-                wal_paused = (wal_lsn(conn) - lsn) / ((time.perf_counter() - paused) / 60)
+                wal_paused = (wal_position(conn) - lsn) / ((time.perf_counter() - paused) / 60)
             finally:
                 os.kill(refresher_pid, signal.SIGCONT)
         stop.set()

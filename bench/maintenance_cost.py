@@ -28,7 +28,7 @@ import psycopg
 from bench.freshness import WRITES, Ids, word
 from bench.scratch import add_sizes_arguments, sized_database, warm
 from denorm.logs import configure_logging
-from denorm.maintenance import RefreshResult, Timing, collect, drain, fold, refresh_one
+from denorm.maintenance import RefreshResult, Timing, collect, drain, fold, refresh_one, wal_position
 from denorm.readmodels import REGISTRY, Kind
 from denorm.seed import SCALES
 
@@ -41,12 +41,6 @@ def apply_changes(conn: psycopg.Connection[Any], ids: Ids, rng: random.Random) -
         params = {"u": ids.writer_user(rng), "p": ids.writer_project(rng), "c": ids.writer_chain(rng), "w": word(rng)}
         with contextlib.suppress(psycopg.errors.IntegrityError):
             conn.execute(rng.choice(statements).encode(), params)
-
-
-def wal_position(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def wal_split(conn: psycopg.Connection[Any], start: int, end: int) -> tuple[float, float]:

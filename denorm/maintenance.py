@@ -78,7 +78,7 @@ def fold(conn: Connection, max_keys: int = 20_000) -> list[FoldStep] | None:
         if row is None or not row[0]:
             return None
         touched: dict[str, set[int]] = {"projects": set(), "users": set(), "chains": set()}
-        wal = _wal_position(conn)
+        wal = wal_position(conn)
         for step in fold_steps():
             at = time.perf_counter()
             given = [sorted(touched[kind]) for kind in ("projects", "users", "chains")]
@@ -95,7 +95,8 @@ def fold(conn: Connection, max_keys: int = 20_000) -> list[FoldStep] | None:
     return steps
 
 
-def _wal_position(conn: Connection) -> int:
+def wal_position(conn: Connection) -> int:
+    """The WAL insert position, in bytes: the difference of two is the WAL written between them."""
     row = conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
     assert row is not None
     return int(row[0])

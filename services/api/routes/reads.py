@@ -21,7 +21,17 @@ from services.api.models import (
     SearchResults,
     UserLeaderboard,
 )
-from services.api.params import Limit, Offset, Slug
+from services.api.params import (
+    SEARCH_START,
+    AfterId,
+    AfterPopularity,
+    AfterTier,
+    AfterType,
+    DocType,
+    Limit,
+    Offset,
+    Slug,
+)
 from services.api.responses import JSONBytes, RawJSON
 
 router = APIRouter(responses=ERROR_RESPONSES)
@@ -93,7 +103,6 @@ async def chain(svc: ServicesDep, slug: Slug) -> RawJSON:
 
 
 SearchType = Literal["all", "projects", "users", "chains"]
-DocType = Literal["project", "chain", "user"]
 
 
 async def search_body(
@@ -115,10 +124,10 @@ async def search(
     q: Annotated[str, Query(min_length=1, max_length=SEARCH_MAX)],
     type: SearchType = "all",
     limit: Limit = 20,
-    after_tier: Annotated[int, Query(ge=0, le=3, description="cursor: the tier of the last item")] = 3,
-    after_popularity: Annotated[int, Query(ge=0, le=1000, description="cursor: its popularity")] = 0,
-    after_type: Annotated[DocType, Query(description="cursor: its type")] = "project",
-    after_id: Annotated[int, Query(ge=0, le=MAX_ID, description="cursor: its id")] = 0,  # SEARCH_START
+    after_tier: AfterTier = SEARCH_START["after_tier"],
+    after_popularity: AfterPopularity = SEARCH_START["after_popularity"],
+    after_type: AfterType = SEARCH_START["after_type"],
+    after_id: AfterId = SEARCH_START["after_id"],
 ) -> RawJSON:
     """Full-text search over projects, users and chains, forgiving typos: the documents with every
     word in their title or name first, the most popular first; next_cursor continues."""
