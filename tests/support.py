@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg.rows import TupleRow
@@ -70,6 +71,18 @@ def all_drift(conn: Connection) -> dict[str, list[DriftRow]]:
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         return {m.name: compare(conn, m) for m in REGISTRY if m.kind is not Kind.REDIS}
+
+
+def drifted(conn: Connection) -> dict[str, list[DriftRow]]:
+    """The read models that differ from their truth, with their rows (all_drift without the clean)."""
+    return {name: rows for name, rows in all_drift(conn).items() if rows}
+
+
+def one(conn: Connection, query: str, *args: object) -> Any:
+    """The first column of the one row a query returns."""
+    row = conn.execute(query.encode(), args).fetchone()
+    assert row is not None
+    return row[0]
 
 
 # The schema files that are not read models, in the order a fresh database runs them; the read

@@ -12,7 +12,7 @@ import pytest
 
 from denorm.maintenance import fold, fold_all
 from denorm.readmodels import Kind, of_kind
-from tests.support import all_drift, settle
+from tests.support import drifted, one, settle
 
 Connection = psycopg.Connection[Any]
 
@@ -32,15 +32,9 @@ def rows_written_by_the_fold(conn: Connection) -> dict[str, int]:
     return {model: written.get(table, 0) for model, table in TABLES.items()}
 
 
-def one(conn: Connection, query: str, *args: Any) -> Any:
-    row = conn.execute(query.encode(), args).fetchone()
-    assert row is not None
-    return row[0]
-
-
 def exact(conn: Connection) -> None:
     settle(conn)  # the fold, and the refresh of the project leaderboard
-    assert {name: rows for name, rows in all_drift(conn).items() if rows} == {}
+    assert drifted(conn) == {}
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from services.reconciler.reconcile import Reconciler, Report
 from tests import workload
 from tests.conftest import TEST_REDIS_URL
 from tests.manifests import REPO
-from tests.support import DENORM, all_drift, cli_env, run_denorm, settle
+from tests.support import DENORM, cli_env, drifted, one, run_denorm, settle
 
 Connection = psycopg.Connection[Any]
 
@@ -51,10 +51,6 @@ def rclient() -> Any:
     client.close()
 
 
-def drifted(conn: Connection) -> dict[str, Any]:
-    return {name: rows for name, rows in all_drift(conn).items() if rows}
-
-
 def reconcile(settings: Settings, repair: bool = False) -> Report:
     return Reconciler(settings, repair=repair).run()
 
@@ -63,12 +59,6 @@ def found(report: Report, model: str) -> dict[str, list[Any]]:
     finding = report.models[model]
     assert finding.counts == {k: len(v) for k, v in finding.examples.items()}, "examples cut short"
     return {kind: sorted(keys) for kind, keys in finding.examples.items() if keys}
-
-
-def one(conn: Connection, query: str, *args: Any) -> Any:
-    row = conn.execute(query.encode(), args).fetchone()
-    assert row is not None
-    return row[0]
 
 
 def test_a_clean_database_has_no_drift(seeded_url: str, rsettings: Settings) -> None:
