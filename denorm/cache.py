@@ -6,7 +6,17 @@ import asyncio
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError, RedisError
+
+
+def redis_retry() -> Retry:
+    """One immediate retry, on a fresh connection, of a command whose connection was found dead (a
+    pooled connection to a Redis that restarted). Not on a timeout: a slow Redis counts as down, and
+    the breaker, not a retry, answers that. (redis-py's default is ten retries with backoff, on
+    timeouts too: seconds per call against a stalled Redis.)"""
+    return Retry(NoBackoff(), 1, supported_errors=(ConnectionError,))
 
 
 def open_redis(url: str, timeout_seconds: float = 0.05) -> aioredis.Redis:
@@ -15,6 +25,7 @@ def open_redis(url: str, timeout_seconds: float = 0.05) -> aioredis.Redis:
         socket_timeout=timeout_seconds,
         socket_connect_timeout=timeout_seconds,
         health_check_interval=0,
+        retry=redis_retry(),
     )
 
 

@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     refresher_retry_max_ms: int = Field(default=60_000, ge=1)
     refresher_log_retention_days: int = Field(default=7, ge=1, description="how long mv_refresh_log keeps rows")
     refresher_metrics_port: int = Field(default=9101, ge=0, description="0 turns the metrics server off")
+    # The drain of the upvote-set marks (services/refresher/invalidator.py): a change from any writer
+    # reaches Redis within about this interval plus a round trip (bound: 1 s). Against a stalled
+    # Redis, a drain is sent again every timeout plus interval; the last one sent is carried out
+    # first when Redis wakes, so a mark waits at most that long after it (docs/api.md).
+    refresher_invalidate_ms: int = Field(default=100, ge=10, description="interval between drains of the upvote marks")
+    refresher_invalidate_batch: int = Field(default=1000, ge=1, le=100_000, description="marks per drain")
+    refresher_redis_timeout_ms: int = Field(default=250, ge=1, description="the drain's Redis timeout")
 
     reconciler_batch_size: int = Field(default=5000, ge=1, le=1_000_000, description="ids per batch")
     reconciler_redis_batch: int = Field(default=500, ge=1, le=100_000, description="Redis sets per batch")

@@ -45,7 +45,7 @@ class ReadModel:
     # Compared with the truth besides the key; () compares every column of the truth.
     columns: tuple[str, ...] = ()
     bound_seconds: float = 0.0  # how stale it may be: 0 means exact at every commit
-    clock: str | None = None  # its read_model_freshness clock; None: exact, no clock
+    clock: str | None = None  # its clock in the `freshness` statement; None: exact, no clock
     # Where the reconciler finds its keys, a range of the first key column at a time: the relations
     # that hold them, each with its key column, the first counted as "checked". () compares the
     # read model whole (its key is not a number).
@@ -156,6 +156,7 @@ REGISTRY: tuple[ReadModel, ...] = (
     ),
     ReadModel(
         "upvote_sets", Kind.REDIS, "upvote_sets.sql", ("user_id", "project_id"), bound_seconds=1.0,
+        clock="upvote_sets", rebuild="upvote_sets_rebuild",
     ),
 )  # fmt: skip
 

@@ -5,15 +5,18 @@ written through after each Postgres commit. Every answer has a Postgres fallback
 down, slow or empty, callers get None and ask Postgres, and a circuit breaker keeps a dead Redis
 from costing every request its timeout.
 
-Races, and why the set stays right:
-- A write-through (INCR gen; SADD/SREM if the set exists) runs while the writer still holds the
-  Postgres advisory lock of that (user, project). So write-throughs for one upvote apply in commit
-  order.
-- A lazy load reads the generation, then Postgres, then installs the set only if the generation has
-  not moved (a Lua script). If a write committed after the load's read, either the load is refused,
-  or the write-through lands after it and corrects it.
-- A write-through that cannot reach Redis leaves the user's key to be deleted once Redis answers
-  again; until then the breaker is open and nobody reads the set.
+Why a set is never wrong for long (db/readmodels/upvote_sets.sql has the Postgres side):
+- Every change to project_upvotes, whoever makes it, leaves a mark in Postgres
+  (upvote_set_changes, by a statement trigger). The refresher drains the marks: drop_sets() bumps
+  each user's generation and deletes the set; the next read loads it again.
+- The API's own change is written through (INCR gen; SADD/SREM if the set exists) while the writer
+  still holds the Postgres advisory lock of that (user, project), so write-throughs for one upvote
+  apply in commit order, and the writer deletes its mark only once Redis confirmed. A write-through
+  that failed, timed out or was skipped leaves the mark, in Postgres, where any drain finds it.
+- A lazy load reads the generation (the user's and the global epoch a TRUNCATE bumps), then
+  Postgres, then installs the set only if neither has moved (a Lua script). If a change committed
+  after the load's read, either the load is refused, or the write-through or the drain lands after
+  it and corrects it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -42,9 +46,15 @@ def generation_key(prefix: str, user_id: int) -> str:
     return f"{prefix}upvotes-gen:{user_id}"
 
 
-# KEYS: set, gen; ARGV: generation seen before reading Postgres, ttl, members...
+def epoch_key(prefix: str) -> str:
+    """Bumped when every set goes at once (a TRUNCATE): a load that read it before is refused."""
+    return f"{prefix}upvotes-epoch"
+
+
+# KEYS: set, gen, epoch; ARGV: "gen:epoch" seen before reading Postgres, ttl, members...
 _LOAD = """
-if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then return 0 end
+local seen = (redis.call('GET', KEYS[2]) or '0') .. ':' .. (redis.call('GET', KEYS[3]) or '0')
+if seen ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('SADD', KEYS[1], unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -59,17 +69,46 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 return 1
 """
+# KEYS: set1, gen1, set2, gen2, ...; ARGV: ttl. The generation first, so that a load in flight is refused.
+_DROP = """
+for i = 1, #KEYS, 2 do
+  redis.call('INCR', KEYS[i + 1])
+  redis.call('EXPIRE', KEYS[i + 1], ARGV[1])
+  redis.call('DEL', KEYS[i])
+end
+return #KEYS / 2
+"""
+
+
+def drop_sets(client: redis.Redis, prefix: str, users: Sequence[int], everyone: bool, ttl_seconds: int) -> None:
+    """Make these users' sets (every set, with `everyone`) load again from Postgres. Raises
+    RedisError when Redis did not confirm: the caller keeps its marks and tries again."""
+    if everyone:
+        client.incr(epoch_key(prefix))
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=set_key(prefix, 0)[:-1] + "*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                client.delete(*batch)
+                batch = []
+        if batch:
+            client.delete(*batch)
+    if users:
+        keys = [k for u in users for k in (set_key(prefix, u), generation_key(prefix, u))]
+        client.eval(_DROP, len(keys), *keys, ttl_seconds)
 
 
 @dataclass
 class Breaker:
-    """Closed: use Redis. Open after `threshold` failures in a row: skip it for `cooldown` seconds,
-    then let one call through (half open) to see whether it is back."""
+    """Closed: use Redis. Open after `threshold` failures in a row: skip it for `cooldown` seconds.
+    Then half open: one call goes through as a probe (another only if it never reports within a
+    cooldown); its success closes the breaker, its failure opens it again."""
 
     threshold: int = 3
     cooldown: float = 5.0
     failures: int = 0
     opened_at: float | None = None
+    probe_at: float | None = None  # when the half-open breaker let its probe through
 
     @property
     def state(self) -> str:
@@ -78,17 +117,23 @@ class Breaker:
         return "half_open" if time.monotonic() - self.opened_at >= self.cooldown else "open"
 
     def allow(self) -> bool:
-        return self.state != "open"
+        state = self.state
+        if state != "half_open":
+            return state == "closed"
+        now = time.monotonic()
+        if self.probe_at is not None and now - self.probe_at < self.cooldown:
+            return False  # the probe is out
+        self.probe_at = now
+        return True
 
-    def success(self) -> bool:
-        """Record a success; True when this closed an open breaker."""
-        was_open = self.opened_at is not None
+    def success(self) -> None:
         self.failures = 0
         self.opened_at = None
-        return was_open
+        self.probe_at = None
 
     def failure(self) -> None:
         self.failures += 1
+        self.probe_at = None
         if self.failures >= self.threshold or self.opened_at is not None:
             self.opened_at = time.monotonic()
 
@@ -107,28 +152,12 @@ class UserCache:
     ttl_seconds: int = 3600
     breaker: Breaker = field(default_factory=Breaker)
     stats: CacheStats = field(default_factory=CacheStats)
-    # Users whose write-through failed: their sets may be stale and go once Redis is back.
-    stale_users: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.batcher = Batcher(self.client)  # the feed's checks, pipelined across requests
 
     def _keys(self, user_id: int) -> list[str]:
-        return [set_key(self.prefix, user_id), generation_key(self.prefix, user_id)]
-
-    async def _recovered(self) -> None:
-        if self.stale_users:
-            users, self.stale_users = self.stale_users, set()
-            keys = [k for u in users for k in self._keys(u)[:1]]
-            await self.client.delete(*keys)
-            log.info("redis back; dropped sets written during the outage", users=len(users))
-
-    async def _ok(self) -> None:
-        if self.breaker.success():
-            try:
-                await self._recovered()
-            except RedisError:
-                self.breaker.failure()
+        return [set_key(self.prefix, user_id), generation_key(self.prefix, user_id), epoch_key(self.prefix)]
 
     def _failed(self, exc: Exception) -> None:
         self.stats.errors += 1
@@ -136,18 +165,17 @@ class UserCache:
         log.warning("redis call failed", error=type(exc).__name__, breaker=self.breaker.state)
 
     async def generation(self, user_id: int) -> str | None:
-        """The user's write generation, read before a lazy load's Postgres query; None: Redis unusable."""
+        """The user's write generation and the epoch, read before a lazy load's Postgres query;
+        None: Redis unusable."""
         if not self.breaker.allow():
             return None
         try:
-            value = await self.client.get(self._keys(user_id)[1])
+            gen, epoch = await self.client.mget(self._keys(user_id)[1:])
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return None
-        await self._ok()
-        if value is None:
-            return "0"
-        return value.decode() if isinstance(value, bytes) else str(value)
+        self.breaker.success()
+        return f"{_text(gen)}:{_text(epoch)}"
 
     async def upvoted_among(self, user_id: int, project_ids: Sequence[int]) -> set[int] | None:
         """Which of these projects the user upvoted, in one round trip; None when Redis cannot say."""
@@ -158,7 +186,7 @@ class UserCache:
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return None
-        await self._ok()
+        self.breaker.success()
         if not flags[0]:
             self.stats.misses += 1
             return None
@@ -169,26 +197,33 @@ class UserCache:
         """Install the user's set read from Postgres, unless a write came in since `generation`."""
         if not self.breaker.allow():
             return False
-        keys = self._keys(user_id)
         try:
-            loaded = await self.client.eval(_LOAD, 2, *keys, generation, self.ttl_seconds, LOADED, *project_ids)
+            loaded = await self.client.eval(
+                _LOAD, 3, *self._keys(user_id), generation, self.ttl_seconds, LOADED, *project_ids
+            )
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return False
-        await self._ok()
+        self.breaker.success()
         return bool(loaded)
 
-    async def write_through(self, user_id: int, project_id: int, upvoted: bool) -> None:
-        """Apply one committed change; on failure the user's set is dropped once Redis is back."""
+    async def write_through(self, user_id: int, project_id: int, upvoted: bool) -> bool:
+        """Apply one committed change; True when Redis confirmed it. Otherwise the change's mark stays
+        in Postgres and the drain drops the user's set."""
         if not self.breaker.allow():
-            self.stale_users.add(user_id)
-            return
+            return False
         try:
             await self.client.eval(
-                _WRITE, 2, *self._keys(user_id), project_id, "1" if upvoted else "0", self.ttl_seconds
+                _WRITE, 2, *self._keys(user_id)[:2], project_id, "1" if upvoted else "0", self.ttl_seconds
             )
         except (RedisError, OSError) as exc:
-            self.stale_users.add(user_id)
             self._failed(exc)
-            return
-        await self._ok()
+            return False
+        self.breaker.success()
+        return True
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return "0"
+    return value.decode() if isinstance(value, bytes) else str(value)

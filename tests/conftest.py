@@ -14,6 +14,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -25,6 +26,7 @@ from psycopg.rows import TupleRow
 
 from denorm.config import Settings
 from denorm.migrate import migrate
+from tests.faults import PrivateRedis
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -198,3 +200,12 @@ def seeded_url(database_url: str, conn: psycopg.Connection[TupleRow]) -> str:
     seed(database_url, SCALES["tiny"], seed=21)
     settle(conn)
     return database_url
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of this test's own (tests/faults.py), stopped when the test ends."""
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -2,71 +2,25 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 import redis
 from fastapi.testclient import TestClient
 
 from denorm.config import Settings
 from loadtest.localproc import free_port
 from services.api.app import create_app
+from services.refresher.invalidator import Invalidator
+from tests.faults import PrivateRedis
 from tests.test_api import auth, redis_set, upvote_rows
 
 Connection = psycopg.Connection[Any]
 ROUTES = ["/api/projects", "/api/leaderboard/projects", "/api/leaderboard/users", "/api/chains",
           "/api/search?q=redis", "/api/users/dashboard", "/api/messages/conversations",
           "/api/admin/refresh-status", "/readyz"]  # fmt: skip
-
-
-class PrivateRedis:
-    """A redis-server of this test's own, on its own port, that the test may stop and start."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is needed for the outage tests"
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis.from_url(self.url)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def make_client(settings: Settings, redis_url: str) -> TestClient:
@@ -136,7 +90,9 @@ def test_a_slow_redis_counts_as_down_and_a_set_written_meanwhile_is_dropped(
         assert time.perf_counter() - started < 1.5  # the timeout, not Redis, bounded the wait
         sleeper.wait()
         time.sleep(0.4)
-        # Back: the set that missed a write-through is dropped, then reloaded from Postgres.
+        # Back: the drain drops the set that missed a write-through; it is reloaded from Postgres.
+        drained = Invalidator(settings.model_copy(update={"redis_url": private_redis.url})).drain_once(conn)
+        assert drained is not None and drained.users >= 1
         assert upvoted_on_page(client, me)[pid] is True
         assert upvoted_on_page(client, me)[pid] is True
         assert redis_set(direct, settings.redis_key_prefix, 4) == upvote_rows(conn, 4)

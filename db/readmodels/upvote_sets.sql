@@ -1,10 +1,22 @@
 -- upvote_sets: which projects each user upvoted, a read model of project_upvotes kept in Redis
 -- (one set per user, denorm/usercache.py), never needed for a right answer.
 --
--- The API writes a change through to Redis while it holds the (user, project) advisory lock that
--- its Postgres change took, so the changes of one upvote reach Redis in the order Postgres made
--- them; a user's set is loaded lazily, whole, from user_upvotes. The reconciler compares each
--- cached set with this file's truth and deletes a set that differs.
+-- Postgres tells Redis of every change, whoever made it. A statement that changes a user's upvotes
+-- (the API's, plain SQL, a bulk statement, a cascade from a deleted user or project) leaves a row
+-- per user in upvote_set_changes, in its own transaction: the mark that the user's set may be
+-- stale. The refresher drains it (services/refresher/invalidator.py): it bumps each user's
+-- generation and deletes the set, so the next read loads it again from Postgres, and only then
+-- deletes the rows. A row is a mark that survives any process: if Redis cannot be reached, the
+-- rows wait and the drain is tried again.
+--
+-- The API's own change goes further: it writes the change through to Redis while it holds the
+-- (user, project) advisory lock that its Postgres change took, so the changes of one upvote reach
+-- Redis in the order Postgres made them, and deletes its row (upvote_count_and_unlock) only once
+-- Redis confirmed the write-through. A write-through that failed, timed out or was skipped (the
+-- breaker open), or a process that died between its commit and its write-through, leaves the row
+-- for the drain. The drain leaves alone a row whose advisory lock is held: its write-through is
+-- in flight. A user's set is loaded lazily, whole, from user_upvotes, guarded by the generation.
+-- The reconciler compares each cached set with this file's truth and deletes a set that differs.
 
 -- The truth: a user's upvoted projects, from the source table. A filter on user_id reaches the
 -- scan (the primary key leads with it).
@@ -12,6 +24,19 @@ CREATE VIEW upvote_sets_truth AS
 SELECT user_id, array_agg(project_id ORDER BY project_id) AS project_ids
 FROM project_upvotes
 GROUP BY user_id;
+
+-- The users whose sets Redis has not been told of. user_id NULL: every user (a TRUNCATE).
+-- project_id: the one project the statement changed for that user (an API toggle), else NULL.
+CREATE TABLE upvote_set_changes (
+    id         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id    bigint,
+    project_id bigint,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+-- Ledgers churn (insert, then delete): vacuum them by row count, not by fraction.
+ALTER TABLE upvote_set_changes SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 5000,
+                                    autovacuum_vacuum_insert_scale_factor = 0,
+                                    autovacuum_vacuum_insert_threshold = 5000);
 
 -- The advisory lock of one (user, project) upvote: the only definition of its key.
 CREATE FUNCTION upvote_lock_key(u bigint, p bigint) RETURNS bigint
@@ -28,17 +53,19 @@ RETURN hashtextextended('upvote:' || u || ':' || p, 0);
 -- crash can lose the last fraction of a second of such changes (never half of one: the vote and
 -- its read-model deltas commit together). API_UPVOTE_DURABLE chooses (docs/api.md).
 --
--- want: NULL toggles, true sets, false clears. Returns (present, upvoted, changed, upvote_count).
--- present is false when there is no such project (nothing changed). The lock is a session lock, so
--- it outlives the call: when nothing changed there is nothing to write through, and the call
--- releases it itself and returns the count. After a change the count is NULL: read inside this
--- call it would miss changes of other users that commit after it but before this one does, so
--- the caller reads it after the commit. A failing change (a user that does not exist) leaves the
--- lock held: the caller releases it (session locks ignore rollbacks). Waiting for the lock is
--- bounded (lock_timeout, for this call's transaction only): one change of one user's upvote takes
--- milliseconds, so a long wait means a lock left behind, and an error beats a request that hangs.
+-- want: NULL toggles, true sets, false clears. Returns (present, upvoted, changed, upvote_count,
+-- change_id). change_id is the upvote_set_changes row this change left (NULL when it changed no
+-- row): the caller deletes it once Redis has the change. present is false when there is no such
+-- project (nothing changed). The lock is a session lock, so it outlives the call: when nothing
+-- changed there is nothing to write through, and the call releases it itself and returns the
+-- count. After a change the count is NULL: read inside this call it would miss changes of other
+-- users that commit after it but before this one does, so the caller reads it after the commit.
+-- A failing change (a user that does not exist) leaves the lock held: the caller releases it
+-- (session locks ignore rollbacks). Waiting for the lock is bounded (lock_timeout, for this call's
+-- transaction only): one change of one user's upvote takes milliseconds, so a long wait means a
+-- lock left behind, and an error beats a request that hangs.
 CREATE FUNCTION upvote_set(u bigint, p bigint, want boolean, durable boolean)
-RETURNS TABLE (present boolean, upvoted boolean, changed boolean, upvote_count bigint)
+RETURNS TABLE (present boolean, upvoted boolean, changed boolean, upvote_count bigint, change_id bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     k bigint := upvote_lock_key(u, p);
@@ -68,6 +95,10 @@ BEGIN
         upvoted := false;
     END IF;
     changed := n > 0 OR want IS NULL;
+    IF n > 0 THEN
+        -- The statement that changed the row fired the ledger's trigger in this session.
+        change_id := currval('upvote_set_changes_id_seq');
+    END IF;
     IF NOT changed THEN
         SELECT c.upvote_count INTO upvote_count FROM project_counters c WHERE c.project_id = p;
         PERFORM pg_advisory_unlock(k);
@@ -75,12 +106,32 @@ BEGIN
     RETURN NEXT;
 END $$;
 
+-- ---------------------------------------------------------------------------------------------
+-- Maintenance: the marks. One row per user per statement, with the project when there is one.
+
+SELECT ledger_triggers('project_upvotes', 'upvote_sets', $body$
+    INSERT INTO upvote_set_changes (user_id, project_id)
+    SELECT user_id, CASE WHEN count(*) = 1 THEN min(project_id) END
+    FROM (SELECT user_id, project_id FROM {changes} c GROUP BY user_id, project_id HAVING sum(sign) <> 0) x
+    GROUP BY user_id;
+$body$, rebuild => 'upvote_sets_rebuild');
+
+-- Every set loads again from Postgres: one mark for every user in place of all the others (after a
+-- TRUNCATE, or a bulk load such as the seed's).
+CREATE FUNCTION upvote_sets_rebuild() RETURNS void
+LANGUAGE sql AS $$
+    TRUNCATE upvote_set_changes;
+    INSERT INTO upvote_set_changes (user_id) VALUES (NULL);
+$$;
+
 -- name: upvote_change
-SELECT present, upvoted, changed, upvote_count
+SELECT present, upvoted, changed, upvote_count, change_id
 FROM upvote_set(%(u)s::bigint, %(p)s::bigint, %(want)s::boolean, %(durable)s::boolean)
 
 -- name: upvote_count_and_unlock
--- After the write-through: the exact count, read after the change committed, and the lock released.
+-- After the write-through: the change's mark deleted if Redis confirmed it (confirmed: its id, else
+-- NULL), the exact count, read after the change committed, and the lock released.
+WITH confirmed AS (DELETE FROM upvote_set_changes WHERE id = %(confirmed)s::bigint)
 SELECT (SELECT upvote_count FROM project_counters WHERE project_id = %(p)s::bigint),
        pg_advisory_unlock(upvote_lock_key(%(u)s::bigint, %(p)s::bigint))
 
@@ -103,3 +154,15 @@ SELECT project_id FROM project_upvotes WHERE user_id = %(user_id)s
 -- name: upvote_sets
 -- The truth for a batch of users, to compare with their Redis sets.
 SELECT user_id, project_ids FROM upvote_sets_truth WHERE user_id = ANY(%(users)s)
+
+-- name: upvote_changes_claim
+-- The drain's batch: the oldest marks, locked until the drain's transaction ends, but for those
+-- whose (user, project) advisory lock an API process holds: its write-through is in flight, and it
+-- deletes the mark itself or leaves it for the next drain. The lock taken here in turn keeps a new
+-- API change of that upvote waiting until the drain's Redis step is done.
+SELECT id, user_id FROM upvote_set_changes
+WHERE project_id IS NULL OR pg_try_advisory_xact_lock(upvote_lock_key(user_id, project_id))
+ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+
+-- name: upvote_changes_done
+DELETE FROM upvote_set_changes WHERE id = ANY(%(ids)s::bigint[])

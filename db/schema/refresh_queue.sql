@@ -129,8 +129,12 @@ UNION ALL
 SELECT 'fold', f.as_of FROM fold_state f;
 
 -- name: freshness
--- Every clock with its staleness in seconds.
+-- Every clock with its staleness in seconds; the Redis upvote sets' clock is their oldest mark
+-- not yet drained (db/readmodels/upvote_sets.sql).
 SELECT clock, as_of, extract(epoch FROM now() - as_of)::float8 AS staleness_seconds FROM read_model_freshness
+UNION ALL
+SELECT 'upvote_sets', as_of, extract(epoch FROM now() - as_of)::float8
+FROM (SELECT coalesce(min(created_at), now()) AS as_of FROM upvote_set_changes) m
 
 -- name: queue_state
 SELECT view_name, status, refresh_requested_at, first_requested_at, last_refreshed_at, last_refresh_duration_ms,

@@ -20,7 +20,9 @@ async def set_upvote(svc: Services, user: int, project: int, want: bool | None) 
     upvote_set() (db/readmodels/upvote_sets.sql) takes the lock and makes the change in one round
     trip; when nothing changed it also counts and releases the lock. After a change, the count is
     read (after the commit, so it includes every change committed before it) and the lock released
-    in one more, once Redis has the change.
+    in one more, once Redis has the change; that call also deletes the change's mark
+    (upvote_set_changes) when Redis confirmed it. An unconfirmed write-through leaves the mark, and
+    the refresher's drain drops the user's set.
     """
     params = {"u": user, "p": project, "want": want, "durable": svc.settings.api_upvote_durable}
     async with svc.write_pool.connection() as conn:
@@ -32,13 +34,14 @@ async def set_upvote(svc: Services, user: int, project: int, want: bool | None) 
                 await conn.execute(query("upvote_unlock"), params)
             raise_mapped(exc)
         assert row is not None
-        present, upvoted, changed, count = bool(row[0]), bool(row[1]), bool(row[2]), row[3]
+        present, upvoted, changed, count, change = bool(row[0]), bool(row[1]), bool(row[2]), row[3], row[4]
         if not present:
             raise ApiError(404, "not_found", "no such project")
         if changed:
             unlocked = False
             try:
-                await svc.cache.write_through(user, project, upvoted)
+                confirmed = await svc.cache.write_through(user, project, upvoted)
+                params["confirmed"] = change if confirmed else None
                 counted = await (await conn.execute(query("upvote_count_and_unlock"), params)).fetchone()
                 unlocked = True
                 count = counted[0] if counted is not None else None

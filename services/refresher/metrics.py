@@ -43,3 +43,11 @@ OVER_BOUND = Gauge(
     "denorm_refresher_views_over_staleness_bound",
     "Read models past their staleness bound (denorm/readmodels.py; alert when above 0)",
 )
+MARKS_DRAINED = Counter(
+    "denorm_refresher_upvote_marks_drained_total",
+    "Upvote-set marks drained into Redis (each a user's set dropped, or every set)",
+)
+SETS_DROPPED = Counter("denorm_refresher_upvote_sets_dropped_total", "Users' Redis upvote sets dropped by the drain")
+DRAIN_FAILURES = Counter(
+    "denorm_refresher_upvote_drain_failures_total", "Drains Redis did not confirm (their marks wait for the next)"
+)

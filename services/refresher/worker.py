@@ -1,9 +1,11 @@
 """The refresher: folds the read-model ledgers (which keeps the fold-kept read models) and drains the
 refresh queue of the materialized views, both as denorm/maintenance.py defines them.
 
-Two loops, each on its own connection, so that a REFRESH never delays the fold:
+Three loops, each on its own connection, so that a REFRESH never delays the fold:
 
 - the folder folds every REFRESHER_FOLD_MS;
+- the invalidator drains the upvote-set marks into Redis every REFRESHER_INVALIDATE_MS
+  (services/refresher/invalidator.py);
 - the refresher coalesces refresh requests into mv_refresh_queue, then refreshes each view whose
   debounce window has passed, CONCURRENTLY, in a transaction that holds the view's claim row. A
   view is refreshed at most once per REFRESHER_MIN_INTERVAL_MS, so that a view that every fold
@@ -31,6 +33,7 @@ from denorm.pg import conninfo
 from denorm.readmodels import REGISTRY
 from denorm.sql import query
 from services.refresher import metrics
+from services.refresher.invalidator import Invalidator
 
 log = get_logger("denorm.refresher")
 
@@ -72,12 +75,13 @@ class Refresher:
         bound. (With one refreshed view, one loop is enough.)
         """
         folder = threading.Thread(target=self._fold_loop, name="folder", daemon=True)
+        invalidator = threading.Thread(target=self._invalidate_loop, name="invalidator", daemon=True)
         listener = threading.Thread(target=self._listen_loop, name="listener", daemon=True)
         extra = [
             threading.Thread(target=self._refresh_loop, args=(False,), name=f"refresh-{i}", daemon=True)
             for i in range(1, self.settings.refresher_refresh_loops)
         ]
-        for thread in (folder, listener, *extra):
+        for thread in (folder, invalidator, listener, *extra):
             thread.start()
         log.info("refresher started", worker=self.worker, refresh_loops=1 + len(extra))
         try:
@@ -87,6 +91,7 @@ class Refresher:
             for thread in extra:
                 thread.join(timeout=self.settings.refresher_statement_timeout_ms / 1000)
             folder.join(timeout=60)
+            invalidator.join(timeout=5)
             listener.join(timeout=5)
             log.info("refresher stopped", worker=self.worker)
 
@@ -139,6 +144,33 @@ class Refresher:
             metrics.FOLD_STEP_SECONDS.labels(s.step).inc(s.seconds)
             metrics.FOLD_STEP_WAL.labels(s.step).inc(s.wal_bytes)
         return sum(s.deltas_folded for s in steps)
+
+    # --- the invalidator --------------------------------------------------------------------
+
+    def _invalidate_loop(self) -> None:
+        invalidator = Invalidator(self.settings)
+
+        def step(conn: psycopg.Connection[Any]) -> None:
+            while not self.stopping.is_set():
+                if not self.invalidate_once(invalidator, conn):
+                    self.stopping.wait(self.settings.refresher_invalidate_ms / 1000)
+
+        try:
+            self._reconnecting("invalidator", step)
+        finally:
+            invalidator.close()
+
+    def invalidate_once(self, invalidator: Invalidator, conn: psycopg.Connection[Any]) -> bool:
+        """One drain; True when it filled its batch (more may be waiting: drain again at once)."""
+        drained = invalidator.drain_once(conn)
+        if drained is None:
+            metrics.DRAIN_FAILURES.inc()
+            return False
+        metrics.MARKS_DRAINED.inc(drained.marks)
+        metrics.SETS_DROPPED.inc(drained.users)
+        if drained.everyone:
+            log.info("every upvote set dropped (a TRUNCATE or a rebuild of project_upvotes)")
+        return drained.marks >= self.settings.refresher_invalidate_batch
 
     # --- the refresher ----------------------------------------------------------------------
 

@@ -1,0 +1,79 @@
+"""The drain of the upvote-set marks: Postgres tells Redis of every change to project_upvotes.
+
+Each statement that changed a user's upvotes left a mark in upvote_set_changes
+(db/readmodels/upvote_sets.sql), whoever wrote it: plain SQL, a bulk statement, a cascade, a
+TRUNCATE, or an API process whose write-through Redis did not confirm. One drain claims a batch of
+marks (FOR UPDATE SKIP LOCKED: several refreshers share the work), drops those users' sets in Redis
+(denorm.usercache.drop_sets: the generation bumped, then the set deleted, so a lazy load in flight
+is refused and the next read loads the set again), and deletes the marks in the same transaction.
+If Redis does not confirm, the transaction rolls back: the marks stay, and the next drain tries
+again. A mark whose (user, project) advisory lock an API process holds is left alone: that
+process's write-through is in flight, and it deletes the mark itself once Redis confirmed it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError, RedisError
+from redis.retry import Retry
+
+from denorm.config import Settings
+from denorm.logs import get_logger
+from denorm.sql import query
+from denorm.usercache import drop_sets
+
+log = get_logger("denorm.refresher.invalidator")
+
+
+def open_sync_redis(settings: Settings) -> redis.Redis:
+    timeout = settings.refresher_redis_timeout_ms / 1000
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),  # as denorm.cache.redis_retry
+    )
+
+
+@dataclass
+class Drained:
+    marks: int  # marks deleted
+    users: int  # sets dropped
+    everyone: bool  # every set dropped (a TRUNCATE or a rebuild)
+
+
+class Invalidator:
+    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.client = client or open_sync_redis(settings)
+        self.failing = False  # Redis refused the last drain: logged once per episode
+
+    def drain_once(self, conn: psycopg.Connection[Any]) -> Drained | None:
+        """One batch; None when Redis did not confirm it (its marks stay for the next drain)."""
+        s = self.settings
+        try:
+            with conn.transaction():
+                rows = conn.execute(query("upvote_changes_claim"), {"limit": s.refresher_invalidate_batch}).fetchall()
+                if not rows:
+                    return Drained(0, 0, False)
+                users = sorted({int(r[1]) for r in rows if r[1] is not None})
+                everyone = any(r[1] is None for r in rows)
+                drop_sets(self.client, s.redis_key_prefix, users, everyone, s.redis_set_ttl_seconds)
+                conn.execute(query("upvote_changes_done"), {"ids": [int(r[0]) for r in rows]})
+        except RedisError as exc:
+            if not self.failing:
+                log.warning("redis refused the drain of the upvote-set marks; retrying", error=repr(exc))
+            self.failing = True
+            return None
+        if self.failing:
+            log.info("redis back; the upvote-set marks drain again")
+        self.failing = False
+        return Drained(len(rows), len(users), everyone)
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,112 @@
+"""Real faults for the tests: a redis-server of the test's own that it may kill, restart or stall,
+and a TCP proxy in front of one that can freeze a single client's traffic (a process cut off from
+Redis while the others are not)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+from loadtest.localproc import free_port
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, on its own port, that the test may stop and start."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is needed for the outage tests"
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def kill(self) -> None:
+        """kill -9: no goodbye to its clients, whose pooled connections are now dead."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def stall(self, seconds: float) -> subprocess.Popen[bytes]:
+        """DEBUG SLEEP: Redis answers nothing for `seconds`, then everything queued meanwhile."""
+        return subprocess.Popen(["redis-cli", "-p", str(self.port), "DEBUG", "SLEEP", str(seconds)],
+                                stdout=subprocess.DEVNULL)  # fmt: skip
+
+
+class FreezingProxy:
+    """A TCP proxy to 127.0.0.1:`target`. freeze() holds every byte from then on (the clients'
+    calls hang, as behind a partition); what it held never reaches the server."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = free_port()
+        self.frozen = threading.Event()
+        self.closing = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def freeze(self) -> None:
+        self.frozen.set()
+
+    def _accept(self) -> None:
+        while not self.closing.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            self._sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                if self.frozen.is_set():
+                    continue  # held, never delivered
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.closing.set()
+        self._listener.close()
+        for s in self._sockets:
+            s.close()
