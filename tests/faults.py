@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from loadtest.localproc import free_port
 
@@ -34,7 +36,7 @@ class PrivateRedis:
         assert binary, "redis-server is needed for the outage tests"
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory)],
+             "--dir", str(self.directory), "--enable-debug-command", "local"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         client = redis.Redis.from_url(self.url)
@@ -60,9 +62,21 @@ class PrivateRedis:
             self.proc = None
 
     def stall(self, seconds: float) -> subprocess.Popen[bytes]:
-        """DEBUG SLEEP: Redis answers nothing for `seconds`, then everything queued meanwhile."""
-        return subprocess.Popen(["redis-cli", "-p", str(self.port), "DEBUG", "SLEEP", str(seconds)],
-                                stdout=subprocess.DEVNULL)  # fmt: skip
+        """DEBUG SLEEP: Redis answers nothing for `seconds`, then everything queued meanwhile. Returns
+        once the stall has begun (Redis no longer answers a PING)."""
+        sleeper = subprocess.Popen(["redis-cli", "-p", str(self.port), "DEBUG", "SLEEP", str(seconds)],
+                                   stdout=subprocess.DEVNULL)  # fmt: skip
+        client = redis.Redis(port=self.port, socket_timeout=0.05, retry=Retry(NoBackoff(), 0))  # no retries
+        try:
+            for _ in range(100):
+                assert sleeper.poll() is None, "DEBUG SLEEP refused or ended at once"
+                client.ping()
+                time.sleep(0.01)
+            raise AssertionError("Redis still answers: DEBUG SLEEP did not stall it")
+        except redis.TimeoutError:
+            return sleeper
+        finally:
+            client.close()
 
 
 class FreezingProxy:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from typing import Any
 
@@ -81,9 +80,7 @@ def test_a_slow_redis_counts_as_down_and_a_set_written_meanwhile_is_dropped(
         assert redis_set(direct, settings.redis_key_prefix, 4) == upvote_rows(conn, 4)
         pid = next(p for p, up in page.items() if not up)
         # Redis stalls for 1.5 s (it keeps its data): every call times out meanwhile.
-        sleeper = subprocess.Popen(["redis-cli", "-p", str(private_redis.port), "DEBUG", "SLEEP", "1.5"],
-                                   stdout=subprocess.DEVNULL)  # fmt: skip
-        time.sleep(0.1)
+        sleeper = private_redis.stall(1.5)
         started = time.perf_counter()
         assert client.put(f"/api/projects/{pid}/upvote", headers=me).json()["upvoted"] is True
         assert upvoted_on_page(client, me)[pid] is True
