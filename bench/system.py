@@ -41,4 +41,4 @@ def running_system(url: str, **env: str) -> Iterator[System]:
         api.terminate()
         refresher.terminate()
         api.wait(timeout=30)
-        refresher.wait(timeout=30)
+        refresher.wait(timeout=90)  # its current fold first: after a write burst, a backlog

@@ -8,11 +8,12 @@ from costing every request its timeout.
 Why a set is never wrong for long (db/readmodels/upvote_sets.sql has the Postgres side):
 - Every change to project_upvotes, whoever makes it, leaves a mark in Postgres
   (upvote_set_changes, by a statement trigger). The refresher drains the marks: drop_sets() bumps
-  each user's generation and deletes the set; the next read loads it again.
-- The API's own change is written through (INCR gen; SADD/SREM if the set exists) while the writer
-  still holds the Postgres advisory lock of that (user, project), so write-throughs for one upvote
-  apply in commit order, and the writer deletes its mark only once Redis confirmed. A write-through
-  that failed, timed out or was skipped leaves the mark, in Postgres, where any drain finds it.
+  each marked user's generation and deletes the set, unless Redis recorded that very change as
+  applied; the next read loads a dropped set again.
+- The API's own change is written through (INCR gen; SADD/SREM if the set exists; its mark's id
+  recorded as applied, all in one script) while the writer still holds the Postgres advisory lock
+  of that (user, project), so write-throughs for one upvote apply in commit order. A write-through
+  that failed, or never reached Redis, leaves its mark unrecorded, and the drain drops the set.
 - A lazy load reads the generation (the user's and the global epoch a TRUNCATE bumps), then
   Postgres, then installs the set only if neither has moved (a Lua script). If a change committed
   after the load's read, either the load is refused, or the write-through or the drain lands after
@@ -46,6 +47,11 @@ def generation_key(prefix: str, user_id: int) -> str:
     return f"{prefix}upvotes-gen:{user_id}"
 
 
+def applied_key(prefix: str, user_id: int) -> str:
+    """The ids of the user's marks whose change a write-through applied (the drain skips those)."""
+    return f"{prefix}upvotes-applied:{user_id}"
+
+
 def epoch_key(prefix: str) -> str:
     """Bumped when every set goes at once (a TRUNCATE): a load that read it before is refused."""
     return f"{prefix}upvotes-epoch"
@@ -60,29 +66,43 @@ redis.call('SADD', KEYS[1], unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
-# KEYS: set, gen; ARGV: member, 1 to add / 0 to remove, ttl
+# KEYS: set, gen, applied; ARGV: member, 1 to add / 0 to remove, ttl, the change's mark id ('' if none)
 _WRITE = """
 redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if ARGV[2] == '1' then redis.call('SADD', KEYS[1], ARGV[1]) else redis.call('SREM', KEYS[1], ARGV[1]) end
 end
+if ARGV[4] ~= '' then
+  redis.call('SADD', KEYS[3], ARGV[4])
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
+end
 return 1
 """
-# KEYS: set1, gen1, set2, gen2, ...; ARGV: ttl. The generation first, so that a load in flight is refused.
+# KEYS: set1, gen1, applied1, set2, ...; ARGV: ttl, then each mark's id ('' for a mark of no single
+# change). The generation first, so that a load in flight is refused. Returns the sets dropped.
 _DROP = """
-for i = 1, #KEYS, 2 do
-  redis.call('INCR', KEYS[i + 1])
-  redis.call('EXPIRE', KEYS[i + 1], ARGV[1])
-  redis.call('DEL', KEYS[i])
+local dropped = 0
+for i = 1, #KEYS, 3 do
+  local id = ARGV[(i - 1) / 3 + 2]
+  if id == '' or redis.call('SREM', KEYS[i + 2], id) == 0 then
+    redis.call('INCR', KEYS[i + 1])
+    redis.call('EXPIRE', KEYS[i + 1], ARGV[1])
+    redis.call('DEL', KEYS[i])
+    dropped = dropped + 1
+  end
 end
-return #KEYS / 2
+return dropped
 """
 
 
-def drop_sets(client: redis.Redis, prefix: str, users: Sequence[int], everyone: bool, ttl_seconds: int) -> None:
-    """Make these users' sets (every set, with `everyone`) load again from Postgres. Raises
-    RedisError when Redis did not confirm: the caller keeps its marks and tries again."""
+def drop_sets(
+    client: redis.Redis, prefix: str, marks: Sequence[tuple[int, int | None]], everyone: bool, ttl_seconds: int
+) -> int:
+    """Act on these marks, (user, id of the mark when it is one API change, else None): drop each
+    user's set unless Redis recorded that change as applied; with `everyone`, every set. Returns
+    the users' sets dropped. Raises RedisError when Redis did not confirm: the caller keeps its
+    marks and tries again."""
     if everyone:
         client.incr(epoch_key(prefix))
         batch: list[bytes] = []
@@ -93,9 +113,11 @@ def drop_sets(client: redis.Redis, prefix: str, users: Sequence[int], everyone: 
                 batch = []
         if batch:
             client.delete(*batch)
-    if users:
-        keys = [k for u in users for k in (set_key(prefix, u), generation_key(prefix, u))]
-        client.eval(_DROP, len(keys), *keys, ttl_seconds)
+    if not marks:
+        return 0
+    keys = [k for u, _ in marks for k in (set_key(prefix, u), generation_key(prefix, u), applied_key(prefix, u))]
+    ids = ["" if mark is None else str(mark) for _, mark in marks]
+    return int(client.eval(_DROP, len(keys), *keys, ttl_seconds, *ids))
 
 
 @dataclass
@@ -207,14 +229,16 @@ class UserCache:
         self.breaker.success()
         return bool(loaded)
 
-    async def write_through(self, user_id: int, project_id: int, upvoted: bool) -> bool:
-        """Apply one committed change; True when Redis confirmed it. Otherwise the change's mark stays
-        in Postgres and the drain drops the user's set."""
+    async def write_through(self, user_id: int, project_id: int, upvoted: bool, mark: int | None) -> bool:
+        """Apply one committed change and record its mark (upvote_set_changes) as applied; True when
+        Redis confirmed it. A change that does not reach Redis leaves its mark unrecorded, and the
+        drain drops the user's set."""
         if not self.breaker.allow():
             return False
+        keys = [set_key(self.prefix, user_id), generation_key(self.prefix, user_id), applied_key(self.prefix, user_id)]
         try:
             await self.client.eval(
-                _WRITE, 2, *self._keys(user_id)[:2], project_id, "1" if upvoted else "0", self.ttl_seconds
+                _WRITE, 3, *keys, project_id, "1" if upvoted else "0", self.ttl_seconds, "" if mark is None else mark
             )
         except (RedisError, OSError) as exc:
             self._failed(exc)

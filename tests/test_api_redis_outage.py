@@ -70,7 +70,7 @@ def test_every_route_answers_with_redis_stopped_and_recovers(
         assert cached == upvote_rows(conn, 3)
 
 
-def test_a_slow_redis_counts_as_down_and_a_set_written_meanwhile_is_dropped(
+def test_a_slow_redis_counts_as_down_and_the_set_is_right_after_the_drain(
     seeded_url: str, settings: Settings, conn: Connection, private_redis: PrivateRedis
 ) -> None:
     me = auth(settings, 4)
@@ -87,9 +87,11 @@ def test_a_slow_redis_counts_as_down_and_a_set_written_meanwhile_is_dropped(
         assert time.perf_counter() - started < 1.5  # the timeout, not Redis, bounded the wait
         sleeper.wait()
         time.sleep(0.4)
-        # Back: the drain drops the set that missed a write-through; it is reloaded from Postgres.
+        # Back: Redis ran the write-through queued behind the stall (the client had given up on
+        # it), so its mark is recorded as applied; the drain deletes the mark, and drops the set
+        # only if it was not.
         drained = Invalidator(settings.model_copy(update={"redis_url": private_redis.url})).drain_once(conn)
-        assert drained is not None and drained.users >= 1
+        assert drained is not None and drained.marks >= 1
         assert upvoted_on_page(client, me)[pid] is True
         assert upvoted_on_page(client, me)[pid] is True
         assert redis_set(direct, settings.redis_key_prefix, 4) == upvote_rows(conn, 4)

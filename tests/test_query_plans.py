@@ -39,7 +39,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "user_upvotes": {"user_id": 1},
     "upvote_sets": {"users": list(range(1, 501))},
     "upvote_change": {"u": 1, "p": 1, "want": True, "durable": True},
-    "upvote_count_and_unlock": {"u": 1, "p": 1, "confirmed": 1},
+    "upvote_count_and_unlock": {"u": 1, "p": 1},
     "upvote_unlock": {"u": 1, "p": 1},
     "upvote_warm_up": {},
     "search": {"q": "reddis cache", "doc_type": "project", "limit": 20, **SEARCH_START},

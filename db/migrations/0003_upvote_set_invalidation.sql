@@ -1,8 +1,7 @@
 -- Postgres invalidates the Redis upvote sets, whoever writes (issue 15): every statement that
 -- changes a user's upvotes leaves a mark in upvote_set_changes, which the refresher drains into
--- Redis; upvote_set() returns the mark of the API's own change, which the API deletes once Redis
--- confirmed its write-through. The definitions are those of db/readmodels/upvote_sets.sql as of
--- this migration.
+-- Redis; upvote_set() returns the mark of the API's own change, which its write-through records in
+-- Redis. The definitions are those of db/readmodels/upvote_sets.sql as of this migration.
 
 -- The users whose sets Redis has not been told of. user_id NULL: every user (a TRUNCATE).
 -- project_id: the one project the statement changed for that user (an API toggle), else NULL.
@@ -32,7 +31,7 @@ DROP FUNCTION upvote_set(bigint, bigint, boolean, boolean);
 --
 -- want: NULL toggles, true sets, false clears. Returns (present, upvoted, changed, upvote_count,
 -- change_id). change_id is the upvote_set_changes row this change left (NULL when it changed no
--- row): the caller deletes it once Redis has the change. present is false when there is no such
+-- row): the write-through records it in Redis. present is false when there is no such
 -- project (nothing changed). The lock is a session lock, so it outlives the call: when nothing
 -- changed there is nothing to write through, and the call releases it itself and returns the
 -- count. After a change the count is NULL: read inside this call it would miss changes of other

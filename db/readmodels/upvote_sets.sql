@@ -4,19 +4,20 @@
 -- Postgres tells Redis of every change, whoever made it. A statement that changes a user's upvotes
 -- (the API's, plain SQL, a bulk statement, a cascade from a deleted user or project) leaves a row
 -- per user in upvote_set_changes, in its own transaction: the mark that the user's set may be
--- stale. The refresher drains it (services/refresher/invalidator.py): it bumps each user's
--- generation and deletes the set, so the next read loads it again from Postgres, and only then
--- deletes the rows. A row is a mark that survives any process: if Redis cannot be reached, the
--- rows wait and the drain is tried again.
+-- stale. The refresher drains the marks (services/refresher/invalidator.py): for each, unless
+-- Redis says that very change was applied (below), it bumps the user's generation and deletes the
+-- set, so the next read loads it again from Postgres; only then does it delete the rows. A mark
+-- survives any process: if Redis cannot be reached, the rows wait and the drain is tried again.
 --
--- The API's own change goes further: it writes the change through to Redis while it holds the
--- (user, project) advisory lock that its Postgres change took, so the changes of one upvote reach
--- Redis in the order Postgres made them, and deletes its row (upvote_count_and_unlock) only once
--- Redis confirmed the write-through. A write-through that failed, timed out or was skipped (the
--- breaker open), or a process that died between its commit and its write-through, leaves the row
--- for the drain. The drain leaves alone a row whose advisory lock is held: its write-through is
--- in flight. A user's set is loaded lazily, whole, from user_upvotes, guarded by the generation.
--- The reconciler compares each cached set with this file's truth and deletes a set that differs.
+-- The API's own change is written through to Redis while the API holds the (user, project)
+-- advisory lock that its Postgres change took, so the changes of one upvote reach Redis in the
+-- order Postgres made them. The write-through's script also records the change's mark id in
+-- Redis, with the change itself: a mark so recorded needs no drop. A write-through that failed,
+-- or never arrived (the breaker open, the process killed between its commit and its
+-- write-through), leaves its mark unrecorded, and the drain drops the set. The drain leaves alone
+-- a mark whose advisory lock is held: its write-through is in flight. A user's set is loaded
+-- lazily, whole, from user_upvotes, guarded by the generation. The reconciler compares each cached
+-- set with this file's truth and deletes a set that differs.
 
 -- The truth: a user's upvoted projects, from the source table. A filter on user_id reaches the
 -- scan (the primary key leads with it).
@@ -55,7 +56,7 @@ RETURN hashtextextended('upvote:' || u || ':' || p, 0);
 --
 -- want: NULL toggles, true sets, false clears. Returns (present, upvoted, changed, upvote_count,
 -- change_id). change_id is the upvote_set_changes row this change left (NULL when it changed no
--- row): the caller deletes it once Redis has the change. present is false when there is no such
+-- row): the write-through records it in Redis. present is false when there is no such
 -- project (nothing changed). The lock is a session lock, so it outlives the call: when nothing
 -- changed there is nothing to write through, and the call releases it itself and returns the
 -- count. After a change the count is NULL: read inside this call it would miss changes of other
@@ -129,9 +130,7 @@ SELECT present, upvoted, changed, upvote_count, change_id
 FROM upvote_set(%(u)s::bigint, %(p)s::bigint, %(want)s::boolean, %(durable)s::boolean)
 
 -- name: upvote_count_and_unlock
--- After the write-through: the change's mark deleted if Redis confirmed it (confirmed: its id, else
--- NULL), the exact count, read after the change committed, and the lock released.
-WITH confirmed AS (DELETE FROM upvote_set_changes WHERE id = %(confirmed)s::bigint)
+-- After the write-through: the exact count, read after the change committed, and the lock released.
 SELECT (SELECT upvote_count FROM project_counters WHERE project_id = %(p)s::bigint),
        pg_advisory_unlock(upvote_lock_key(%(u)s::bigint, %(p)s::bigint))
 
@@ -157,10 +156,10 @@ SELECT user_id, project_ids FROM upvote_sets_truth WHERE user_id = ANY(%(users)s
 
 -- name: upvote_changes_claim
 -- The drain's batch: the oldest marks, locked until the drain's transaction ends, but for those
--- whose (user, project) advisory lock an API process holds: its write-through is in flight, and it
--- deletes the mark itself or leaves it for the next drain. The lock taken here in turn keeps a new
--- API change of that upvote waiting until the drain's Redis step is done.
-SELECT id, user_id FROM upvote_set_changes
+-- whose (user, project) advisory lock an API process holds: its write-through is in flight. The
+-- lock taken here in turn keeps a new API change of that upvote waiting until the drain's Redis
+-- step is done.
+SELECT id, user_id, project_id FROM upvote_set_changes
 WHERE project_id IS NULL OR pg_try_advisory_xact_lock(upvote_lock_key(user_id, project_id))
 ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 

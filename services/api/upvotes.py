@@ -20,9 +20,9 @@ async def set_upvote(svc: Services, user: int, project: int, want: bool | None) 
     upvote_set() (db/readmodels/upvote_sets.sql) takes the lock and makes the change in one round
     trip; when nothing changed it also counts and releases the lock. After a change, the count is
     read (after the commit, so it includes every change committed before it) and the lock released
-    in one more, once Redis has the change; that call also deletes the change's mark
-    (upvote_set_changes) when Redis confirmed it. An unconfirmed write-through leaves the mark, and
-    the refresher's drain drops the user's set.
+    in one more, once Redis has the change. The write-through records the change's mark
+    (upvote_set_changes) as applied; one that does not reach Redis leaves it unrecorded, and the
+    refresher's drain drops the user's set.
     """
     params = {"u": user, "p": project, "want": want, "durable": svc.settings.api_upvote_durable}
     async with svc.write_pool.connection() as conn:
@@ -40,8 +40,7 @@ async def set_upvote(svc: Services, user: int, project: int, want: bool | None) 
         if changed:
             unlocked = False
             try:
-                confirmed = await svc.cache.write_through(user, project, upvoted)
-                params["confirmed"] = change if confirmed else None
+                await svc.cache.write_through(user, project, upvoted, change)
                 counted = await (await conn.execute(query("upvote_count_and_unlock"), params)).fetchone()
                 unlocked = True
                 count = counted[0] if counted is not None else None

@@ -2,13 +2,14 @@
 
 Each statement that changed a user's upvotes left a mark in upvote_set_changes
 (db/readmodels/upvote_sets.sql), whoever wrote it: plain SQL, a bulk statement, a cascade, a
-TRUNCATE, or an API process whose write-through Redis did not confirm. One drain claims a batch of
-marks (FOR UPDATE SKIP LOCKED: several refreshers share the work), drops those users' sets in Redis
-(denorm.usercache.drop_sets: the generation bumped, then the set deleted, so a lazy load in flight
-is refused and the next read loads the set again), and deletes the marks in the same transaction.
-If Redis does not confirm, the transaction rolls back: the marks stay, and the next drain tries
-again. A mark whose (user, project) advisory lock an API process holds is left alone: that
-process's write-through is in flight, and it deletes the mark itself once Redis confirmed it.
+TRUNCATE, or the API. One drain claims a batch of marks (FOR UPDATE SKIP LOCKED: several
+refreshers share the work), drops those users' sets in Redis (denorm.usercache.drop_sets: the
+generation bumped, then the set deleted, so a lazy load in flight is refused and the next read
+loads the set again) unless Redis recorded that very change as applied by the API's
+write-through, and deletes the marks in the same transaction. If Redis does not confirm, the
+transaction rolls back: the marks stay, and the next drain tries again. A mark whose (user,
+project) advisory lock an API process holds is left for the next drain: its write-through is in
+flight.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def open_sync_redis(settings: Settings) -> redis.Redis:
 @dataclass
 class Drained:
     marks: int  # marks deleted
-    users: int  # sets dropped
+    users: int  # users' sets dropped (a mark whose change Redis recorded as applied drops none)
     everyone: bool  # every set dropped (a TRUNCATE or a rebuild)
 
 
@@ -61,9 +62,9 @@ class Invalidator:
                 rows = conn.execute(query("upvote_changes_claim"), {"limit": s.refresher_invalidate_batch}).fetchall()
                 if not rows:
                     return Drained(0, 0, False)
-                users = sorted({int(r[1]) for r in rows if r[1] is not None})
+                marks = [(int(r[1]), int(r[0]) if r[2] is not None else None) for r in rows if r[1] is not None]
                 everyone = any(r[1] is None for r in rows)
-                drop_sets(self.client, s.redis_key_prefix, users, everyone, s.redis_set_ttl_seconds)
+                dropped = drop_sets(self.client, s.redis_key_prefix, marks, everyone, s.redis_set_ttl_seconds)
                 conn.execute(query("upvote_changes_done"), {"ids": [int(r[0]) for r in rows]})
         except RedisError as exc:
             if not self.failing:
@@ -73,7 +74,7 @@ class Invalidator:
         if self.failing:
             log.info("redis back; the upvote-set marks drain again")
         self.failing = False
-        return Drained(len(rows), len(users), everyone)
+        return Drained(len(rows), dropped, everyone)
 
     def close(self) -> None:
         self.client.close()
