@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/denorm
 export REDIS_URL    ?= redis://127.0.0.1:6379/0
+# A developer machine: the development JWT secret is accepted (an unset ENVIRONMENT means production).
+export ENVIRONMENT  ?= development
 
 .PHONY: help install run test lint typecheck pytest bench loadtest manifests fmt lock clean
 

@@ -26,7 +26,8 @@ def running_system(url: str, **env: str) -> Iterator[System]:
     """One API process and the refresher on `url`, ready once the refresher's first pass is done;
     `env` adds settings (API_UPVOTE_DURABLE="false", ...). Both are stopped on the way out."""
     port = free_port()
-    environment = {**os.environ, "DATABASE_URL": url, "JWT_SECRET": DEV_JWT_SECRET, "API_ACCESS_LOG": "false",
+    environment = {**os.environ, "DATABASE_URL": url, "JWT_SECRET": DEV_JWT_SECRET, "ENVIRONMENT": "development",
+                   "API_ACCESS_LOG": "false",
                    "REFRESHER_METRICS_PORT": "0", "LOG_LEVEL": "WARNING", "REDIS_KEY_PREFIX": f"bench-{port}:",
                    **env}  # fmt: skip
     denorm = os.path.join(os.path.dirname(sys.executable), "denorm")

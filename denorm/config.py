@@ -15,7 +15,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
-    environment: str = Field(default="development", description="development, test or production")
+    # Unset means production: the development secret below is accepted only where ENVIRONMENT says
+    # development or test outright (`make` sets development, the tests test).
+    environment: str = Field(default="production", description="development, test or production")
     database_url: str = "postgresql://postgres@127.0.0.1:5432/denorm"
     # Reads may go to a replica; writes and the refresh queue always use database_url.
     database_read_url: str | None = None

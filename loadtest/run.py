@@ -464,7 +464,9 @@ def options_from_args(args: argparse.Namespace) -> Options:
         redis_url=settings.redis_url,
         redis_prefix=args.redis_prefix or f"loadtest:{dbname}:",
         jwt_secret=settings.jwt_secret,
-        environment=settings.environment,
+        # The runner starts its own local system: development unless ENVIRONMENT says otherwise
+        # (unset means production for the services themselves).
+        environment=os.environ.get("ENVIRONMENT", "development"),
         goal_users=args.goal_users,
         profile=args.profile,
     )

@@ -28,6 +28,9 @@ from denorm.config import Settings
 from denorm.migrate import migrate
 from tests.faults import PrivateRedis
 
+# The processes the tests start (the CLI, the API, the refresher) inherit it: the development
+# secret is accepted only where ENVIRONMENT says development or test.
+os.environ.setdefault("ENVIRONMENT", "test")
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
