@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     redis_breaker_failures: int = Field(default=3, ge=1, description="failures in a row that open the breaker")
     redis_breaker_cooldown_ms: int = Field(default=5000, ge=1, description="how long an open breaker skips Redis")
     api_access_log: bool = Field(default=True, description="one JSON log line per request")
+    api_body_timeout_ms: int = Field(default=10_000, ge=1, description="a request body slower than this gets a 408")
     api_fast_reads: bool = Field(default=True, description="serve valid hot GET reads without FastAPI's machinery")
     # The short reads (feed, leaderboards, chains, dashboard, conversations) are pipelined over
     # this many connections of their own (denorm/pgpipe.py); search and writes use the pool.

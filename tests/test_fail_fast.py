@@ -3,13 +3,25 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
 
+import jwt
+import psycopg
 import pytest
+from fastapi.testclient import TestClient
 
+from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET, Settings
-from loadtest.localproc import free_port
-from tests.support import DENORM, cli_env
+from loadtest.localproc import free_port, wait_ready
+from services.api.app import create_app
+from tests.support import DENORM, cli_env, one
+from tests.test_api import auth
+
+Connection = psycopg.Connection[Any]
 
 # --- secrets ------------------------------------------------------------------------------------
 
@@ -31,3 +43,111 @@ def test_the_api_refuses_to_start_with_the_published_secret_when_the_environment
                           timeout=60, check=False)  # fmt: skip
     assert done.returncode != 0
     assert "JWT_SECRET is the development placeholder" in done.stderr + done.stdout
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+# Each body route with a body that carries a bad text where the issue found one unchecked (a list
+# item) and in a plain field; the raw JSON keeps the \ud800 escape, which json.dumps would too.
+BAD_BODIES = [
+    ("POST", "/api/projects", '{"title": "t", "tags": ["ok", "\\ud800"]}'),
+    ("POST", "/api/projects", '{"title": "t", "tags": ["a\\u0000b"]}'),
+    ("POST", "/api/projects", '{"title": "\\udfff"}'),
+    ("POST", "/api/projects/1/comments", '{"body": "x\\ud800y"}'),
+    ("POST", "/api/messages", '{"recipient_id": 4, "body": "\\u0000"}'),
+    ("POST", "/api/intro-requests", '{"target_id": 4, "message": "\\ud83d"}'),
+    ("POST", "/api/chains/chain-1-postgres/threads", '{"title": "t", "body": "\\udc00"}'),
+    ("POST", "/api/threads/1/posts", '{"body": "\\ud800\\u0000"}'),
+]
+WRITTEN = "SELECT (SELECT count(*) FROM projects) + (SELECT count(*) FROM project_comments) + " \
+          "(SELECT count(*) FROM messages) + (SELECT count(*) FROM intro_requests) + " \
+          "(SELECT count(*) FROM forum_threads) + (SELECT count(*) FROM forum_posts)"  # fmt: skip
+
+
+def test_lone_surrogates_and_nul_anywhere_in_a_body_are_a_422_and_write_nothing(
+    seeded_url: str, settings: Settings, conn: Connection
+) -> None:
+    before = one(conn, WRITTEN)
+    with TestClient(create_app(settings.model_copy(update={"api_access_log": False}))) as client:
+        for method, path, raw in BAD_BODIES:
+            response = client.request(method, path, content=raw.encode(), headers={
+                **auth(settings, 3), "content-type": "application/json"})  # fmt: skip
+            assert response.status_code == 422, (path, raw, response.text)
+            assert response.json()["error"]["code"] == "invalid_input"
+    assert one(conn, WRITTEN) == before
+
+
+# Validly signed tokens whose subject is not a user id in plain ASCII digits within the id range.
+BAD_SUBJECTS = ["¹", "١", "٣", "-1", "0", " 1", "1 ", "+1", "1e3", "0x1", str(2**63), "1.0", "", "１"]  # noqa: RUF001
+
+
+@pytest.mark.parametrize(("method", "route"), [("GET", "/api/projects"), ("GET", "/api/users/dashboard"),
+                                               ("GET", "/api/messages/conversations"),
+                                               ("PUT", "/api/projects/1/upvote")])  # fmt: skip
+def test_a_token_whose_subject_is_not_an_id_is_a_401_on_every_path(
+    seeded_url: str, settings: Settings, method: str, route: str
+) -> None:
+    """The direct read path (the GETs) and FastAPI's (the PUT) parse the subject alike."""
+    with TestClient(create_app(settings.model_copy(update={"api_access_log": False}))) as client:
+        for sub in BAD_SUBJECTS:
+            token = jwt.encode({"sub": sub, "exp": int(time.time()) + 600}, settings.jwt_secret, algorithm="HS256")
+            response = client.request(method, route, headers={"Authorization": f"Bearer {token}"})
+            assert response.status_code == 401, (sub, response.text)
+            assert response.json()["error"]["code"] == "unauthorized"
+
+
+# --- bodies over the limit or too slow, on a real server ----------------------------------------
+
+
+@pytest.fixture
+def api_url(seeded_url: str, settings: Settings) -> Iterator[str]:
+    port = free_port()
+    env = cli_env(DATABASE_URL=seeded_url, REDIS_KEY_PREFIX=settings.redis_key_prefix, API_ACCESS_LOG="false",
+                  API_BODY_TIMEOUT_MS="500", LOG_LEVEL="WARNING")  # fmt: skip
+    proc = subprocess.Popen([*DENORM, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def raw_request(address: str, head: str, body_parts: list[bytes], pause_s: float = 0.0) -> tuple[int, float]:
+    """Send a request by hand; (status, seconds until the answer's first line)."""
+    host, port = address.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(head.encode())
+        for part in body_parts:
+            try:
+                sock.sendall(part)
+            except OSError:
+                break  # the server answered and closed before the whole body was sent
+            time.sleep(pause_s)
+        answer = sock.recv(4096).decode("latin-1")
+        return int(answer.split(" ", 2)[1]), time.monotonic() - started
+
+
+def test_a_chunked_body_over_the_limit_is_a_413(api_url: str, settings: Settings, conn: Connection) -> None:
+    before = one(conn, WRITTEN)
+    token = mint_token(3, settings.jwt_secret)
+    head = (f"POST /api/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")  # fmt: skip
+    body = b'{"recipient_id": 4, "body": "' + b"x" * 100_000 + b'"}'
+    chunks = [
+        f"{len(body[i : i + 8192]):x}\r\n".encode() + body[i : i + 8192] + b"\r\n" for i in range(0, len(body), 8192)
+    ]
+    status, _ = raw_request(api_url, head, [*chunks, b"0\r\n\r\n"])
+    assert status == 413
+    assert one(conn, WRITTEN) == before
+
+
+def test_a_stalled_body_is_cut_off_with_a_408(api_url: str, settings: Settings, conn: Connection) -> None:
+    token = mint_token(3, settings.jwt_secret)
+    head = (f"POST /api/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n")  # fmt: skip
+    status, seconds = raw_request(api_url, head, [b'{"recipient_id": 4, '])  # and then nothing
+    assert status == 408
+    assert seconds < 5  # the body timeout (0.5 s here), not the client, ended it

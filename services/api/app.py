@@ -148,7 +148,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def front(stack: ASGIApp) -> ASGIApp:
         if settings.api_fast_reads:
             stack = FastReads(stack, direct_reads, services=lambda: getattr(app.state, "services", None), stats=fast)
-        return Front(stack, histogram=histogram, access_log=settings.api_access_log)  # outermost: sees both
+        # outermost: sees both
+        return Front(stack, histogram=histogram, access_log=settings.api_access_log,
+                     body_timeout_s=settings.api_body_timeout_ms / 1000)  # fmt: skip
 
     app.front = front
 

@@ -1,13 +1,16 @@
 """The API's front door: the outermost ASGI layer, which sees every request once.
 
-It limits the body size, times the request into the latency histogram (labelled by route
-template), and writes one JSON log line. It sits outside Starlette's and FastAPI's own middleware
+It reads a request's body whole before the app sees it, within a size limit (413, with or
+without Content-Length) and a time limit (408: a stalled upload does not hold a connection and a
+task for as long as the client likes), times the request into the latency histogram (labelled by
+route template), and writes one JSON log line. It sits outside Starlette's and FastAPI's own middleware
 (see `Api` in services/api/app.py), so that the hot reads the direct path serves pass through
 nothing else: each middleware layer costs a coroutine frame and a wrapped `send` per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -20,13 +23,36 @@ from services.api import errors
 log = get_logger("denorm.api")
 MAX_BODY_BYTES = 64 * 1024
 _TOO_LARGE = f"bodies are limited to {MAX_BODY_BYTES} bytes"
+_NO_BODY = frozenset({"GET", "HEAD", "OPTIONS"})  # the reads: their body, if any, is never read
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def read_body(receive: Receive) -> tuple[bytes, bool]:
+    """The request's body, whole, and whether the client went away meanwhile; _TooLarge past the limit."""
+    chunks: list[bytes] = []
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"", True
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > MAX_BODY_BYTES:
+            raise _TooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), False
 
 
 class Front:
-    def __init__(self, app: ASGIApp, histogram: Histogram, access_log: bool) -> None:
+    def __init__(self, app: ASGIApp, histogram: Histogram, access_log: bool, body_timeout_s: float = 10.0) -> None:
         self.app = app
         self.histogram = histogram
         self.access_log = access_log
+        self.body_timeout_s = body_timeout_s
         # Labelled children, by (method, route, status): Histogram.labels() validates and locks on
         # every call, which showed up in profiles of the hot reads. Routes are templates, so the
         # number of children stays bounded.
@@ -46,27 +72,42 @@ class Front:
         started = time.perf_counter()
         status = 500
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             await errors.error_response(413, "payload_too_large", _TOO_LARGE)(scope, receive, send)
             status = 413
+        elif scope["method"] in _NO_BODY:
+            await self.app(scope, receive, observed_send)
         else:
-            seen = 0
+            try:
+                body, gone = await asyncio.wait_for(read_body(receive), self.body_timeout_s)
+            except _TooLarge:
+                body, gone, status = b"", False, 413
+            except TimeoutError:
+                body, gone, status = b"", False, 408
+            if status in (408, 413):
+                message = _TOO_LARGE if status == 413 else f"the body did not arrive within {self.body_timeout_s:g} s"
+                code = "payload_too_large" if status == 413 else "request_timeout"
+                await errors.error_response(status, code, message)(scope, receive, send)
+            elif gone:
+                status = 499  # the client closed the connection: nothing to answer
+            else:
+                replayed = False
 
-            async def limited_receive() -> Message:
-                nonlocal seen
-                message = await receive()
-                seen += len(message.get("body", b""))
-                if seen > MAX_BODY_BYTES:
-                    raise errors.ApiError(413, "payload_too_large", _TOO_LARGE)
-                return message
+                async def replay() -> Message:
+                    nonlocal replayed
+                    if not replayed:
+                        replayed = True
+                        return {"type": "http.request", "body": body, "more_body": False}
+                    return await receive()
 
-            async def observed_send(message: Message) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = int(message["status"])
-                await send(message)
-
-            await self.app(scope, limited_receive, observed_send)
+                await self.app(scope, replay, observed_send)
         route = getattr(scope.get("route"), "path", "unmatched")
         elapsed = time.perf_counter() - started
         self._observe(scope["method"], route, status, elapsed)

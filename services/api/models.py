@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from denorm.ids import MAX_ID
 from services.api.feed import Sort
 
 Id = Field(gt=0, le=MAX_ID)
+
+
+def _storable(text: str) -> str:
+    """Text Postgres can store: UTF-8 encodable (no lone surrogate, which JSON's \\ud800 escapes
+    can carry) and without NUL."""
+    if "\x00" in text:
+        raise ValueError("text may not contain NUL")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("text may not contain a lone surrogate") from exc
+    return text
+
+
+# Every text a request body carries, wherever it sits (a field, a list item).
+Text = Annotated[str, AfterValidator(_storable)]
 
 
 class Strict(BaseModel):
@@ -21,19 +37,19 @@ class Strict(BaseModel):
 
 
 class NewProject(Strict):
-    title: str = Field(min_length=1, max_length=200)
-    tagline: str = Field(default="", max_length=300)
-    description: str = Field(default="", max_length=20000)
-    tags: list[str] = Field(default_factory=list, max_length=20)
+    title: Text = Field(min_length=1, max_length=200)
+    tagline: Text = Field(default="", max_length=300)
+    description: Text = Field(default="", max_length=20000)
+    tags: list[Text] = Field(default_factory=list, max_length=20)
 
 
 class NewComment(Strict):
-    body: str = Field(min_length=1, max_length=10000)
+    body: Text = Field(min_length=1, max_length=10000)
 
 
 class NewMessage(Strict):
     recipient_id: int = Id
-    body: str = Field(min_length=1, max_length=5000)
+    body: Text = Field(min_length=1, max_length=5000)
 
 
 class MarkRead(Strict):
@@ -43,16 +59,16 @@ class MarkRead(Strict):
 class NewIntroRequest(Strict):
     target_id: int = Id
     project_id: int | None = Field(default=None, gt=0, le=MAX_ID)
-    message: str = Field(default="", max_length=2000)
+    message: Text = Field(default="", max_length=2000)
 
 
 class NewThread(Strict):
-    title: str = Field(min_length=1, max_length=200)
-    body: str = Field(default="", max_length=20000)
+    title: Text = Field(min_length=1, max_length=200)
+    body: Text = Field(default="", max_length=20000)
 
 
 class NewPost(Strict):
-    body: str = Field(min_length=1, max_length=20000)
+    body: Text = Field(min_length=1, max_length=20000)
 
 
 # --- responses --------------------------------------------------------------------------------
