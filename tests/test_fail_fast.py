@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import random
+import signal
 import socket
 import subprocess
 import time
@@ -151,3 +153,38 @@ def test_a_stalled_body_is_cut_off_with_a_408(api_url: str, settings: Settings, 
     status, seconds = raw_request(api_url, head, [b'{"recipient_id": 4, '])  # and then nothing
     assert status == 408
     assert seconds < 5  # the body timeout (0.5 s here), not the client, ended it
+
+
+# --- shutdown -----------------------------------------------------------------------------------
+
+
+def burst(proc: subprocess.Popen[bytes], rng: random.Random) -> None:
+    """Five to thirty SIGTERMs and SIGINTs, a few milliseconds apart or none."""
+    for _ in range(rng.randint(5, 30)):
+        if proc.poll() is not None:
+            return
+        proc.send_signal(rng.choice([signal.SIGTERM, signal.SIGINT]))
+        time.sleep(rng.choice([0, 0, 0.001, 0.005]))
+
+
+@pytest.mark.parametrize(
+    ("args", "grace_s"), [(["refresher"], 20.0), (["api", "--port", "0"], 15.0), (["reconcile", "--dry-run"], 15.0)]
+)
+def test_bursts_of_stop_signals_at_random_moments_never_hang_a_service(
+    seeded_url: str, settings: Settings, args: list[str], grace_s: float
+) -> None:
+    """Signals arriving close together, while the loops sleep, fold, refresh or serve: each process
+    exits within its grace period (the refresher used to deadlock in its own signal handler)."""
+    rng = random.Random(16)
+    env = cli_env(DATABASE_URL=seeded_url, REDIS_KEY_PREFIX=settings.redis_key_prefix, REFRESHER_METRICS_PORT="0",
+                  REFRESHER_FOLD_MS="20", REFRESHER_INVALIDATE_MS="10", LOG_LEVEL="WARNING")  # fmt: skip
+    for _ in range(4):
+        proc = subprocess.Popen([*DENORM, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(rng.uniform(0.5, 3.0))  # starting, or in its loops
+            burst(proc, rng)
+            proc.wait(timeout=grace_s)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-from types import FrameType
-
 import psycopg
 from prometheus_client import REGISTRY, start_http_server
 
@@ -13,6 +10,7 @@ from denorm.config import Settings
 from denorm.logs import get_logger
 from denorm.pg import conninfo
 from denorm.reconcile_runs import ReconcileCollector
+from denorm.signals import on_stop_signals
 from services.refresher.worker import Refresher
 
 log = get_logger("denorm.refresher")
@@ -28,12 +26,11 @@ def run(settings: Settings, once: bool = False) -> int:
                 log.info("refresh", view=result.view_name, status=result.status, duration_ms=result.duration_ms)
         return 0
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("stopping", signal=signal.Signals(signum).name)
+    def on_signal(name: str) -> None:
+        log.info("stopping", signal=name)
         refresher.stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    on_stop_signals(on_signal)
     if settings.refresher_metrics_port:
         # The reconciler is a CronJob, gone before a scrape: its runs are served from here.
         REGISTRY.register(ReconcileCollector(settings.database_url))
