@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     log_format: str = Field(default="json", description="json or console")
     db_pool_min_size: int = 2
     db_pool_max_size: int = 10
+    # A request waits at most this long for a pooled connection, then answers 503: a dead or
+    # saturated Postgres gets a quick, honest answer rather than a request that hangs.
+    db_pool_timeout_ms: int = Field(default=1000, ge=1, description="wait for a pooled connection, then 503")
 
     # The API (services/api).
     redis_timeout_ms: int = Field(default=50, ge=1, description="a slower Redis counts as down")

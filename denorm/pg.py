@@ -120,12 +120,14 @@ async def _warm_up(conn: AsyncConnection[TupleRow]) -> None:
         await conn.execute(query("upvote_warm_up"))
 
 
-async def open_pool(url: str, application: str, min_size: int, max_size: int) -> GatedPool:
-    """An autocommit pool for the API: OLTP session settings, statements prepared on first use."""
+async def open_pool(url: str, application: str, min_size: int, max_size: int, timeout_s: float = 30.0) -> GatedPool:
+    """An autocommit pool for the API: OLTP session settings, statements prepared on first use; a
+    wait for a connection longer than `timeout_s` raises PoolTimeout."""
     pool = GatedPool(
         conninfo(url, application, options=session_options(OLTP_SETTINGS)),
         min_size=min_size,
         max_size=max_size,
+        timeout=timeout_s,
         open=False,
         kwargs={"autocommit": True, "prepare_threshold": 0},
         configure=_warm_up,

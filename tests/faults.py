@@ -1,6 +1,6 @@
-"""Real faults for the tests: a redis-server of the test's own that it may kill, restart or stall,
-and a TCP proxy in front of one that can freeze a single client's traffic (a process cut off from
-Redis while the others are not)."""
+"""Real faults for the tests: a redis-server and a Postgres cluster of the test's own, which it may
+kill, restart or stall, and a TCP proxy that can freeze one client's traffic (a process cut off
+from Redis while the others are not)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import redis
@@ -124,3 +125,34 @@ class FreezingProxy:
         self._listener.close()
         for s in self._sockets:
             s.close()
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of this test's own (Debian's pg_createcluster, trust auth, on a free
+    port), that the test may stop and start; dropped at the end."""
+
+    def __init__(self, version: str = "15") -> None:
+        self.version = version
+        self.name = f"t{uuid.uuid4().hex[:10]}"
+        self.port = free_port()
+        subprocess.run(
+            ["pg_createcluster", version, self.name, "-p", str(self.port), "--", "--auth=trust"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        conf = Path(f"/etc/postgresql/{version}/{self.name}/conf.d/90-test.conf")
+        conf.write_text("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nautovacuum = off\n")
+        self.start()
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def start(self) -> None:
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, "start"],
+                       check=True, capture_output=True)  # fmt: skip
+
+    def stop(self) -> None:
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, "stop", "-m", "fast"],
+                       check=True, capture_output=True)  # fmt: skip
+
+    def drop(self) -> None:
+        subprocess.run(["pg_dropcluster", "--stop", self.version, self.name], check=False, capture_output=True)

@@ -7,19 +7,23 @@ import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jwt
 import psycopg
 import pytest
+import requests
 from fastapi.testclient import TestClient
 
 from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET, Settings
 from loadtest.localproc import free_port, wait_ready
 from services.api.app import create_app
+from tests.faults import PrivatePostgres
 from tests.support import DENORM, cli_env, one
 from tests.test_api import auth
 
@@ -188,3 +192,112 @@ def test_bursts_of_stop_signals_at_random_moments_never_hang_a_service(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+# --- a dead or saturated Postgres ---------------------------------------------------------------
+
+PROBES: list[tuple[Any, ...]] = [
+          ("GET", "/api/projects"), ("GET", "/api/projects?sort=newest&limit=5"), ("GET", "/api/leaderboard/projects"),
+          ("GET", "/api/leaderboard/users"), ("GET", "/api/chains"), ("GET", "/api/chains/chain-1-postgres"),
+          ("GET", "/api/search?q=redis"), ("GET", "/api/search?q=zzqx"), ("GET", "/api/users/dashboard"),
+          ("GET", "/api/messages/conversations"), ("GET", "/api/admin/refresh-status"),
+          ("PUT", "/api/projects/5/upvote"), ("DELETE", "/api/projects/5/upvote"),
+          ("POST", "/api/messages", {"recipient_id": 4, "body": "hi"}),
+          ("POST", "/api/projects", {"title": "t"}), ("PUT", "/api/chains/chain-1-postgres/membership")]  # fmt: skip
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    cluster = PrivatePostgres()
+    try:
+        yield cluster
+    finally:
+        cluster.drop()
+
+
+def probe(session: requests.Session, base: str, token: str, spec: tuple[Any, ...]) -> tuple[int, float, str | None]:
+    method, path, *body = spec
+    started = time.monotonic()
+    response = session.request(method, base + path, json=body[0] if body else None, timeout=30,
+                                headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    return response.status_code, time.monotonic() - started, response.headers.get("retry-after")
+
+
+def test_a_stopped_postgres_is_a_quick_503_on_every_route_and_every_route_recovers(
+    private_postgres: PrivatePostgres, settings: Settings
+) -> None:
+    from denorm.migrate import ensure_database, migrate
+    from denorm.seed import SCALES, seed
+
+    url = private_postgres.url("denorm")
+    ensure_database(url)
+    migrate(url, echo=lambda _m: None)
+    seed(url, SCALES["tiny"], seed=16)
+    port = free_port()
+    env = cli_env(DATABASE_URL=url, REDIS_KEY_PREFIX=settings.redis_key_prefix, API_ACCESS_LOG="false",
+                  LOG_LEVEL="ERROR", DB_POOL_TIMEOUT_MS="1000")  # fmt: skip
+    proc = subprocess.Popen([*DENORM, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    base, token, session = f"http://127.0.0.1:{port}", mint_token(3, settings.jwt_secret), requests.Session()
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:  # requests all along, on every route: none may be a 5xx other than 503
+        rng = random.Random(1)
+        with requests.Session() as own:
+            while not stop.is_set():
+                statuses.append(probe(own, base, token, rng.choice(PROBES))[0])
+
+    try:
+        wait_ready(base, proc)
+        for spec in PROBES:
+            assert probe(session, base, token, spec)[0] < 500, spec
+        loader = threading.Thread(target=load)
+        loader.start()
+        private_postgres.stop()
+        for i, (method, path, *body) in enumerate(PROBES):
+            spec = (method, str(path).replace("q=redis", f"q=redis{i}"), *body)  # not an answer cached before
+            status, seconds, retry_after = probe(session, base, token, spec)
+            assert (status, retry_after) == (503, "1"), spec
+            assert seconds < 1.5, (spec, seconds)
+        private_postgres.start()
+        deadline = time.monotonic() + 15
+        pending = list(PROBES)
+        while pending:  # every route recovers by itself
+            assert time.monotonic() < deadline, pending
+            pending = [spec for spec in pending if probe(session, base, token, spec)[0] >= 500]
+            time.sleep(0.2)
+        stop.set()
+        loader.join()
+        assert statuses and {s for s in statuses if s >= 500} <= {503}, sorted(set(statuses))
+    finally:
+        stop.set()
+        proc.terminate()
+        proc.wait(timeout=15)
+        session.close()
+
+
+def test_an_exhausted_pool_is_a_quick_503(seeded_url: str, settings: Settings, conn: Connection) -> None:
+    """Both pooled connections held by upvotes waiting on a lock: a third request that needs the
+    pool answers 503 after DB_POOL_TIMEOUT_MS, not after the pool's default 30 s."""
+    port = free_port()
+    env = cli_env(DATABASE_URL=seeded_url, REDIS_KEY_PREFIX=settings.redis_key_prefix, API_ACCESS_LOG="false",
+                  LOG_LEVEL="ERROR", DB_POOL_MIN_SIZE="2", DB_POOL_MAX_SIZE="2", DB_POOL_TIMEOUT_MS="1000")  # fmt: skip
+    proc = subprocess.Popen([*DENORM, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    base, token = f"http://127.0.0.1:{port}", mint_token(3, settings.jwt_secret)
+    try:
+        wait_ready(base, proc)
+        with conn.transaction():
+            conn.execute("LOCK TABLE project_upvotes IN ACCESS EXCLUSIVE MODE")
+            with ThreadPoolExecutor(2) as pool:
+                held = [pool.submit(probe, requests.Session(), base, token, ("PUT", f"/api/projects/{p}/upvote"))
+                        for p in (5, 6)]  # fmt: skip
+                time.sleep(0.3)  # both are waiting for the lock, each on a pooled connection
+                status, seconds, retry_after = probe(requests.Session(), base, token, ("GET", "/api/search?q=zzqx"))
+                assert (status, retry_after) == (503, "1")
+                assert seconds < 1.5
+                assert [f.result()[0] for f in held] == [503, 503]  # the lock wait is bounded too
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)

@@ -96,9 +96,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        write_pool = await open_pool(settings.database_url, "api", settings.db_pool_min_size, settings.db_pool_max_size)
+        wait = settings.db_pool_timeout_ms / 1000
+        write_pool = await open_pool(
+            settings.database_url, "api", settings.db_pool_min_size, settings.db_pool_max_size, wait
+        )
         read_pool = (
-            await open_pool(settings.read_url, "api-read", settings.db_pool_min_size, settings.db_pool_max_size)
+            await open_pool(settings.read_url, "api-read", settings.db_pool_min_size, settings.db_pool_max_size, wait)
             if settings.database_read_url
             else write_pool
         )

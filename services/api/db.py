@@ -3,10 +3,12 @@ with statements prepared by psycopg, and database errors turned into 4xx or 503 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
 import psycopg
-from psycopg import errors, pq
+from psycopg import AsyncConnection, errors, pq
 from psycopg_pool import PoolTimeout
 
 from denorm.pgpipe import PipelinedReads
@@ -53,18 +55,26 @@ def raise_mapped(exc: psycopg.Error) -> NoReturn:
     raise mapped from exc
 
 
-async def fetch_all(pool: Pool, name: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-    """The rows of a named statement (denorm/sql.py), run on the pool."""
+@asynccontextmanager
+async def connection(pool: Pool) -> AsyncIterator[AsyncConnection[Any]]:
+    """A pooled connection; no connection within DB_POOL_TIMEOUT_MS (Postgres down, or every
+    connection busy) is a 503, as is a database error that means the same."""
     try:
         async with pool.connection() as conn:
-            cur = await conn.execute(query(name), params)
-            # The result status, not cur.description: that builds a Column object per column per call.
-            result = cur.pgresult
-            return await cur.fetchall() if result is not None and result.status == TUPLES_OK else []
+            yield conn
+    except PoolTimeout as exc:
+        raise ApiError(503, "unavailable", "no database connection is free or reachable; try again") from exc
     except psycopg.Error as exc:
         raise_mapped(exc)
-    except PoolTimeout as exc:
-        raise ApiError(503, "unavailable", "every database connection is busy; try again") from exc
+
+
+async def fetch_all(pool: Pool, name: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    """The rows of a named statement (denorm/sql.py), run on the pool."""
+    async with connection(pool) as conn:
+        cur = await conn.execute(query(name), params)
+        # The result status, not cur.description: that builds a Column object per column per call.
+        result = cur.pgresult
+        return await cur.fetchall() if result is not None and result.status == TUPLES_OK else []
 
 
 async def fetch_one(pool: Pool, name: str, params: dict[str, Any] | None = None) -> tuple[Any, ...] | None:

@@ -34,8 +34,14 @@ class ApiError(Exception):
         self.details = details
 
 
+RETRY_AFTER_S = 1  # what a 503 or a 429 tells the client to wait before trying again
+
+
 def error_response(status: int, code: str, message: str, details: Any = None) -> JSONBytes:
-    return JSONBytes({"error": {"code": code, "message": message, "details": details}}, status_code=status)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else None
+    return JSONBytes(
+        {"error": {"code": code, "message": message, "details": details}}, status_code=status, headers=headers
+    )
 
 
 _CODES = {

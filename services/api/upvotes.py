@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import psycopg
 
 from denorm.sql import query
-from services.api.db import fetch_all, raise_mapped
+from services.api.db import connection, fetch_all, raise_mapped
 from services.api.deps import Services
 from services.api.errors import ApiError
 
@@ -25,7 +25,7 @@ async def set_upvote(svc: Services, user: int, project: int, want: bool | None) 
     refresher's drain drops the user's set.
     """
     params = {"u": user, "p": project, "want": want, "durable": svc.settings.api_upvote_durable}
-    async with svc.write_pool.connection() as conn:
+    async with connection(svc.write_pool) as conn:
         try:
             row = await (await conn.execute(query("upvote_change"), params)).fetchone()
         except psycopg.Error as exc:
