@@ -301,3 +301,47 @@ def test_an_exhausted_pool_is_a_quick_503(seeded_url: str, settings: Settings, c
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+# --- no busy loop -------------------------------------------------------------------------------
+
+
+def commits_per_second(conn: Connection, dbname: str, seconds: float) -> float:
+    def commits() -> int:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        return int(one(conn, "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", dbname))
+
+    before = commits()
+    time.sleep(seconds)
+    return (commits() - before) / seconds
+
+
+def test_refreshers_waiting_on_a_claimed_view_do_not_spin(seeded_url: str, settings: Settings) -> None:
+    """A due view whose claim another holds: each refresher waits a poll interval between looks, so
+    two cost at most about twice one (they woke every 10 ms: 122 transactions a second became 1,302)."""
+    dbname = psycopg.conninfo.conninfo_to_dict(seeded_url)["dbname"]
+    env = cli_env(DATABASE_URL=seeded_url, REDIS_KEY_PREFIX=settings.redis_key_prefix, REFRESHER_METRICS_PORT="0",
+                  LOG_LEVEL="ERROR")  # fmt: skip
+    rates = []
+    with psycopg.connect(seeded_url, autocommit=True) as watcher, psycopg.connect(seeded_url) as holder:
+        for count in (1, 2):
+            holder.execute(
+                "UPDATE mv_refresh_queue SET status = 'pending', next_attempt_at = NULL, "
+                "first_requested_at = now() - interval '1 h', last_refreshed_at = now() - interval '1 h'"
+            )
+            holder.commit()
+            holder.execute("SELECT 1 FROM mv_refresh_claims FOR UPDATE")  # held, as by a refresh in progress
+            procs = [subprocess.Popen([*DENORM, "refresher"], env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL) for _ in range(count)]  # fmt: skip
+            try:
+                time.sleep(3)  # started, and waiting
+                rates.append(commits_per_second(watcher, str(dbname), 4))
+            finally:
+                for proc in procs:
+                    proc.terminate()
+                for proc in procs:
+                    proc.wait(timeout=30)
+                holder.rollback()
+    one_rate, two_rate = rates
+    assert two_rate <= 2.5 * one_rate, rates
+    assert one_rate < 60, rates  # the fold (2 a second), the drain (10), the loop's looks (5), the gauges

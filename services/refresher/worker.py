@@ -204,9 +204,13 @@ class Refresher:
         self._reconnecting("refresh", step)
 
     def _sleep_seconds(self, conn: psycopg.Connection[Any]) -> float:
+        """Until the next view can be due, at most a poll interval. A view due already was left to
+        this loop by refresh_one only because another loop or replica holds its claim: waking every
+        few milliseconds until that refresh ends would be a busy loop (two refreshers once ran ten
+        times the transactions of one), so wait a poll interval, or for a NOTIFY."""
         poll = self.settings.refresher_poll_ms / 1000
         row = conn.execute(query("next_due_in"), self.timing.params()).fetchone()
-        if row is None or row[0] is None:
+        if row is None or row[0] is None or float(row[0]) <= 0:
             return poll
         return max(0.01, min(poll, float(row[0])))
 
