@@ -254,6 +254,7 @@ def test_writes_reach_every_read_model(client: TestClient, settings: Settings, c
     assert client.put(f"/api/chains/{slug}/membership", headers=me).status_code == 200
     assert client.put(f"/api/chains/{slug}/membership", headers=me).json()["changed"] == 0
     thread = client.post(f"/api/chains/{slug}/threads", json={"title": "Hello"}, headers=me).json()["id"]
+    assert client.put(f"/api/chains/{slug}/membership", headers=other).status_code == 200
     assert client.post(f"/api/threads/{thread}/posts", json={"body": "reply"}, headers=other).status_code == 201
     assert client.delete(f"/api/chains/{slug}/membership", headers=me).json()["changed"] == 1
 

@@ -345,3 +345,47 @@ def test_refreshers_waiting_on_a_claimed_view_do_not_spin(seeded_url: str, setti
     one_rate, two_rate = rates
     assert two_rate <= 2.5 * one_rate, rates
     assert one_rate < 60, rates  # the fold (2 a second), the drain (10), the loop's looks (5), the gauges
+
+
+# --- the forum is for members; an intro request is asked once ----------------------------------
+
+
+def test_only_members_write_in_a_chains_forum(seeded_url: str, settings: Settings, conn: Connection) -> None:
+    slug = one(conn, "SELECT slug FROM chains ORDER BY id LIMIT 1")
+    chain = one(conn, "SELECT id FROM chains WHERE slug = %s", slug)
+    outsider = one(conn, "SELECT min(id) FROM users u WHERE NOT EXISTS (SELECT 1 FROM chain_members m "
+                         "WHERE m.chain_id = %s AND m.user_id = u.id)", chain)  # fmt: skip
+    thread = one(conn, "SELECT min(id) FROM forum_threads WHERE chain_id = %s", chain)
+    before = one(conn, WRITTEN)
+    me = auth(settings, outsider)
+    with TestClient(create_app(settings.model_copy(update={"api_access_log": False}))) as client:
+        assert client.post(f"/api/chains/{slug}/threads", json={"title": "t"}, headers=me).status_code == 403
+        assert client.post(f"/api/threads/{thread}/posts", json={"body": "b"}, headers=me).status_code == 403
+        assert client.post("/api/chains/no-such-chain/threads", json={"title": "t"}, headers=me).status_code == 404
+        assert client.post("/api/threads/999999/posts", json={"body": "b"}, headers=me).status_code == 404
+        assert one(conn, WRITTEN) == before
+        assert client.put(f"/api/chains/{slug}/membership", headers=me).status_code == 200
+        assert client.post(f"/api/chains/{slug}/threads", json={"title": "t"}, headers=me).status_code == 201
+        assert client.post(f"/api/threads/{thread}/posts", json={"body": "b"}, headers=me).status_code == 201
+
+
+def test_a_duplicate_pending_intro_request_is_a_409_that_writes_nothing(
+    seeded_url: str, settings: Settings, conn: Connection
+) -> None:
+    me = auth(settings, 3)
+    with TestClient(create_app(settings.model_copy(update={"api_access_log": False}))) as client:
+        for project in (None, 7):
+            body = {"target_id": 150, "project_id": project, "message": "hello"}
+            first = client.post("/api/intro-requests", json=body, headers=me)
+            assert first.status_code == 201, first.text
+            before = one(conn, "SELECT count(*) FROM intro_requests")
+            again = client.post("/api/intro-requests", json={**body, "message": "hello again"}, headers=me)
+            assert again.status_code == 409 and again.json()["error"]["code"] == "conflict"
+            assert one(conn, "SELECT count(*) FROM intro_requests") == before
+        # Answered, it may be asked again.
+        intro = first.json()["id"]
+        assert client.post(f"/api/intro-requests/{intro}/decline", headers=auth(settings, 150)).status_code == 200
+        assert client.post("/api/intro-requests", json=body, headers=me).status_code == 201
+    # Plain SQL is held to it too.
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("INSERT INTO intro_requests (requester_id, target_id, project_id) VALUES (3, 150, NULL)")

@@ -119,6 +119,9 @@ CREATE TABLE intro_requests (
     CONSTRAINT intro_requests_responded_matches_status CHECK ((status = 'pending') = (responded_at IS NULL))
 );
 CREATE INDEX intro_requests_requester_id_idx ON intro_requests (requester_id);
+-- At most one pending request per requester, target and project: a duplicate is refused (409).
+CREATE UNIQUE INDEX intro_requests_one_pending_idx ON intro_requests (requester_id, target_id, coalesce(project_id, 0))
+    WHERE status = 'pending';
 CREATE INDEX intro_requests_target_id_idx ON intro_requests (target_id);
 CREATE INDEX intro_requests_project_id_idx ON intro_requests (project_id) WHERE project_id IS NOT NULL;
 
@@ -170,14 +173,30 @@ RETURNING 1
 DELETE FROM chain_members WHERE chain_id = %(chain)s AND user_id = %(me)s RETURNING 1
 
 -- name: new_thread
-INSERT INTO forum_threads (chain_id, author_id, title, body)
-SELECT id, %(me)s, %(title)s, %(body)s FROM chains WHERE slug = %(slug)s
-RETURNING id
+-- Only a member of the chain opens a thread in its forum. One row: (member, the new thread's id);
+-- member is NULL when there is no such chain.
+WITH c AS (
+    SELECT id, EXISTS (SELECT 1 FROM chain_members m WHERE m.chain_id = chains.id AND m.user_id = %(me)s) AS member
+    FROM chains WHERE slug = %(slug)s
+), made AS (
+    INSERT INTO forum_threads (chain_id, author_id, title, body)
+    SELECT id, %(me)s, %(title)s, %(body)s FROM c WHERE member
+    RETURNING id
+)
+SELECT (SELECT member FROM c), (SELECT id FROM made)
 
 -- name: new_post
-INSERT INTO forum_posts (thread_id, author_id, body)
-SELECT id, %(me)s, %(body)s FROM forum_threads WHERE id = %(thread)s
-RETURNING id
+-- Only a member of the thread's chain posts. One row: (member, the new post's id); member is NULL
+-- when there is no such thread.
+WITH t AS (
+    SELECT t.id, EXISTS (SELECT 1 FROM chain_members m WHERE m.chain_id = t.chain_id AND m.user_id = %(me)s) AS member
+    FROM forum_threads t WHERE t.id = %(thread)s
+), made AS (
+    INSERT INTO forum_posts (thread_id, author_id, body)
+    SELECT id, %(me)s, %(body)s FROM t WHERE member
+    RETURNING id
+)
+SELECT (SELECT member FROM t), (SELECT id FROM made)
 
 -- name: schema_ready
 -- Whether the schema is in place (readiness: a database reachable but not migrated is not ready).

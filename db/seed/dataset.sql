@@ -187,4 +187,5 @@ FROM (
            %(anchor)s::timestamptz - interval '365 days' * (1 - (i - 1)::float8 / %(n_intros)s) AS created_at
     FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) AS i
     CROSS JOIN LATERAL (SELECT seed_util.rnd(102, i, %(seed)s) AS u) AS s
-) AS g;
+) AS g
+ON CONFLICT DO NOTHING;  -- a second pending request of one requester to one target for one project

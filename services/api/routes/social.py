@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
@@ -111,20 +111,25 @@ async def leave_chain(svc: ServicesDep, user: UserDep, slug: Slug) -> JSONBytes:
 @router.post("/api/chains/{slug}/threads", status_code=201, tags=["chains"], response_model=Created,
              response_class=JSONBytes)  # fmt: skip
 async def new_thread(svc: ServicesDep, user: UserDep, slug: Slug, body: NewThread) -> JSONBytes:
-    """Open a forum thread in a chain."""
+    """Open a forum thread in a chain: members only (403 otherwise)."""
     row = await fetch_one(
         svc.write_pool, "new_thread", {"me": user, "title": body.title, "body": body.body, "slug": slug}
     )
-    if row is None:
-        raise ApiError(404, "not_found", "no such chain")
-    return JSONBytes({"id": row[0]}, status_code=201)
+    return _created_by_member(row, "no such chain")
 
 
 @router.post("/api/threads/{thread_id}/posts", status_code=201, tags=["chains"], response_model=Created,
              response_class=JSONBytes)  # fmt: skip
 async def new_post(svc: ServicesDep, user: UserDep, thread_id: IdPath, body: NewPost) -> JSONBytes:
-    """Reply in a forum thread."""
+    """Reply in a forum thread: members of its chain only (403 otherwise)."""
     row = await fetch_one(svc.write_pool, "new_post", {"me": user, "body": body.body, "thread": thread_id})
-    if row is None:
-        raise ApiError(404, "not_found", "no such thread")
-    return JSONBytes({"id": row[0]}, status_code=201)
+    return _created_by_member(row, "no such thread")
+
+
+def _created_by_member(row: tuple[Any, ...] | None, missing: str) -> JSONBytes:
+    """The answer to a forum write: (member, new id) from its statement."""
+    if row is None or row[0] is None:
+        raise ApiError(404, "not_found", missing)
+    if not row[0]:
+        raise ApiError(403, "forbidden", "only members of the chain write in its forum; join it first")
+    return JSONBytes({"id": row[1]}, status_code=201)
