@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     redis_breaker_cooldown_ms: int = Field(default=5000, ge=1, description="how long an open breaker skips Redis")
     api_access_log: bool = Field(default=True, description="one JSON log line per request")
     api_body_timeout_ms: int = Field(default=10_000, ge=1, description="a request body slower than this gets a 408")
+    # The interactive docs and the OpenAPI document describe every route, operators' included: on the
+    # public port only where this says so (unset: in development and test only).
+    api_docs: bool | None = Field(default=None, description="serve /docs, /redoc and /openapi.json")
     api_fast_reads: bool = Field(default=True, description="serve valid hot GET reads without FastAPI's machinery")
     # The short reads (feed, leaderboards, chains, dashboard, conversations) are pipelined over
     # this many connections of their own (denorm/pgpipe.py); search and writes use the pool.
@@ -109,6 +112,10 @@ class Settings(BaseSettings):
         """Refuse the development secret anywhere but development and test."""
         if self.environment not in ("development", "test") and self.jwt_secret == DEV_JWT_SECRET:
             raise RuntimeError("JWT_SECRET is the development placeholder; set a real secret")
+
+    @property
+    def docs_public(self) -> bool:
+        return self.api_docs if self.api_docs is not None else self.environment in ("development", "test")
 
     @property
     def read_url(self) -> str:

@@ -389,3 +389,16 @@ def test_a_duplicate_pending_intro_request_is_a_409_that_writes_nothing(
     # Plain SQL is held to it too.
     with pytest.raises(psycopg.errors.UniqueViolation):
         conn.execute("INSERT INTO intro_requests (requester_id, target_id, project_id) VALUES (3, 150, NULL)")
+
+
+# --- operators' surface -------------------------------------------------------------------------
+
+
+def test_the_docs_and_the_openapi_document_are_served_only_where_a_setting_allows(settings: Settings) -> None:
+    production = settings.model_copy(update={"environment": "production", "jwt_secret": "s" * 40})
+    for overrides, served in (({}, False), ({"api_docs": True}, True)):
+        with TestClient(create_app(production.model_copy(update=overrides))) as client:
+            for path in ("/docs", "/redoc", "/openapi.json"):
+                assert (client.get(path).status_code == 200) is served, (overrides, path)
+    with TestClient(create_app(settings)) as client:  # ENVIRONMENT=test: served
+        assert client.get("/openapi.json").status_code == 200

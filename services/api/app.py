@@ -125,12 +125,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await read_pool.close()
             await write_pool.close()
 
+    docs = settings.docs_public
     app = Api(
         title="denorm read API",
         version="1.0",
         description="Fast read paths for a social product, served from read models Postgres keeps right.",
         default_response_class=JSONBytes,
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     errors.install(app)
     registry = CollectorRegistry()
