@@ -24,15 +24,20 @@ def mint_token(user_id: int, secret: str, ttl_seconds: int = 3600, now: float | 
 
 def verify_token(token: str, secret: str) -> int:
     """The user id of a valid token; AuthError otherwise."""
-    return _verify(token, secret)[0]
+    return _verify(token, (secret,))[0]
 
 
-def _verify(token: str, secret: str) -> tuple[int, float]:
-    """(user id, expiry as a Unix time) of a valid token; AuthError otherwise."""
-    try:
-        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]})
-    except jwt.PyJWTError as exc:
-        raise AuthError(str(exc)) from exc
+def _verify(token: str, secrets: tuple[str, ...]) -> tuple[int, float]:
+    """(user id, expiry as a Unix time) of a token valid under one of the secrets; AuthError otherwise."""
+    for i, secret in enumerate(secrets):
+        try:
+            claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]})
+            break
+        except jwt.InvalidSignatureError as exc:
+            if i == len(secrets) - 1:
+                raise AuthError(str(exc)) from exc
+        except jwt.PyJWTError as exc:
+            raise AuthError(str(exc)) from exc
     sub = claims.get("sub")
     user = parse_id(sub) if isinstance(sub, str) else None
     if user is None:
@@ -49,8 +54,14 @@ class TokenVerifier:
     are not remembered; the memory holds at most `max_entries`, the oldest forgotten first.
     """
 
-    def __init__(self, secret: str, max_entries: int = 10_000, clock: Callable[[], float] = time.time) -> None:
-        self.secret = secret
+    def __init__(
+        self,
+        secret: str,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.time,
+        test_secret: str | None = None,
+    ) -> None:
+        self.secrets = (secret,) if test_secret is None else (secret, test_secret)
         self.max_entries = max_entries
         self.clock = clock
         self._accepted: dict[str, tuple[int, float]] = {}
@@ -63,7 +74,7 @@ class TokenVerifier:
                 return user
             del self._accepted[token]
             raise AuthError("Signature has expired")
-        user, expires = _verify(token, self.secret)
+        user, expires = _verify(token, self.secrets)
         if self.clock() >= expires:  # this verifier's clock is the one that counts
             raise AuthError("Signature has expired")
         if len(self._accepted) >= self.max_entries:

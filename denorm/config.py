@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     # Every Redis key starts with this, so that tests and tenants can share one server.
     redis_key_prefix: str = "denorm:"
     jwt_secret: str = DEV_JWT_SECRET
+    # A second signing key, for a test environment's load generator: it mints its users' tokens
+    # without holding JWT_SECRET. Accepted only outside production (a production API refuses to
+    # start with it set).
+    jwt_test_secret: str | None = None
     log_level: str = "INFO"
     log_format: str = Field(default="json", description="json or console")
     db_pool_min_size: int = 2
@@ -101,17 +105,20 @@ class Settings(BaseSettings):
     reconciler_statement_timeout_ms: int = Field(default=60_000, ge=1)
     reconciler_pushgateway_url: str | None = Field(default=None, description="push the run's metrics here too")
 
-    @field_validator("jwt_secret")
+    @field_validator("jwt_secret", "jwt_test_secret")
     @classmethod
-    def _secret_long_enough(cls, value: str) -> str:
-        if len(value) < 32:
-            raise ValueError("JWT_SECRET must be at least 32 characters")
+    def _secret_long_enough(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < 32:
+            raise ValueError("a JWT secret must be at least 32 characters")
         return value
 
     def check_production_safety(self) -> None:
-        """Refuse the development secret anywhere but development and test."""
+        """Refuse the development secret anywhere but development and test, and the test
+        environments' second key in production."""
         if self.environment not in ("development", "test") and self.jwt_secret == DEV_JWT_SECRET:
             raise RuntimeError("JWT_SECRET is the development placeholder; set a real secret")
+        if self.environment == "production" and self.jwt_test_secret is not None:
+            raise RuntimeError("JWT_TEST_SECRET is for test environments; production accepts only JWT_SECRET")
 
     @property
     def docs_public(self) -> bool:

@@ -440,7 +440,7 @@ def test_secret_template_lists_the_secret_settings_with_placeholders_only() -> N
     kubernetes_validate.validate(secret, K8S_VERSIONS[0], strict=True)
     assert secret["metadata"]["name"] == SECRET_NAME
     data = secret["stringData"]
-    assert set(data) == {"DATABASE_URL", "DATABASE_READ_URL", "REDIS_URL", "JWT_SECRET"}
+    assert set(data) == {"DATABASE_URL", "DATABASE_READ_URL", "REDIS_URL", "JWT_SECRET", "JWT_TEST_SECRET"}
     assert set(data) <= _setting_names()
     for key, value in data.items():
         assert re.search(r"PASSWORD|REPLACE", value), (key, "looks like a real value")
@@ -450,6 +450,12 @@ def test_secret_template_lists_the_secret_settings_with_placeholders_only() -> N
             for env in c.get("env") or []:
                 ref = dig(env, "valueFrom", "secretKeyRef")
                 assert ref is None or ref["key"] in data, (ident(obj), env)
+    # The load generator mints tokens with the test key; it never reads the API's real one.
+    for obj, template in workloads(overlay("dev")):
+        if component_of(template) == "loadgenerator":
+            for _, c in containers(template):
+                keys = {dig(env, "valueFrom", "secretKeyRef", "key") for env in c.get("env") or []}
+                assert "JWT_SECRET" not in keys and not c.get("envFrom"), (ident(obj), keys)
     # And no kustomization applies it.
     for kustomization in DEPLOY.rglob("kustomization.yaml"):
         (k,) = load_yaml(kustomization)

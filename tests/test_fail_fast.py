@@ -51,6 +51,22 @@ def test_the_api_refuses_to_start_with_the_published_secret_when_the_environment
     assert "JWT_SECRET is the development placeholder" in done.stderr + done.stdout
 
 
+def test_the_test_environments_second_key_is_accepted_only_outside_production(
+    seeded_url: str, settings: Settings
+) -> None:
+    real, test_key = "r" * 40, "t" * 40
+    staging = settings.model_copy(update={"environment": "staging", "jwt_secret": real, "jwt_test_secret": test_key})
+    staging.check_production_safety()
+    with TestClient(create_app(staging)) as client:
+        for key in (real, test_key):
+            headers = {"Authorization": f"Bearer {mint_token(3, key)}"}
+            assert client.get("/api/users/dashboard", headers=headers).status_code == 200
+        forged = {"Authorization": f"Bearer {mint_token(3, 'f' * 40)}"}
+        assert client.get("/api/users/dashboard", headers=forged).status_code == 401
+    with pytest.raises(RuntimeError, match="JWT_TEST_SECRET"):
+        staging.model_copy(update={"environment": "production"}).check_production_safety()
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 # Each body route with a body that carries a bad text where the issue found one unchecked (a list

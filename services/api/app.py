@@ -112,7 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         breaker = Breaker(settings.redis_breaker_failures, settings.redis_breaker_cooldown_ms / 1000)
         cache = UserCache(client, settings.redis_key_prefix, settings.redis_set_ttl_seconds, breaker)
         search_cache = AnswerCache(settings.api_search_cache_seconds, settings.api_search_cache_entries)
-        tokens = TokenVerifier(settings.jwt_secret)
+        tokens = TokenVerifier(settings.jwt_secret, test_secret=settings.jwt_test_secret)
         app.state.services = Services(settings, write_pool, read_pool, reads, cache, search_cache, tokens)
         gc_pauses.install()
         try:
