@@ -20,10 +20,13 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from denorm.migrate import MigrationError, ensure_database, migrate
+    from denorm.migrate import MigrationError, ensure_database, migrate, wait_for_schema
 
     settings = get_settings()
     try:
+        if args.wait:
+            wait_for_schema(settings.database_url, timeout_seconds=args.timeout)
+            return 0
         if args.create_database and ensure_database(settings.database_url):
             print("created the database")
         migrate(settings.database_url, dry_run=args.dry_run)
@@ -96,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="apply pending migrations to DATABASE_URL")
     p.add_argument("--dry-run", action="store_true", help="list what would be applied, apply nothing")
     p.add_argument("--create-database", action="store_true", help="create the database first when it is missing")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="apply nothing: wait until every migration of this version is applied (the pods' init)",
+    )
+    p.add_argument("--timeout", type=float, default=600, help="with --wait: give up after this many seconds")
     p.set_defaults(handler=_cmd_migrate)
 
     from denorm.seed import SCALES

@@ -173,6 +173,44 @@ def migrate(
     return result
 
 
+def wait_for_schema(
+    url: str,
+    *,
+    timeout_seconds: float = 600,
+    poll_seconds: float = 1.0,
+    directory: Path = MIGRATIONS_DIR,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Wait, changing nothing, until every migration this code knows is applied (the migration Job
+    applies them: the services' pods only wait, so they need no right to change the schema). A
+    database that has migrations this code does not know is newer, and is accepted; one where a
+    known migration's recorded checksum differs is an error. MigrationError after timeout_seconds."""
+    migrations = discover(directory)
+    deadline = time.monotonic() + timeout_seconds
+    said = ""
+    while True:
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+                applied = _read_applied(conn)
+            for m in migrations:
+                recorded = applied.get(m.version)
+                if recorded is not None and recorded[1] != m.checksum:
+                    raise MigrationError(f"migration {m.label} was applied from a different file")
+            pending = [m.label for m in migrations if m.version not in applied]
+            if not pending:
+                echo(f"the schema is ready: {len(migrations)} migrations applied")
+                return
+            status = f"waiting for {len(pending)} migrations: {', '.join(pending)}"
+        except psycopg.OperationalError as exc:
+            status = f"waiting for the database: {str(exc).strip().splitlines()[0]}"
+        if status != said:
+            echo(status)
+            said = status
+        if time.monotonic() >= deadline:
+            raise MigrationError(f"gave up after {timeout_seconds:g} s: {status}")
+        time.sleep(poll_seconds)
+
+
 def _read_applied(conn: psycopg.Connection[TupleRow]) -> dict[int, tuple[str, str]]:
     """Version -> (name, checksum) of the recorded migrations; none when the table is absent."""
     row = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()

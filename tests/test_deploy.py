@@ -239,11 +239,11 @@ def test_each_workload_runs_its_denorm_subcommand(target: Target) -> None:
         for obj, template in workloads(objects)
     }
     assert commands["Deployment/denorm-api"] == [
-        ("migrate", None, ["migrate"]),
+        ("migrate", None, ["migrate", "--wait"]),
         ("api", None, ["api", "--host", "0.0.0.0", "--port", "8000", "--workers", "1"]),
     ]
     assert commands["Deployment/denorm-refresher"] == [
-        ("migrate", None, ["migrate"]),
+        ("migrate", None, ["migrate", "--wait"]),
         ("refresher", None, ["refresher"]),
     ]
     assert commands["Job/denorm-migrate"] == [("migrate", None, ["migrate"])]
@@ -353,7 +353,8 @@ def test_pods_run_as_the_image_user_with_a_writable_tmp() -> None:
 
 @pytest.mark.parametrize("target", OVERLAY_TARGETS, ids=OVERLAY_IDS)
 def test_migrations_run_before_the_api_and_the_refresher(target: Target) -> None:
-    """A migration Job, and a `migrate` init container on each long-running pod of the system."""
+    """A migration Job, and on each long-running pod an init container that waits for its schema
+    (only the Job migrates)."""
     objects = render(target)
     job = find(objects, "Job", "denorm-migrate")
     assert job["spec"]["backoffLimit"] >= 1
@@ -361,7 +362,7 @@ def test_migrations_run_before_the_api_and_the_refresher(target: Target) -> None
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     for name in ("denorm-api", "denorm-refresher"):
         inits = _pod_spec(find(objects, "Deployment", name))["initContainers"]
-        assert [(c["name"], c["args"]) for c in inits] == [("migrate", ["migrate"])], name
+        assert [(c["name"], c["args"]) for c in inits] == [("migrate", ["migrate", "--wait"])], name
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)

@@ -96,6 +96,23 @@ def test_cli_migrate_applies_then_reports_nothing_to_apply(empty_database_url: s
     assert "applied " not in second.stdout
 
 
+def test_migrate_wait_changes_nothing_and_returns_once_the_job_has_migrated(empty_database_url: str) -> None:
+    """The pods' init container: `migrate --wait` applies nothing (the pods need no right to change
+    the schema), gives up after its timeout, and returns as soon as the migrations are in."""
+    env = cli_env(DATABASE_URL=empty_database_url)
+    early = run_denorm(["migrate", "--wait", "--timeout", "1"], env=env)
+    assert early.returncode == 1 and "gave up" in early.stderr, early.stderr
+    with connect(empty_database_url) as conn:
+        assert not table_exists(conn, "schema_migrations")  # it created nothing
+    waiter = subprocess.Popen([*DENORM, "migrate", "--wait", "--timeout", "60"], env=env,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(1.5)
+    assert waiter.poll() is None  # still waiting
+    migrate(empty_database_url, echo=quiet)  # the Job
+    out, _ = waiter.communicate(timeout=30)
+    assert waiter.returncode == 0 and "the schema is ready" in out
+
+
 # --- two processes at once ---------------------------------------------------------------------------
 
 
