@@ -9,8 +9,10 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -18,7 +20,9 @@ import psycopg
 import pytest
 import requests
 from fastapi.testclient import TestClient
+from psycopg import sql
 
+import db
 from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET, Settings
 from loadtest.localproc import free_port, wait_ready
@@ -418,3 +422,48 @@ def test_the_docs_and_the_openapi_document_are_served_only_where_a_setting_allow
                 assert (client.get(path).status_code == 200) is served, (overrides, path)
     with TestClient(create_app(settings)) as client:  # ENVIRONMENT=test: served
         assert client.get("/openapi.json").status_code == 200
+
+
+# --- least privilege ----------------------------------------------------------------------------
+
+
+def test_the_api_serves_as_a_role_that_cannot_change_the_schema(
+    seeded_url: str, settings: Settings, admin_conn: Connection, conn: Connection
+) -> None:
+    """db/roles/service_role.sql, applied with psql as the docs say: the API runs on it (reads,
+    upvotes, writes that fire every ledger trigger), and the role can alter nothing."""
+    role = f"denorm_api_{uuid.uuid4().hex[:8]}"
+    slug = one(conn, "SELECT slug FROM chains ORDER BY id LIMIT 1")
+    done = subprocess.run(["psql", seeded_url, "-v", f"role={role}", "-v", "ON_ERROR_STOP=1", "-q",
+                           "-f", str(Path(db.__file__).parent / "roles" / "service_role.sql")],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    as_role = psycopg.conninfo.make_conninfo(seeded_url, user=role)
+    port = free_port()
+    env = cli_env(DATABASE_URL=as_role, REDIS_KEY_PREFIX=settings.redis_key_prefix, API_ACCESS_LOG="false",
+                  LOG_LEVEL="ERROR")  # fmt: skip
+    proc = subprocess.Popen([*DENORM, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    base, token = f"http://127.0.0.1:{port}", mint_token(3, settings.jwt_secret)
+    try:
+        wait_ready(base, proc)
+        with requests.Session() as session:
+            for spec, ok in ((("PUT", "/api/projects/5/upvote"), 200), (("DELETE", "/api/projects/5/upvote"), 200),
+                             (("POST", "/api/messages", {"recipient_id": 4, "body": "hi"}), 201),
+                             (("POST", "/api/projects", {"title": "t", "tags": ["x"]}), 201),
+                             (("PUT", f"/api/chains/{slug}/membership"), 200),
+                             (("GET", "/api/projects"), 200), (("GET", "/api/search?q=redis"), 200),
+                             (("GET", "/api/users/dashboard"), 200)):  # fmt: skip
+                assert probe(session, base, token, spec)[0] == ok, spec
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    with psycopg.connect(as_role, autocommit=True) as conn:
+        for statement in ("CREATE TABLE intruder (id int)", "ALTER TABLE projects ADD COLUMN z int",
+                          "DROP TABLE messages", "TRUNCATE project_upvotes", "DROP FUNCTION upvote_set",
+                          "REFRESH MATERIALIZED VIEW mv_leaderboard_projects"):  # fmt: skip
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement.encode())
+    with psycopg.connect(seeded_url, autocommit=True) as owner:  # roles are the cluster's: leave none
+        owner.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+    admin_conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
