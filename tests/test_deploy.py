@@ -9,6 +9,7 @@ tests/manifests.py is applied to every container. Nothing here touches Postgres 
 from __future__ import annotations
 
 import copy
+import ipaddress
 import re
 import subprocess
 from collections.abc import Callable
@@ -514,15 +515,20 @@ def _egress_allowed(
     protocol: str = "TCP",
     pod: dict[str, str] | None = None,
     namespace: dict[str, str] | None = None,
+    address: str = "203.0.113.7",
 ) -> bool:
-    """Whether the pod may connect to ``port`` on a pod (labels), in a namespace (labels), or anywhere (neither)."""
+    """Whether the pod may connect to ``port`` on a pod (labels), in a namespace (labels), or at an
+    address outside the cluster (neither: by default one on the internet)."""
     policies = _policies(objects, template["metadata"]["labels"], "Egress")
     if not policies:
         return True
 
     def peer_matches(peer: Manifest) -> bool:
         if "ipBlock" in peer:
-            return pod is None and namespace is None and peer["ipBlock"]["cidr"] in ("0.0.0.0/0", "::/0")
+            block = peer["ipBlock"]
+            inside = ipaddress.ip_address(address) in ipaddress.ip_network(block["cidr"])
+            excepted = any(ipaddress.ip_address(address) in ipaddress.ip_network(c) for c in block.get("except") or [])
+            return pod is None and namespace is None and inside and not excepted
         if "namespaceSelector" in peer:
             return namespace is not None and selects(peer["namespaceSelector"], namespace)
         return pod is not None and selects(peer.get("podSelector"), pod)
@@ -563,7 +569,12 @@ def test_egress_is_limited_to_dns_and_the_datastores(target: Target) -> None:
         assert not _egress_allowed(objects, template, 443), ident(obj)  # default deny holds
         uses_datastores = component in DATASTORE_COMPONENTS
         for port in (5432, 6379):
-            assert _egress_allowed(objects, template, port) is uses_datastores, (ident(obj), port)
+            # The datastores' ports at the datastores' addresses only (the prod overlay's; private
+            # ranges in the component), never on the internet.
+            assert _egress_allowed(objects, template, port, address="10.20.0.5") is uses_datastores, (ident(obj), port)
+            assert not _egress_allowed(objects, template, port), (ident(obj), port)
+            if target.name == "overlays/prod":
+                assert not _egress_allowed(objects, template, port, address="10.99.0.5"), (ident(obj), port)
 
 
 def test_locust_reaches_the_api_and_its_master_only() -> None:
