@@ -27,7 +27,8 @@ def running_system(url: str, **env: str) -> Iterator[System]:
     `env` adds settings (API_UPVOTE_DURABLE="false", ...). Both are stopped on the way out."""
     port = free_port()
     environment = {**os.environ, "DATABASE_URL": url, "JWT_SECRET": DEV_JWT_SECRET, "ENVIRONMENT": "development",
-                   "API_ACCESS_LOG": "false",
+                   "API_ACCESS_LOG": "false", "API_RATE_WRITES_PER_ADDRESS": "1000000/second",
+                   "API_RATE_SEARCH_MISSES_PER_ADDRESS": "1000000/second",
                    "REFRESHER_METRICS_PORT": "0", "LOG_LEVEL": "WARNING", "REDIS_KEY_PREFIX": f"bench-{port}:",
                    **env}  # fmt: skip
     denorm = os.path.join(os.path.dirname(sys.executable), "denorm")

@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     # The interactive docs and the OpenAPI document describe every route, operators' included: on the
     # public port only where this says so (unset: in development and test only).
     api_docs: bool | None = Field(default=None, description="serve /docs, /redoc and /openapi.json")
+    # Rate limits (services/api/ratelimit.py), in the `limits` notation ("10/second;120/minute"):
+    # writes, and searches that miss the answer cache, per bearer token and per client address.
+    # A member of the 5000-user load test writes about 3 times a minute; the per-address limits are
+    # for one client, so a load generator running many users from one address raises them.
+    api_rate_writes_per_token: str = Field(default="10/second;120/minute", description="writes per token")
+    api_rate_writes_per_address: str = Field(default="200/second", description="writes per client address")
+    api_rate_search_misses_per_token: str = Field(default="10/second;300/minute", description="search misses per token")
+    api_rate_search_misses_per_address: str = Field(default="100/second", description="search misses per address")
     api_fast_reads: bool = Field(default=True, description="serve valid hot GET reads without FastAPI's machinery")
     # The short reads (feed, leaderboards, chains, dashboard, conversations) are pipelined over
     # this many connections of their own (denorm/pgpipe.py); search and writes use the pool.
@@ -104,6 +112,19 @@ class Settings(BaseSettings):
     reconciler_examples: int = Field(default=5, ge=0, le=100, description="example keys kept per model and kind")
     reconciler_statement_timeout_ms: int = Field(default=60_000, ge=1)
     reconciler_pushgateway_url: str | None = Field(default=None, description="push the run's metrics here too")
+
+    @field_validator(
+        "api_rate_writes_per_token",
+        "api_rate_writes_per_address",
+        "api_rate_search_misses_per_token",
+        "api_rate_search_misses_per_address",
+    )
+    @classmethod
+    def _rate_limits(cls, value: str) -> str:
+        from limits import parse_many
+
+        parse_many(value)  # a ValueError names what it could not read
+        return value
 
     @field_validator("jwt_secret", "jwt_test_secret")
     @classmethod

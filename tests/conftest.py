@@ -31,6 +31,11 @@ from tests.faults import PrivateRedis
 # The processes the tests start (the CLI, the API, the refresher) inherit it: the development
 # secret is accepted only where ENVIRONMENT says development or test.
 os.environ.setdefault("ENVIRONMENT", "test")
+# The tests drive many writes and searches from one address and a few tokens, faster than any user:
+# the rate limits are out of their way, but for the tests of the limits themselves.
+for _limit in ("API_RATE_WRITES_PER_TOKEN", "API_RATE_WRITES_PER_ADDRESS", "API_RATE_SEARCH_MISSES_PER_TOKEN",
+               "API_RATE_SEARCH_MISSES_PER_ADDRESS"):  # fmt: skip
+    os.environ.setdefault(_limit, "1000000/second")
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 

@@ -27,7 +27,7 @@ from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET, Settings
 from loadtest.localproc import free_port, wait_ready
 from services.api.app import create_app
-from tests.faults import PrivatePostgres
+from tests.faults import PrivatePostgres, PrivateRedis
 from tests.support import DENORM, cli_env, one
 from tests.test_api import auth
 
@@ -467,3 +467,54 @@ def test_the_api_serves_as_a_role_that_cannot_change_the_schema(
     with psycopg.connect(seeded_url, autocommit=True) as owner:  # roles are the cluster's: leave none
         owner.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
     admin_conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+# --- rate limits --------------------------------------------------------------------------------
+
+LIMITED = {"API_RATE_WRITES_PER_TOKEN": "5/minute", "API_RATE_WRITES_PER_ADDRESS": "8/minute",
+           "API_RATE_SEARCH_MISSES_PER_TOKEN": "1000/second",
+           "API_RATE_SEARCH_MISSES_PER_ADDRESS": "6/minute"}  # fmt: skip
+
+
+def start_api(url: str, settings: Settings, redis_url: str, **extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = cli_env(DATABASE_URL=url, REDIS_URL=redis_url, REDIS_KEY_PREFIX=settings.redis_key_prefix,
+                  API_ACCESS_LOG="false", LOG_LEVEL="ERROR", REDIS_BREAKER_COOLDOWN_MS="60000", **extra)  # fmt: skip
+    proc = subprocess.Popen([*DENORM, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(base, proc)
+    return proc, base
+
+
+def test_writes_and_search_misses_past_their_limits_get_429_shared_across_processes_and_without_redis(
+    seeded_url: str, settings: Settings, conn: Connection, private_redis: PrivateRedis
+) -> None:
+    """Two API processes share the limits through Redis; with Redis gone, each still holds them."""
+    procs = [start_api(seeded_url, settings, private_redis.url, **LIMITED) for _ in range(2)]
+    token, other = mint_token(3, settings.jwt_secret), mint_token(4, settings.jwt_secret)
+    message = ("POST", "/api/messages", {"recipient_id": 5, "body": "hi"})
+    try:
+        with requests.Session() as session:
+            before = one(conn, "SELECT count(*) FROM messages")
+            answers = [probe(session, procs[i % 2][1], token, message) for i in range(8)]
+            assert [a[0] for a in answers] == [201] * 5 + [429] * 3  # per token, across both processes
+            assert all(a[2] == "60" for a in answers[5:])  # Retry-After: the window
+            assert one(conn, "SELECT count(*) FROM messages") == before + 5
+            # Another token from the same address: its own 5 would pass, but the address allows 8.
+            assert [probe(session, procs[0][1], other, message)[0] for _ in range(4)] == [201, 201, 201, 429]
+            # Search misses per address: new queries miss the answer cache; a repeat is a hit.
+            misses = [probe(session, procs[i % 2][1], token, ("GET", f"/api/search?q=redis{i}"))[0] for i in range(8)]
+            assert misses == [200] * 6 + [429] * 2
+            assert probe(session, procs[0][1], token, ("GET", "/api/search?q=redis0"))[0] == 200  # cached
+            # Redis gone: each process counts on its own, and still refuses past the limit.
+            private_redis.stop()
+            lone, base = start_api(seeded_url, settings, private_redis.url, **LIMITED)
+            procs.append((lone, base))
+            third = mint_token(6, settings.jwt_secret)
+            assert [probe(session, base, third, ("PUT", f"/api/projects/{p}/upvote"))[0]
+                    for p in range(10, 18)] == [200] * 5 + [429] * 3  # fmt: skip
+    finally:
+        for proc, _ in procs:
+            proc.terminate()
+            proc.wait(timeout=15)

@@ -28,6 +28,7 @@ from services.api.fastpath import FastReads, FastStats, reads_of
 from services.api.front import Front
 from services.api.gcwatch import GcPauses
 from services.api.models import Health, Readiness
+from services.api.ratelimit import RateLimits
 from services.api.responses import JSONBytes
 from services.api.routes import projects, reads, social
 
@@ -113,7 +114,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cache = UserCache(client, settings.redis_key_prefix, settings.redis_set_ttl_seconds, breaker)
         search_cache = AnswerCache(settings.api_search_cache_seconds, settings.api_search_cache_entries)
         tokens = TokenVerifier(settings.jwt_secret, test_secret=settings.jwt_test_secret)
-        app.state.services = Services(settings, write_pool, read_pool, reads, cache, search_cache, tokens)
+        limits = RateLimits(settings, client, breaker)
+        app.state.services = Services(settings, write_pool, read_pool, reads, cache, search_cache, tokens, limits)
         gc_pauses.install()
         try:
             yield
@@ -157,7 +159,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stack = FastReads(stack, direct_reads, services=lambda: getattr(app.state, "services", None), stats=fast)
         # outermost: sees both
         return Front(stack, histogram=histogram, access_log=settings.api_access_log,
-                     body_timeout_s=settings.api_body_timeout_ms / 1000)  # fmt: skip
+                     body_timeout_s=settings.api_body_timeout_ms / 1000, limits=rate_limits)  # fmt: skip
+
+    def rate_limits() -> RateLimits | None:
+        svc: Services | None = getattr(app.state, "services", None)
+        return svc.limits if svc is not None else None
 
     app.front = front
 

@@ -15,6 +15,7 @@ from denorm.pgpipe import PipelinedReads
 from denorm.usercache import UserCache
 from services.api.answercache import AnswerCache
 from services.api.errors import ApiError
+from services.api.ratelimit import RateLimits
 
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
@@ -28,6 +29,7 @@ class Services:
     cache: UserCache
     search_cache: AnswerCache
     tokens: TokenVerifier
+    limits: RateLimits
 
 
 async def services(request: Request) -> Services:

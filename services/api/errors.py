@@ -26,19 +26,28 @@ class ErrorResponse(BaseModel):
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, details: Any = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.details = details
+        self.retry_after = retry_after
+
+    def response(self) -> JSONBytes:
+        return error_response(self.status, self.code, self.message, self.details, self.retry_after)
 
 
-RETRY_AFTER_S = 1  # what a 503 or a 429 tells the client to wait before trying again
+RETRY_AFTER_S = 1  # what a 503 or a 429 tells the client to wait before trying again, unless it says
 
 
-def error_response(status: int, code: str, message: str, details: Any = None) -> JSONBytes:
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else None
+def error_response(
+    status: int, code: str, message: str, details: Any = None, retry_after: int | None = None
+) -> JSONBytes:
+    wait = retry_after if retry_after is not None else RETRY_AFTER_S
+    headers = {"Retry-After": str(wait)} if status in (429, 503) else None
     return JSONBytes(
         {"error": {"code": code, "message": message, "details": details}}, status_code=status, headers=headers
     )
@@ -70,7 +79,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONBytes:
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        return exc.response()
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONBytes:

@@ -243,7 +243,7 @@ class FastReads:
         try:
             body = await read.body(svc, **args)
         except ApiError as exc:
-            await error_response(exc.status, exc.code, exc.message, exc.details)(scope, receive, send)
+            await exc.response()(scope, receive, send)
             return
         except Exception as exc:  # this path is outside FastAPI's error handling: answer as it would
             log.error("unhandled error", path=path, error=repr(exc))

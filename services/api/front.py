@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import Histogram
@@ -19,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from denorm.logs import get_logger
 from services.api import errors
+from services.api.ratelimit import CALLER, RateLimits, caller_of
 
 log = get_logger("denorm.api")
 MAX_BODY_BYTES = 64 * 1024
@@ -28,6 +30,13 @@ _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS"})  # the reads: their body, if an
 
 class _TooLarge(Exception):
     pass
+
+
+def _bearer(scope: Scope) -> str | None:
+    header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+    if header is None or header[:7].lower() != b"bearer ":
+        return None
+    return header[7:].strip().decode("latin-1") or None
 
 
 async def read_body(receive: Receive) -> tuple[bytes, bool]:
@@ -48,11 +57,19 @@ async def read_body(receive: Receive) -> tuple[bytes, bool]:
 
 
 class Front:
-    def __init__(self, app: ASGIApp, histogram: Histogram, access_log: bool, body_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        histogram: Histogram,
+        access_log: bool,
+        body_timeout_s: float = 10.0,
+        limits: Callable[[], RateLimits | None] = lambda: None,
+    ) -> None:
         self.app = app
         self.histogram = histogram
         self.access_log = access_log
         self.body_timeout_s = body_timeout_s
+        self.limits = limits
         # Labelled children, by (method, route, status): Histogram.labels() validates and locks on
         # every call, which showed up in profiles of the hot reads. Routes are templates, so the
         # number of children stays bounded.
@@ -79,7 +96,19 @@ class Front:
                 status = int(message["status"])
             await send(message)
 
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        token = _bearer(scope)
+        client = scope.get("client")
+        CALLER.set(caller_of(token, client[0] if client else None))
+        limited = None
+        if scope["method"] not in _NO_BODY and (limits := self.limits()) is not None:
+            try:
+                await limits.check("writes")
+            except errors.ApiError as exc:
+                limited = exc
+        if limited is not None:
+            await limited.response()(scope, receive, send)
+            status = limited.status
+        elif length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             await errors.error_response(413, "payload_too_large", _TOO_LARGE)(scope, receive, send)
             status = 413
         elif scope["method"] in _NO_BODY:

@@ -114,7 +114,12 @@ async def search_body(
               "after_id": after_id}  # fmt: skip
     params = {"q": q, "doc_type": doc_type, "limit": limit, **cursor}
     key = (q, type, limit, after_tier, after_popularity, after_type, after_id)
-    return await svc.search_cache.get(key, lambda: json_of_pool(svc.read_pool, "search", params))
+
+    async def miss() -> bytes:  # a search the answer cache does not have: rate-limited, then computed
+        await svc.limits.check("search_misses")
+        return await json_of_pool(svc.read_pool, "search", params)
+
+    return await svc.search_cache.get(key, miss)
 
 
 @router.get("/api/search", tags=["search"], response_model=SearchResults, response_class=JSONBytes)
