@@ -10,6 +10,7 @@ variable: the search's miss, computed later in a task of the answer cache, still
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -71,15 +72,18 @@ class RateLimits:
         self.stats = RateLimitStats()
 
     async def check(self, kind: str, caller: tuple[tuple[str, str], ...] | None = None) -> None:
-        """Count one `kind` for the caller (the current request's by default); ApiError 429 over a limit."""
-        for scope, identity in caller if caller is not None else CALLER.get():
-            for item in self.rules[kind][scope]:
-                if not await self._hit(item, kind, scope, identity):
-                    self.stats.limited[kind] += 1
-                    raise ApiError(
-                        429, "too_many_requests", f"{kind.replace('_', ' ')} are limited to {item} per {scope}",
-                        retry_after=item.get_expiry(),
-                    )  # fmt: skip
+        """Count one `kind` for the caller (the current request's by default); ApiError 429 over a
+        limit. Every limit is counted at once (concurrent round trips to Redis, not one after another)."""
+        checks = [(scope, item, identity) for scope, identity in (caller if caller is not None else CALLER.get())
+                  for item in self.rules[kind][scope]]  # fmt: skip
+        allowed = await asyncio.gather(*(self._hit(item, kind, scope, identity) for scope, item, identity in checks))
+        for (scope, item, _), ok in zip(checks, allowed, strict=True):
+            if not ok:
+                self.stats.limited[kind] += 1
+                raise ApiError(
+                    429, "too_many_requests", f"{kind.replace('_', ' ')} are limited to {item} per {scope}",
+                    retry_after=item.get_expiry(),
+                )  # fmt: skip
 
     async def _hit(self, item: RateLimitItem, *identifiers: str) -> bool:
         if self.breaker.allow():
