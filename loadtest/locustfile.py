@@ -285,7 +285,8 @@ class Member(Browsing):
             return
         item = self.a_project_on_the_page()
         body = {"target_id": target, "project_id": item["id"] if item else None, "message": "Could you introduce me?"}
-        created = self.send("POST", "/api/intro-requests", "/api/intro-requests", body, 201)
+        # 409: this member already has a pending request of ours about it (one is allowed).
+        created = self.send("POST", "/api/intro-requests", "/api/intro-requests", body, 201, expected=(409,))
         if created is not None:
             CATALOG.deliver_intro(target, int(created["id"]))
 
