@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from denorm.logs import get_logger
 from services.api import errors
-from services.api.ratelimit import CALLER, RateLimits, caller_of
+from services.api.ratelimit import CALLER, RateLimits
 
 log = get_logger("denorm.api")
 MAX_BODY_BYTES = 64 * 1024
@@ -96,9 +96,8 @@ class Front:
                 status = int(message["status"])
             await send(message)
 
-        token = _bearer(scope)
         client = scope.get("client")
-        CALLER.set(caller_of(token, client[0] if client else None))
+        CALLER.set((_bearer(scope), client[0] if client else None))
         limited = None
         if scope["method"] not in _NO_BODY and (limits := self.limits()) is not None:
             try:

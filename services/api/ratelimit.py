@@ -29,8 +29,9 @@ from services.api.errors import ApiError
 
 log = get_logger("denorm.api.ratelimit")
 
-# Who is asking: ("token", digest) when the request carries a bearer token, and ("address", ip).
-CALLER: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("caller", default=())
+# Who is asking: the request's bearer token and client address, as the front door saw them (the
+# identities are worked out only when a limit is checked: most requests are reads that never are).
+CALLER: ContextVar[tuple[str | None, str | None]] = ContextVar("caller", default=(None, None))
 
 
 def caller_of(token: str | None, address: str | None) -> tuple[tuple[str, str], ...]:
@@ -74,8 +75,8 @@ class RateLimits:
     async def check(self, kind: str, caller: tuple[tuple[str, str], ...] | None = None) -> None:
         """Count one `kind` for the caller (the current request's by default); ApiError 429 over a
         limit. Every limit is counted at once (concurrent round trips to Redis, not one after another)."""
-        checks = [(scope, item, identity) for scope, identity in (caller if caller is not None else CALLER.get())
-                  for item in self.rules[kind][scope]]  # fmt: skip
+        ids = caller if caller is not None else caller_of(*CALLER.get())
+        checks = [(scope, item, identity) for scope, identity in ids for item in self.rules[kind][scope]]
         allowed = await asyncio.gather(*(self._hit(item, kind, scope, identity) for scope, item, identity in checks))
         for (scope, item, _), ok in zip(checks, allowed, strict=True):
             if not ok:
