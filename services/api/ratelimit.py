@@ -28,6 +28,9 @@ from denorm.usercache import Breaker
 from services.api.errors import ApiError
 
 log = get_logger("denorm.api.ratelimit")
+# A limit check never holds a request longer than this, whatever REDIS_TIMEOUT_MS allows the
+# upvote sets: past it, the check counts per process (and the Redis breaker hears of it).
+MAX_WAIT_S = 0.1
 
 # Who is asking: the request's bearer token and client address, as the front door saw them (the
 # identities are worked out only when a limit is checked: most requests are reads that never are).
@@ -64,6 +67,7 @@ class RateLimits:
         )
         self.local = FixedWindowRateLimiter(MemoryStorage())
         self.breaker = breaker  # the Redis breaker the upvote sets use: one view of Redis's health
+        self.wait_s = min(settings.redis_timeout_ms / 1000, MAX_WAIT_S)
         self.rules: dict[str, dict[str, list[RateLimitItem]]] = {
             "writes": {"token": parse_many(settings.api_rate_writes_per_token),
                        "address": parse_many(settings.api_rate_writes_per_address)},
@@ -89,8 +93,8 @@ class RateLimits:
     async def _hit(self, item: RateLimitItem, *identifiers: str) -> bool:
         if self.breaker.allow():
             try:
-                allowed = await self.shared.hit(item, *identifiers)
-            except (StorageError, RedisError, OSError) as exc:
+                allowed = await asyncio.wait_for(self.shared.hit(item, *identifiers), self.wait_s)
+            except (StorageError, RedisError, OSError, TimeoutError) as exc:
                 self.breaker.failure()
                 log.warning("rate limits counted per process: redis failed", error=type(exc).__name__)
             else:
