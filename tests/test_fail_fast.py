@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import socket
@@ -32,6 +33,30 @@ from tests.support import DENORM, cli_env, one
 from tests.test_api import auth
 
 Connection = psycopg.Connection[Any]
+
+
+@contextlib.contextmanager
+def api_process(url: str, settings: Settings, **env: str) -> Iterator[str]:
+    """`denorm api` as a process on `url` (with this test's Redis key space and `env`), ready; its
+    base URL. Stopped on the way out."""
+    port = free_port()
+    environment = cli_env(DATABASE_URL=url, REDIS_KEY_PREFIX=settings.redis_key_prefix, API_ACCESS_LOG="false",
+                          LOG_LEVEL="ERROR", **env)  # fmt: skip
+    proc = subprocess.Popen([*DENORM, "api", "--port", str(port)], env=environment, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, proc)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def in_process(settings: Settings) -> TestClient:
+    """The app in this process, without its access log."""
+    return TestClient(create_app(settings.model_copy(update={"api_access_log": False})))
+
 
 # --- secrets ------------------------------------------------------------------------------------
 
@@ -94,7 +119,7 @@ def test_lone_surrogates_and_nul_anywhere_in_a_body_are_a_422_and_write_nothing(
     seeded_url: str, settings: Settings, conn: Connection
 ) -> None:
     before = one(conn, WRITTEN)
-    with TestClient(create_app(settings.model_copy(update={"api_access_log": False}))) as client:
+    with in_process(settings) as client:
         for method, path, raw in BAD_BODIES:
             response = client.request(method, path, content=raw.encode(), headers={
                 **auth(settings, 3), "content-type": "application/json"})  # fmt: skip
@@ -114,7 +139,7 @@ def test_a_token_whose_subject_is_not_an_id_is_a_401_on_every_path(
     seeded_url: str, settings: Settings, method: str, route: str
 ) -> None:
     """The direct read path (the GETs) and FastAPI's (the PUT) parse the subject alike."""
-    with TestClient(create_app(settings.model_copy(update={"api_access_log": False}))) as client:
+    with in_process(settings) as client:
         for sub in BAD_SUBJECTS:
             token = jwt.encode({"sub": sub, "exp": int(time.time()) + 600}, settings.jwt_secret, algorithm="HS256")
             response = client.request(method, route, headers={"Authorization": f"Bearer {token}"})
@@ -127,17 +152,8 @@ def test_a_token_whose_subject_is_not_an_id_is_a_401_on_every_path(
 
 @pytest.fixture
 def api_url(seeded_url: str, settings: Settings) -> Iterator[str]:
-    port = free_port()
-    env = cli_env(DATABASE_URL=seeded_url, REDIS_KEY_PREFIX=settings.redis_key_prefix, API_ACCESS_LOG="false",
-                  API_BODY_TIMEOUT_MS="500", LOG_LEVEL="WARNING")  # fmt: skip
-    proc = subprocess.Popen([*DENORM, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", proc)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+    with api_process(seeded_url, settings, API_BODY_TIMEOUT_MS="500") as base:
+        yield base.removeprefix("http://")
 
 
 def raw_request(address: str, head: str, body_parts: list[bytes], pause_s: float = 0.0) -> tuple[int, float]:
@@ -253,74 +269,57 @@ def test_a_stopped_postgres_is_a_quick_503_on_every_route_and_every_route_recove
     ensure_database(url)
     migrate(url, echo=lambda _m: None)
     seed(url, SCALES["tiny"], seed=16)
-    port = free_port()
-    env = cli_env(DATABASE_URL=url, REDIS_KEY_PREFIX=settings.redis_key_prefix, API_ACCESS_LOG="false",
-                  LOG_LEVEL="ERROR", DB_POOL_TIMEOUT_MS="1000")  # fmt: skip
-    proc = subprocess.Popen([*DENORM, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    base, token, session = f"http://127.0.0.1:{port}", mint_token(3, settings.jwt_secret), requests.Session()
+    token = mint_token(3, settings.jwt_secret)
     statuses: list[int] = []
     stop = threading.Event()
 
-    def load() -> None:  # requests all along, on every route: none may be a 5xx other than 503
+    def load(base: str) -> None:  # requests all along, on every route: none may be a 5xx other than 503
         rng = random.Random(1)
         with requests.Session() as own:
             while not stop.is_set():
                 statuses.append(probe(own, base, token, rng.choice(PROBES))[0])
 
-    try:
-        wait_ready(base, proc)
+    with api_process(url, settings, DB_POOL_TIMEOUT_MS="1000") as base, requests.Session() as session:
         for spec in PROBES:
             assert probe(session, base, token, spec)[0] < 500, spec
-        loader = threading.Thread(target=load)
-        loader.start()
-        private_postgres.stop()
-        for i, (method, path, *body) in enumerate(PROBES):
-            spec = (method, str(path).replace("q=redis", f"q=redis{i}"), *body)  # not an answer cached before
-            status, seconds, retry_after = probe(session, base, token, spec)
-            assert (status, retry_after) == (503, "1"), spec
-            assert seconds < 1.5, (spec, seconds)
-        private_postgres.start()
-        deadline = time.monotonic() + 15
-        pending = list(PROBES)
-        while pending:  # every route recovers by itself
-            assert time.monotonic() < deadline, pending
-            pending = [spec for spec in pending if probe(session, base, token, spec)[0] >= 500]
-            time.sleep(0.2)
-        stop.set()
-        loader.join()
-        assert statuses and {s for s in statuses if s >= 500} <= {503}, sorted(set(statuses))
-    finally:
-        stop.set()
-        proc.terminate()
-        proc.wait(timeout=15)
-        session.close()
+        loader = threading.Thread(target=load, args=(base,))
+        try:
+            loader.start()
+            private_postgres.stop()
+            for i, (method, path, *body) in enumerate(PROBES):
+                spec = (method, str(path).replace("q=redis", f"q=redis{i}"), *body)  # not an answer cached before
+                status, seconds, retry_after = probe(session, base, token, spec)
+                assert (status, retry_after) == (503, "1"), spec
+                assert seconds < 1.5, (spec, seconds)
+            private_postgres.start()
+            deadline = time.monotonic() + 15
+            pending = list(PROBES)
+            while pending:  # every route recovers by itself
+                assert time.monotonic() < deadline, pending
+                pending = [spec for spec in pending if probe(session, base, token, spec)[0] >= 500]
+                time.sleep(0.2)
+            stop.set()
+            loader.join()
+            assert statuses and {s for s in statuses if s >= 500} <= {503}, sorted(set(statuses))
+        finally:
+            stop.set()  # the loader stops, whatever failed
 
 
 def test_an_exhausted_pool_is_a_quick_503(seeded_url: str, settings: Settings, conn: Connection) -> None:
     """Both pooled connections held by upvotes waiting on a lock: a third request that needs the
     pool answers 503 after DB_POOL_TIMEOUT_MS, not after the pool's default 30 s."""
-    port = free_port()
-    env = cli_env(DATABASE_URL=seeded_url, REDIS_KEY_PREFIX=settings.redis_key_prefix, API_ACCESS_LOG="false",
-                  LOG_LEVEL="ERROR", DB_POOL_MIN_SIZE="2", DB_POOL_MAX_SIZE="2", DB_POOL_TIMEOUT_MS="1000")  # fmt: skip
-    proc = subprocess.Popen([*DENORM, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    base, token = f"http://127.0.0.1:{port}", mint_token(3, settings.jwt_secret)
-    try:
-        wait_ready(base, proc)
-        with conn.transaction():
-            conn.execute("LOCK TABLE project_upvotes IN ACCESS EXCLUSIVE MODE")
-            with ThreadPoolExecutor(2) as pool:
-                held = [pool.submit(probe, requests.Session(), base, token, ("PUT", f"/api/projects/{p}/upvote"))
-                        for p in (5, 6)]  # fmt: skip
-                time.sleep(0.3)  # both are waiting for the lock, each on a pooled connection
-                status, seconds, retry_after = probe(requests.Session(), base, token, ("GET", "/api/search?q=zzqx"))
-                assert (status, retry_after) == (503, "1")
-                assert seconds < 1.5
-                assert [f.result()[0] for f in held] == [503, 503]  # the lock wait is bounded too
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+    token = mint_token(3, settings.jwt_secret)
+    pool_of_two = {"DB_POOL_MIN_SIZE": "2", "DB_POOL_MAX_SIZE": "2", "DB_POOL_TIMEOUT_MS": "1000"}
+    with api_process(seeded_url, settings, **pool_of_two) as base, conn.transaction():
+        conn.execute("LOCK TABLE project_upvotes IN ACCESS EXCLUSIVE MODE")
+        with ThreadPoolExecutor(2) as pool:
+            held = [pool.submit(probe, requests.Session(), base, token, ("PUT", f"/api/projects/{p}/upvote"))
+                    for p in (5, 6)]  # fmt: skip
+            time.sleep(0.3)  # both are waiting for the lock, each on a pooled connection
+            status, seconds, retry_after = probe(requests.Session(), base, token, ("GET", "/api/search?q=zzqx"))
+            assert (status, retry_after) == (503, "1")
+            assert seconds < 1.5
+            assert [f.result()[0] for f in held] == [503, 503]  # the lock wait is bounded too
 
 
 # --- no busy loop -------------------------------------------------------------------------------
@@ -378,7 +377,7 @@ def test_only_members_write_in_a_chains_forum(seeded_url: str, settings: Setting
     thread = one(conn, "SELECT min(id) FROM forum_threads WHERE chain_id = %s", chain)
     before = one(conn, WRITTEN)
     me = auth(settings, outsider)
-    with TestClient(create_app(settings.model_copy(update={"api_access_log": False}))) as client:
+    with in_process(settings) as client:
         assert client.post(f"/api/chains/{slug}/threads", json={"title": "t"}, headers=me).status_code == 403
         assert client.post(f"/api/threads/{thread}/posts", json={"body": "b"}, headers=me).status_code == 403
         assert client.post("/api/chains/no-such-chain/threads", json={"title": "t"}, headers=me).status_code == 404
@@ -393,7 +392,7 @@ def test_a_duplicate_pending_intro_request_is_a_409_that_writes_nothing(
     seeded_url: str, settings: Settings, conn: Connection
 ) -> None:
     me = auth(settings, 3)
-    with TestClient(create_app(settings.model_copy(update={"api_access_log": False}))) as client:
+    with in_process(settings) as client:
         for project in (None, 7):
             body = {"target_id": 150, "project_id": project, "message": "hello"}
             first = client.post("/api/intro-requests", json=body, headers=me)
@@ -439,25 +438,15 @@ def test_the_api_serves_as_a_role_that_cannot_change_the_schema(
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     as_role = psycopg.conninfo.make_conninfo(seeded_url, user=role)
-    port = free_port()
-    env = cli_env(DATABASE_URL=as_role, REDIS_KEY_PREFIX=settings.redis_key_prefix, API_ACCESS_LOG="false",
-                  LOG_LEVEL="ERROR")  # fmt: skip
-    proc = subprocess.Popen([*DENORM, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    base, token = f"http://127.0.0.1:{port}", mint_token(3, settings.jwt_secret)
-    try:
-        wait_ready(base, proc)
-        with requests.Session() as session:
-            for spec, ok in ((("PUT", "/api/projects/5/upvote"), 200), (("DELETE", "/api/projects/5/upvote"), 200),
-                             (("POST", "/api/messages", {"recipient_id": 4, "body": "hi"}), 201),
-                             (("POST", "/api/projects", {"title": "t", "tags": ["x"]}), 201),
-                             (("PUT", f"/api/chains/{slug}/membership"), 200),
-                             (("GET", "/api/projects"), 200), (("GET", "/api/search?q=redis"), 200),
-                             (("GET", "/api/users/dashboard"), 200)):  # fmt: skip
-                assert probe(session, base, token, spec)[0] == ok, spec
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+    token = mint_token(3, settings.jwt_secret)
+    with api_process(as_role, settings) as base, requests.Session() as session:
+        for spec, ok in ((("PUT", "/api/projects/5/upvote"), 200), (("DELETE", "/api/projects/5/upvote"), 200),
+                         (("POST", "/api/messages", {"recipient_id": 4, "body": "hi"}), 201),
+                         (("POST", "/api/projects", {"title": "t", "tags": ["x"]}), 201),
+                         (("PUT", f"/api/chains/{slug}/membership"), 200),
+                         (("GET", "/api/projects"), 200), (("GET", "/api/search?q=redis"), 200),
+                         (("GET", "/api/users/dashboard"), 200)):  # fmt: skip
+            assert probe(session, base, token, spec)[0] == ok, spec
     with psycopg.connect(as_role, autocommit=True) as conn:
         for statement in ("CREATE TABLE intruder (id int)", "ALTER TABLE projects ADD COLUMN z int",
                           "DROP TABLE messages", "TRUNCATE project_upvotes", "DROP FUNCTION upvote_set",
@@ -476,46 +465,30 @@ LIMITED = {"API_RATE_WRITES_PER_TOKEN": "5/minute", "API_RATE_WRITES_PER_ADDRESS
            "API_RATE_SEARCH_MISSES_PER_ADDRESS": "6/minute"}  # fmt: skip
 
 
-def start_api(url: str, settings: Settings, redis_url: str, **extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = cli_env(DATABASE_URL=url, REDIS_URL=redis_url, REDIS_KEY_PREFIX=settings.redis_key_prefix,
-                  API_ACCESS_LOG="false", LOG_LEVEL="ERROR", REDIS_BREAKER_COOLDOWN_MS="60000", **extra)  # fmt: skip
-    proc = subprocess.Popen([*DENORM, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    wait_ready(base, proc)
-    return proc, base
-
-
 def test_writes_and_search_misses_past_their_limits_get_429_shared_across_processes_and_without_redis(
     seeded_url: str, settings: Settings, conn: Connection, private_redis: PrivateRedis
 ) -> None:
     """Two API processes share the limits through Redis; with Redis gone, each still holds them."""
-    procs = [start_api(seeded_url, settings, private_redis.url, **LIMITED) for _ in range(2)]
+    limited = {**LIMITED, "REDIS_URL": private_redis.url, "REDIS_BREAKER_COOLDOWN_MS": "60000"}
     token, other = mint_token(3, settings.jwt_secret), mint_token(4, settings.jwt_secret)
     message = ("POST", "/api/messages", {"recipient_id": 5, "body": "hi"})
-    try:
-        with requests.Session() as session:
-            before = one(conn, "SELECT count(*) FROM messages")
-            assert [probe(session, procs[0][1], other, message)[0] for _ in range(3)] == [201] * 3
-            answers = [probe(session, procs[i % 2][1], token, message) for i in range(8)]
-            assert [a[0] for a in answers] == [201] * 5 + [429] * 3  # per token, across both processes
-            assert all(a[2] == "60" for a in answers[5:])  # Retry-After: the window
-            assert one(conn, "SELECT count(*) FROM messages") == before + 8
-            # The other token has writes left, but the address has used its 8 (refused ones count).
-            assert probe(session, procs[1][1], other, message)[0] == 429
-            # Search misses per address: new queries miss the answer cache; a repeat is a hit.
-            misses = [probe(session, procs[i % 2][1], token, ("GET", f"/api/search?q=redis{i}"))[0] for i in range(8)]
-            assert misses == [200] * 6 + [429] * 2
-            assert probe(session, procs[0][1], token, ("GET", "/api/search?q=redis0"))[0] == 200  # cached
-            # Redis gone: each process counts on its own, and still refuses past the limit.
-            private_redis.stop()
-            lone, base = start_api(seeded_url, settings, private_redis.url, **LIMITED)
-            procs.append((lone, base))
-            third = mint_token(6, settings.jwt_secret)
-            assert [probe(session, base, third, ("PUT", f"/api/projects/{p}/upvote"))[0]
-                    for p in range(10, 18)] == [200] * 5 + [429] * 3  # fmt: skip
-    finally:
-        for proc, _ in procs:
-            proc.terminate()
-            proc.wait(timeout=15)
+    with contextlib.ExitStack() as stack, requests.Session() as session:
+        apis = [stack.enter_context(api_process(seeded_url, settings, **limited)) for _ in range(2)]
+        before = one(conn, "SELECT count(*) FROM messages")
+        assert [probe(session, apis[0], other, message)[0] for _ in range(3)] == [201] * 3
+        answers = [probe(session, apis[i % 2], token, message) for i in range(8)]
+        assert [a[0] for a in answers] == [201] * 5 + [429] * 3  # per token, across both processes
+        assert all(a[2] == "60" for a in answers[5:])  # Retry-After: the window
+        assert one(conn, "SELECT count(*) FROM messages") == before + 8
+        # The other token has writes left, but the address has used its 8 (refused ones count).
+        assert probe(session, apis[1], other, message)[0] == 429
+        # Search misses per address: new queries miss the answer cache; a repeat is a hit.
+        misses = [probe(session, apis[i % 2], token, ("GET", f"/api/search?q=redis{i}"))[0] for i in range(8)]
+        assert misses == [200] * 6 + [429] * 2
+        assert probe(session, apis[0], token, ("GET", "/api/search?q=redis0"))[0] == 200  # cached
+        # Redis gone: each process counts on its own, and still refuses past the limit.
+        private_redis.stop()
+        lone = stack.enter_context(api_process(seeded_url, settings, **limited))
+        third = mint_token(6, settings.jwt_secret)
+        assert [probe(session, lone, third, ("PUT", f"/api/projects/{p}/upvote"))[0]
+                for p in range(10, 18)] == [200] * 5 + [429] * 3  # fmt: skip
