@@ -1,31 +1,43 @@
-"""The Redis client every service shares, with short timeouts so that a slow Redis cannot stall a request."""
+"""The Redis clients the services share, with short timeouts so that a slow Redis cannot stall a request."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError
+from redis.retry import Retry
 
-
-def redis_retry() -> Retry:
-    """One immediate retry, on a fresh connection, of a command whose connection was found dead (a
-    pooled connection to a Redis that restarted). Not on a timeout: a slow Redis counts as down, and
-    the breaker, not a retry, answers that. (redis-py's default is ten retries with backoff, on
-    timeouts too: seconds per call against a stalled Redis.)"""
-    return Retry(NoBackoff(), 1, supported_errors=(ConnectionError,))
+# One immediate retry, on a fresh connection, of a command whose connection was found dead (a
+# pooled connection to a Redis that restarted). Not on a timeout: a slow Redis counts as down, and
+# the breaker, not a retry, answers that. (redis-py's default is ten retries with backoff, on
+# timeouts too: seconds per call against a stalled Redis.)
+RETRIES = 1
+RETRY_ON = (ConnectionError,)
 
 
 def open_redis(url: str, timeout_seconds: float = 0.05) -> aioredis.Redis:
+    """The asyncio client (the API)."""
     return aioredis.Redis.from_url(
         url,
         socket_timeout=timeout_seconds,
         socket_connect_timeout=timeout_seconds,
         health_check_interval=0,
-        retry=redis_retry(),
+        retry=AsyncRetry(NoBackoff(), RETRIES, supported_errors=RETRY_ON),
+    )
+
+
+def open_sync_redis(url: str, timeout_seconds: float) -> redis.Redis:
+    """The synchronous client (the refresher's drain of the upvote-set marks), retrying alike."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout_seconds,
+        socket_connect_timeout=timeout_seconds,
+        retry=Retry(NoBackoff(), RETRIES, supported_errors=RETRY_ON),
     )
 
 

@@ -19,26 +19,15 @@ from typing import Any
 
 import psycopg
 import redis
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError, RedisError
-from redis.retry import Retry
+from redis.exceptions import RedisError
 
+from denorm.cache import open_sync_redis
 from denorm.config import Settings
 from denorm.logs import get_logger
 from denorm.sql import query
 from denorm.usercache import drop_sets
 
 log = get_logger("denorm.refresher.invalidator")
-
-
-def open_sync_redis(settings: Settings) -> redis.Redis:
-    timeout = settings.refresher_redis_timeout_ms / 1000
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),  # as denorm.cache.redis_retry
-    )
 
 
 @dataclass
@@ -51,7 +40,7 @@ class Drained:
 class Invalidator:
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
         self.settings = settings
-        self.client = client or open_sync_redis(settings)
+        self.client = client or open_sync_redis(settings.redis_url, settings.refresher_redis_timeout_ms / 1000)
         self.failing = False  # Redis refused the last drain: logged once per episode
 
     def drain_once(self, conn: psycopg.Connection[Any]) -> Drained | None:
