@@ -163,6 +163,19 @@ def test_a_dry_run_changes_nothing(seeded_url: str, conn: Connection, rsettings:
     assert conn.execute("SELECT count(*) FROM project_counter_deltas").fetchone() == before
 
 
+def test_a_counter_edited_by_hand_is_repaired_and_its_owners_total_stays_right(
+    seeded_url: str, conn: Connection, rsettings: Settings
+) -> None:
+    """The user leaderboard adds folded votes to the owners' totals, and a counter's repair folds as a
+    correction: added to a total that was right, it would make it wrong. The repair marks the owner,
+    whose total is summed again from the repaired counters."""
+    settle(conn)
+    conn.execute("UPDATE project_counters_base SET upvote_count = upvote_count + 3 WHERE project_id = 5")
+    assert found(reconcile(rsettings, repair=True), "project_counters") == {"different": [5]}
+    settle(conn)
+    assert drifted(conn) == {}
+
+
 def test_repair_under_concurrent_writers_loses_no_write(
     database_url: str, conn: Connection, settings: Settings
 ) -> None:

@@ -26,6 +26,15 @@ ALTER TABLE project_counter_deltas SET (autovacuum_vacuum_scale_factor = 0, auto
                                         autovacuum_vacuum_insert_scale_factor = 0,
                                         autovacuum_vacuum_insert_threshold = 5000);
 
+-- The upvotes a fold moved into the base, per project, for the steps after it that keep sums of
+-- the counts (the user leaderboard adds them to each owner's total, rather than summing an owner's
+-- projects again). Written and consumed within one fold's transaction, so it is empty between folds;
+-- unlogged, since nothing of it outlives that transaction.
+CREATE UNLOGGED TABLE project_upvote_moves (
+    project_id bigint NOT NULL,
+    upvotes    bigint NOT NULL
+);
+
 -- The truth, from the source tables alone. Scalar subqueries, so that a filter on project_id
 -- reaches the scan of projects (the reconciler reads a key range at a time) and a reader of one
 -- column computes only that one.
@@ -115,6 +124,10 @@ BEGIN
         SET upvote_count = b.upvote_count + a.u, comment_count = b.comment_count + a.c,
             updated_at = greatest(b.updated_at, a.t)
         FROM agg a WHERE b.project_id = a.project_id
+        RETURNING b.project_id, a.u
+    ), moves AS (
+        -- Only what reached a base row: the sums kept over the base must match it.
+        INSERT INTO project_upvote_moves (project_id, upvotes) SELECT project_id, u FROM upd WHERE u <> 0
     )
     SELECT count(*), coalesce(sum(n), 0), coalesce(array_agg(project_id), '{}')
     INTO keys_folded, deltas_folded, touched_projects FROM agg;
@@ -147,10 +160,17 @@ BEGIN
         RETURNING b.project_id
     )
     DELETE FROM project_counter_deltas d USING gone WHERE d.project_id = gone.project_id;
-    INSERT INTO project_counter_deltas (project_id, upvotes, comments)
-    SELECT m.project_id, t.upvote_count - m.upvote_count, t.comment_count - m.comment_count
-    FROM project_counters m
-    JOIN project_counters_truth t ON t.project_id = m.project_id
-    WHERE m.project_id = ANY (keys) AND t.project_id = ANY (keys)
-      AND (t.upvote_count, t.comment_count) IS DISTINCT FROM (m.upvote_count, m.comment_count);
+    WITH corrected AS (
+        INSERT INTO project_counter_deltas (project_id, upvotes, comments)
+        SELECT m.project_id, t.upvote_count - m.upvote_count, t.comment_count - m.comment_count
+        FROM project_counters m
+        JOIN project_counters_truth t ON t.project_id = m.project_id
+        WHERE m.project_id = ANY (keys) AND t.project_id = ANY (keys)
+          AND (t.upvote_count, t.comment_count) IS DISTINCT FROM (m.upvote_count, m.comment_count)
+        RETURNING project_id
+    )
+    -- Their owners' sums are taken again from the base (a zero delta marks them): a sum kept over
+    -- a wrong count may have been right, and adding the correction to it would make it wrong.
+    INSERT INTO user_stat_deltas (user_id)
+    SELECT DISTINCT p.owner_id FROM projects p JOIN corrected c ON c.project_id = p.id;
 END $$;
