@@ -17,6 +17,7 @@ from loadtest.localproc import free_port, wait_ready
 @dataclass(frozen=True)
 class System:
     base: str  # the API's URL
+    admin: str  # its admin port's: /metrics, /api/admin/*
     api: subprocess.Popen[bytes]
     refresher: subprocess.Popen[bytes]
 
@@ -25,7 +26,7 @@ class System:
 def running_system(url: str, **env: str) -> Iterator[System]:
     """One API process and the refresher on `url`, ready once the refresher's first pass is done;
     `env` adds settings (API_UPVOTE_DURABLE="false", ...). Both are stopped on the way out."""
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     environment = {**os.environ, "DATABASE_URL": url, "JWT_SECRET": DEV_JWT_SECRET, "ENVIRONMENT": "development",
                    "API_ACCESS_LOG": "false", "API_RATE_WRITES_PER_ADDRESS": "1000000/second",
                    "API_RATE_SEARCH_MISSES_PER_ADDRESS": "1000000/second",
@@ -33,12 +34,16 @@ def running_system(url: str, **env: str) -> Iterator[System]:
                    **env}  # fmt: skip
     denorm = os.path.join(os.path.dirname(sys.executable), "denorm")
     refresher = subprocess.Popen([denorm, "refresher"], env=environment, stdout=subprocess.DEVNULL)
-    api = subprocess.Popen([denorm, "api", "--port", str(port)], env=environment, stdout=subprocess.DEVNULL)
+    api = subprocess.Popen(
+        [denorm, "api", "--port", str(port), "--admin-port", str(admin_port)],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, api)
         time.sleep(3)  # the refresher's first pass
-        yield System(base, api, refresher)
+        yield System(base, f"http://127.0.0.1:{admin_port}", api, refresher)
     finally:
         api.terminate()
         refresher.terminate()

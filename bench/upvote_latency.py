@@ -31,9 +31,9 @@ from denorm.seed import SCALES
 ROUTE = 'method="PUT",route="/api/projects/{project_id}/upvote",status="200"'
 
 
-def buckets(base: str) -> dict[str, float]:
+def buckets(admin: str) -> dict[str, float]:
     """The upvote's histogram buckets (le -> cumulative count), and its count under "count"."""
-    text = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+    text = urllib.request.urlopen(f"{admin}/metrics", timeout=5).read().decode()
     found = {m[0]: float(m[1]) for m in re.findall(r'_bucket\{le="([^"]+)",' + re.escape(ROUTE) + r"\} (\S+)", text)}
     total = re.search(r"_count\{" + re.escape(ROUTE) + r"\} (\S+)", text)
     found["count"] = float(total.group(1)) if total else 0.0
@@ -67,9 +67,9 @@ def run(url: str, durable: bool, rate: float, seconds: float, users: int) -> str
         page = json.load(urllib.request.urlopen(f"{base}/api/projects?limit=20", timeout=5))
         hot = [int(item["id"]) for item in page["items"]]
         asyncio.run(drive(base, rate, 2, users, hot))  # warm the pool's connections and plans
-        before = buckets(base)
+        before = buckets(system.admin)
         client = asyncio.run(drive(base, rate, seconds, users, hot))
-        after = buckets(base)
+        after = buckets(system.admin)
     n = after["count"] - before["count"]
     within = {le: (after.get(le, 0) - before.get(le, 0)) / n for le in ("0.0025", "0.005")}
     p50, p95 = client[len(client) // 2], client[int(len(client) * 0.95)]

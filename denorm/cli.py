@@ -46,20 +46,8 @@ def _cmd_seed(args: argparse.Namespace) -> int:
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    uvicorn.run(
-        "services.api.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        timeout_keep_alive=get_settings().api_keepalive_seconds,
-    )
-    return 0
+    serve = _by_name("services.api.serve", "serve")
+    return int(serve(args.host, args.port, args.workers, args.admin_port))
 
 
 def _by_name(module: str, function: str) -> Any:
@@ -121,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--admin-port", type=int, help="the operators' port (default: API_ADMIN_PORT, 9100)")
     p.set_defaults(handler=_cmd_api)
 
     p = sub.add_parser("refresher", help="run the materialized-view refresh worker until SIGTERM")

@@ -44,8 +44,10 @@ class Settings(BaseSettings):
     redis_breaker_cooldown_ms: int = Field(default=5000, ge=1, description="how long an open breaker skips Redis")
     api_access_log: bool = Field(default=True, description="one JSON log line per request")
     api_body_timeout_ms: int = Field(default=10_000, ge=1, description="a request body slower than this gets a 408")
+    # The metrics, /api/admin/* and the docs answer on this port only (services/api/ports.py).
+    api_admin_port: int = Field(default=9100, ge=0, le=65535, description="the operators' port of the API (0: any)")
     # The interactive docs and the OpenAPI document describe every route, operators' included: on the
-    # public port only where this says so (unset: in development and test only).
+    # public port too only where this says so (unset: in development and test only).
     api_docs: bool | None = Field(default=None, description="serve /docs, /redoc and /openapi.json")
     # Rate limits (services/api/ratelimit.py), in the `limits` notation ("10/second;120/minute"):
     # writes, and searches that miss the answer cache, per bearer token and per client address.

@@ -150,11 +150,9 @@ def collect(conn: Connection) -> int:
 
 
 def refresh_statements(view: str) -> list[sql.Composed]:
-    """What a refresh of this queue row runs: the view, then each view refreshed with it."""
-    return [
-        sql.SQL("REFRESH MATERIALIZED VIEW CONCURRENTLY {}").format(sql.Identifier(m.name))
-        for m in refreshed_with(view)
-    ]
+    """What a refresh of this queue row runs: the view, then each view refreshed with it (through
+    the owner's function, so that a role that does not own the views may run it)."""
+    return [sql.SQL("SELECT refresh_materialized_view({})").format(sql.Literal(m.name)) for m in refreshed_with(view)]
 
 
 def refresh_one(conn: Connection, timing: Timing, worker: str) -> RefreshResult | None:

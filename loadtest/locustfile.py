@@ -13,6 +13,7 @@ Environment:
     LOADTEST_TARGETS        the targets file (loadtest/targets.toml)
     LOADTEST_GATES_JSON     also write the gates' verdicts to this file
     LOADTEST_API_PROCESSES  API processes behind --host, for the server-side histogram (1)
+    LOADTEST_METRICS_URL    the API's admin port, where its /metrics answers (--host's address, port 9100)
     LOADTEST_SERVER_GATES   "off" skips the server-side gates: behind a Service with several API
                             replicas a scrape cannot tell them apart; judge those in Prometheus
 
@@ -28,7 +29,7 @@ import os
 import random
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from locust import FastHttpUser, between, events, task
 from locust.env import Environment
@@ -334,11 +335,19 @@ def _api_processes() -> int:
     return int(os.environ.get("LOADTEST_API_PROCESSES", "1"))
 
 
+def _metrics_url(host: str) -> str:
+    """The API's admin port (services/api/ports.py): the one given, else 9100 at --host's address."""
+    if url := os.environ.get("LOADTEST_METRICS_URL"):
+        return url
+    parts = urlsplit(host)
+    return f"{parts.scheme}://{parts.hostname}:9100"
+
+
 def _server_snapshot(environment: Environment) -> histogram.Snapshot | None:
     if os.environ.get("LOADTEST_SERVER_GATES", "on") == "off":
         return None
     try:
-        return histogram.snapshot(str(environment.host), _api_processes())
+        return histogram.snapshot(_metrics_url(str(environment.host)), _api_processes())
     except (OSError, ValueError) as exc:
         log.error("could not read the API's /metrics: %s", exc)
         return None

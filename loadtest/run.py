@@ -179,8 +179,8 @@ def service_env(opts: Options) -> dict[str, str]:
 # --- one step --------------------------------------------------------------------------------
 
 
-def run_step(opts: Options, users: int, step_dir: Path, base_url: str, api: subprocess.Popen[bytes],
-             refresher: subprocess.Popen[bytes]) -> StepResult:  # fmt: skip
+def run_step(opts: Options, users: int, step_dir: Path, base_url: str, metrics_url: str,
+             api: subprocess.Popen[bytes], refresher: subprocess.Popen[bytes]) -> StepResult:  # fmt: skip
     from denorm.seed import SCALES
     from loadtest.cpu import Component, CpuSampler  # psutil: only when a step runs
 
@@ -191,6 +191,7 @@ def run_step(opts: Options, users: int, step_dir: Path, base_url: str, api: subp
         "LOADTEST_THINK_SCALE": str(opts.think_scale),
         "LOADTEST_GATES_JSON": str(step_dir / "gates.json"),
         "LOADTEST_API_PROCESSES": str(opts.api_workers),
+        "LOADTEST_METRICS_URL": metrics_url,
     }
     if opts.targets is not None:
         env["LOADTEST_TARGETS"] = str(opts.targets.resolve())
@@ -311,13 +312,14 @@ def run(opts: Options) -> int:
     try:
         for users in opts.steps:
             step_dir = opts.out / f"users-{users:05d}"
-            port = free_port()
-            base_url = f"http://127.0.0.1:{port}"
-            api_cmd = [*DENORM, "api", "--host", "127.0.0.1", "--port", str(port), "--workers", str(opts.api_workers)]
+            port, admin_port = free_port(), free_port()
+            base_url, metrics_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
+            api_cmd = [*DENORM, "api", "--host", "127.0.0.1", "--port", str(port), "--admin-port", str(admin_port),
+                       "--workers", str(opts.api_workers)]  # fmt: skip
             api = start("api", api_cmd, env, step_dir / "api.log")
             try:
                 wait_ready(base_url, api)
-                result = run_step(opts, users, step_dir, base_url, api, refresher)
+                result = run_step(opts, users, step_dir, base_url, metrics_url, api, refresher)
             except RuntimeError as exc:
                 log.error("the system did not start", users=users, error=str(exc))
                 return 2

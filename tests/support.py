@@ -24,6 +24,13 @@ _CONSOLE_SCRIPT = Path(sys.executable).with_name("denorm")
 DENORM: tuple[str, ...] = (str(_CONSOLE_SCRIPT),) if _CONSOLE_SCRIPT.is_file() else (sys.executable, "-m", "denorm.cli")
 
 
+def admin(path: str) -> str:
+    """A path on the API's admin port, for an in-process TestClient (services/api/ports.py)."""
+    from denorm.config import Settings
+
+    return f"http://testserver:{Settings.model_fields['api_admin_port'].default}{path}"
+
+
 def cli_env(**overrides: str) -> dict[str, str]:
     """The environment for a `denorm` child process: ours, plus the given variables."""
     env = dict(os.environ)

@@ -18,6 +18,7 @@ from denorm.config import Settings
 from denorm.readmodels import REGISTRY
 from loadtest.localproc import free_port
 from services.api.app import create_app
+from tests.support import admin
 
 Connection = psycopg.Connection[Any]
 
@@ -61,7 +62,7 @@ def test_the_read_routes_answer(client: TestClient, settings: Settings, conn: Co
     assert hits["corrected"] == "postgres" and all("Postgres" in h["title"] for h in hits["items"])
     after = client.get(f"/api/search?q=postgress&type=projects&limit=3&{hits['next_cursor']}").json()
     assert after["items"] and not {h["id"] for h in after["items"]} & {h["id"] for h in hits["items"]}
-    status = client.get("/api/admin/refresh-status").json()
+    status = client.get(admin("/api/admin/refresh-status")).json()
     assert [m["name"] for m in status["read_models"]] == [m.name for m in REGISTRY]
     by_name = {m["name"]: m for m in status["read_models"]}
     assert (
@@ -77,7 +78,7 @@ def test_the_read_routes_answer(client: TestClient, settings: Settings, conn: Co
     assert client.get("/api/messages/conversations", headers=me).json()["items"]
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json()["status"] == "ready"
-    metrics = client.get("/metrics").text
+    metrics = client.get(admin("/metrics")).text
     assert "denorm_api_request_duration_seconds_bucket" in metrics
     reads = re.search(r"denorm_api_pipelined_reads_total ([0-9.e+]+)", metrics)
     assert reads is not None and float(reads[1]) >= 3  # the feed, the dashboard, the conversations above
@@ -272,7 +273,7 @@ def test_a_search_answer_is_reused_for_a_few_seconds_then_recomputed(
             return found
 
         def cache_counts() -> tuple[float, float]:
-            text = client.get("/metrics").text
+            text = client.get(admin("/metrics")).text
             hits = re.search(r"denorm_api_search_cache_hits_total ([0-9.e+]+)", text)
             misses = re.search(r"denorm_api_search_cache_misses_total ([0-9.e+]+)", text)
             assert hits is not None and misses is not None

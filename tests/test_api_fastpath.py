@@ -27,6 +27,7 @@ from services.api.app import ROUTERS, create_app
 from services.api.fastpath import Choice, Int, Text, reads_of
 from services.api.feed import Sort
 from services.api.params import MAX_LIMIT
+from tests.support import admin
 
 READS = {r.path: r for r in reads_of(route for router in ROUTERS for route in router.routes)}
 
@@ -44,12 +45,12 @@ def pair(seeded_url: str, settings: Settings) -> Iterator[Pair]:
 
 
 def read_counts(client: TestClient) -> dict[str, float]:
-    text = client.get("/metrics").text
+    text = client.get(admin("/metrics")).text
     return {m[0]: float(m[1]) for m in re.findall(r'denorm_api_read_requests_total\{path="(\w+)"\} ([0-9.e+]+)', text)}
 
 
 def route_labels(client: TestClient) -> set[str]:
-    text = client.get("/metrics").text
+    text = client.get(admin("/metrics")).text
     return set(re.findall(r'denorm_api_request_duration_seconds_count\{method="GET",route="([^"]+)"', text)) - {
         "/metrics"
     }

@@ -14,12 +14,13 @@ from loadtest.localproc import free_port
 from services.api.app import create_app
 from services.refresher.invalidator import Invalidator
 from tests.faults import PrivateRedis
+from tests.support import admin
 from tests.test_api import auth, redis_set, upvote_rows
 
 Connection = psycopg.Connection[Any]
 ROUTES = ["/api/projects", "/api/leaderboard/projects", "/api/leaderboard/users", "/api/chains",
           "/api/search?q=redis", "/api/users/dashboard", "/api/messages/conversations",
-          "/api/admin/refresh-status", "/readyz"]  # fmt: skip
+          admin("/api/admin/refresh-status"), "/readyz"]  # fmt: skip
 
 
 def make_client(settings: Settings, redis_url: str) -> TestClient:
@@ -59,7 +60,7 @@ def test_every_route_answers_with_redis_stopped_and_recovers(
         pid = next(p for p, up in expected.items() if not up)
         assert client.put(f"/api/projects/{pid}/upvote", headers=me).json()["upvoted"] is True
         assert upvoted_on_page(client, me)[pid] is True
-        breaker = client.get("/metrics").text
+        breaker = client.get(admin("/metrics")).text
         assert 'denorm_api_redis_breaker_state{state="closed"} 0.0' in breaker
         private_redis.start()  # empty: it kept nothing
         time.sleep(0.4)  # past the breaker's cooldown

@@ -32,8 +32,8 @@ def api_url(admin_conn: AdminConnection, template_database: str) -> Iterator[str
         port = free_port()
         prefix = f"fuzz-{port}:"
         env = cli_env(DATABASE_URL=url, JWT_SECRET=DEV_JWT_SECRET, API_ACCESS_LOG="false", REDIS_KEY_PREFIX=prefix)
-        proc = subprocess.Popen([*DENORM, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen([*DENORM, "api", "--port", str(port), "--admin-port", "0"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         base = f"http://127.0.0.1:{port}"
         try:
             wait_ready(base, proc)

@@ -241,7 +241,7 @@ def test_each_workload_runs_its_denorm_subcommand(target: Target) -> None:
     }
     assert commands["Deployment/denorm-api"] == [
         ("migrate", None, ["migrate", "--wait"]),
-        ("api", None, ["api", "--host", "0.0.0.0", "--port", "8000", "--workers", "1"]),
+        ("api", None, ["api", "--host", "0.0.0.0", "--port", "8000", "--admin-port", "9100", "--workers", "1"]),
     ]
     assert commands["Deployment/denorm-refresher"] == [
         ("migrate", None, ["migrate", "--wait"]),
@@ -267,7 +267,11 @@ def test_the_cli_knows_every_subcommand_the_manifests_run() -> None:
 def test_api_probes_use_the_contract_endpoints() -> None:
     api = find(overlay("prod"), "Deployment", "denorm-api")
     main = _main(api)
-    assert main["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert main["ports"] == [
+        {"name": "http", "containerPort": 8000, "protocol": "TCP"},
+        {"name": "admin", "containerPort": 9100, "protocol": "TCP"},
+    ]
+    assert api["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9100"
     assert dig(main, "startupProbe", "httpGet") == {"path": "/healthz", "port": "http"}
     assert dig(main, "readinessProbe", "httpGet") == {"path": "/readyz", "port": "http"}
     assert dig(main, "livenessProbe", "httpGet") == {"path": "/healthz", "port": "http"}
@@ -442,10 +446,10 @@ def test_secret_template_lists_the_secret_settings_with_placeholders_only() -> N
     kubernetes_validate.validate(secret, K8S_VERSIONS[0], strict=True)
     assert secret["metadata"]["name"] == SECRET_NAME
     data = secret["stringData"]
-    assert set(data) == {"DATABASE_URL", "API_DATABASE_URL", "DATABASE_READ_URL", "REDIS_URL", "JWT_SECRET",
-                         "JWT_TEST_SECRET"}  # fmt: skip
-    # Each a setting, or the API's own DATABASE_URL (read into that setting by the API's container).
-    assert set(data) - {"API_DATABASE_URL"} <= _setting_names()
+    own_roles = {"API_DATABASE_URL", "MAINTAINER_DATABASE_URL"}
+    assert set(data) == {"DATABASE_URL", "DATABASE_READ_URL", "REDIS_URL", "JWT_SECRET", "JWT_TEST_SECRET", *own_roles}
+    # Each a setting, or a role's own DATABASE_URL (read into that setting by the containers that use it).
+    assert set(data) - own_roles <= _setting_names()
     for key, value in data.items():
         assert re.search(r"PASSWORD|REPLACE", value), (key, "looks like a real value")
     # Every key a container reads from the Secret is in the template.
@@ -507,6 +511,20 @@ def _ingress_from_anywhere(objects: tuple[Manifest, ...], template: Manifest, po
     )
 
 
+def _ingress_from_namespace(objects: tuple[Manifest, ...], template: Manifest, port: int, namespace: Manifest) -> bool:
+    """Whether any pod of a namespace (labels) may open this port of the pod."""
+    names = {p["name"]: p["containerPort"] for _, c in containers(template) for p in c.get("ports") or []}
+    policies = _policies(objects, template["metadata"]["labels"], "Ingress")
+    return not policies or any(
+        (not rule.get("from") or any(
+            "namespaceSelector" in peer and "podSelector" not in peer and selects(peer["namespaceSelector"], namespace)
+            for peer in rule["from"]))
+        and _port_matches(rule, port, names)
+        for policy in policies
+        for rule in policy["spec"].get("ingress") or []
+    )  # fmt: skip
+
+
 def _egress_allowed(
     objects: tuple[Manifest, ...],
     template: Manifest,
@@ -558,6 +576,16 @@ def test_only_the_api_is_reachable_from_outside(target: Target) -> None:
         ident(o) for o in objects if o["kind"] == "Service" and o["spec"].get("type", "ClusterIP") != "ClusterIP"
     ]
     assert exposed == []  # the platform exposes the api Service (Ingress, Gateway), nothing else
+
+
+@pytest.mark.parametrize("target", NETPOL_TARGETS, ids=[t.name for t in NETPOL_TARGETS])
+def test_the_apis_admin_port_is_for_the_monitoring_namespace(target: Target) -> None:
+    """/metrics, /api/admin/* and the docs answer on the admin port only (services/api/ports.py)."""
+    api = find(render(target), "Deployment", "denorm-api")["spec"]["template"]
+    objects = render(target)
+    assert _ingress_from_namespace(objects, api, 9100, {"kubernetes.io/metadata.name": "monitoring"})
+    assert not _ingress_from_namespace(objects, api, 9100, {"kubernetes.io/metadata.name": "ingress-nginx"})
+    assert _ingress_from_namespace(objects, api, 8000, {"kubernetes.io/metadata.name": "ingress-nginx"})
 
 
 @pytest.mark.parametrize("target", NETPOL_TARGETS, ids=[t.name for t in NETPOL_TARGETS])

@@ -29,7 +29,7 @@ from denorm.config import DEV_JWT_SECRET, Settings
 from loadtest.localproc import free_port, wait_ready
 from services.api.app import create_app
 from tests.faults import PrivatePostgres, PrivateRedis
-from tests.support import DENORM, cli_env, one
+from tests.support import DENORM, admin, cli_env, drifted, one, run_denorm
 from tests.test_api import auth
 
 Connection = psycopg.Connection[Any]
@@ -38,10 +38,10 @@ Connection = psycopg.Connection[Any]
 @contextlib.contextmanager
 def api_process(url: str, settings: Settings, **env: str) -> Iterator[str]:
     """`denorm api` as a process on `url` (with this test's Redis key space and `env`), ready; its
-    base URL. Stopped on the way out."""
+    base URL. Stopped on the way out. Its admin port is API_ADMIN_PORT when `env` gives it, else any."""
     port = free_port()
     environment = cli_env(DATABASE_URL=url, REDIS_KEY_PREFIX=settings.redis_key_prefix, API_ACCESS_LOG="false",
-                          LOG_LEVEL="ERROR", **env)  # fmt: skip
+                          LOG_LEVEL="ERROR", **{"API_ADMIN_PORT": "0", **env})  # fmt: skip
     proc = subprocess.Popen([*DENORM, "api", "--port", str(port)], env=environment, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -74,8 +74,8 @@ def test_an_unset_environment_means_production(monkeypatch: pytest.MonkeyPatch) 
 
 def test_the_api_refuses_to_start_with_the_published_secret_when_the_environment_is_unset(database_url: str) -> None:
     env = {k: v for k, v in cli_env(DATABASE_URL=database_url).items() if k not in ("ENVIRONMENT", "JWT_SECRET")}
-    done = subprocess.run([*DENORM, "api", "--port", str(free_port())], env=env, capture_output=True, text=True,
-                          timeout=60, check=False)  # fmt: skip
+    done = subprocess.run([*DENORM, "api", "--port", str(free_port()), "--admin-port", "0"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode != 0
     assert "JWT_SECRET is the development placeholder" in done.stderr + done.stdout
 
@@ -208,7 +208,8 @@ def burst(proc: subprocess.Popen[bytes], rng: random.Random) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "grace_s"), [(["refresher"], 20.0), (["api", "--port", "0"], 15.0), (["reconcile", "--dry-run"], 15.0)]
+    ("args", "grace_s"),
+    [(["refresher"], 20.0), (["api", "--port", "0", "--admin-port", "0"], 15.0), (["reconcile", "--dry-run"], 15.0)],
 )
 def test_bursts_of_stop_signals_at_random_moments_never_hang_a_service(
     seeded_url: str, settings: Settings, args: list[str], grace_s: float
@@ -232,11 +233,12 @@ def test_bursts_of_stop_signals_at_random_moments_never_hang_a_service(
 
 # --- a dead or saturated Postgres ---------------------------------------------------------------
 
+REFRESH_STATUS = "/api/admin/refresh-status"
 PROBES: list[tuple[Any, ...]] = [
           ("GET", "/api/projects"), ("GET", "/api/projects?sort=newest&limit=5"), ("GET", "/api/leaderboard/projects"),
           ("GET", "/api/leaderboard/users"), ("GET", "/api/chains"), ("GET", "/api/chains/chain-1-postgres"),
           ("GET", "/api/search?q=redis"), ("GET", "/api/search?q=zzqx"), ("GET", "/api/users/dashboard"),
-          ("GET", "/api/messages/conversations"), ("GET", "/api/admin/refresh-status"),
+          ("GET", "/api/messages/conversations"),
           ("PUT", "/api/projects/5/upvote"), ("DELETE", "/api/projects/5/upvote"),
           ("POST", "/api/messages", {"recipient_id": 4, "body": "hi"}),
           ("POST", "/api/projects", {"title": "t"}), ("PUT", "/api/chains/chain-1-postgres/membership")]  # fmt: skip
@@ -279,24 +281,30 @@ def test_a_stopped_postgres_is_a_quick_503_on_every_route_and_every_route_recove
             while not stop.is_set():
                 statuses.append(probe(own, base, token, rng.choice(PROBES))[0])
 
-    with api_process(url, settings, DB_POOL_TIMEOUT_MS="1000") as base, requests.Session() as session:
-        for spec in PROBES:
-            assert probe(session, base, token, spec)[0] < 500, spec
+    admin_port = free_port()
+    with (
+        api_process(url, settings, API_ADMIN_PORT=str(admin_port), DB_POOL_TIMEOUT_MS="1000") as base,
+        requests.Session() as session,
+    ):
+        # The public routes, and the operators' on the admin port.
+        routes = [(base, spec) for spec in PROBES] + [(f"http://127.0.0.1:{admin_port}", ("GET", REFRESH_STATUS))]
+        for at, spec in routes:
+            assert probe(session, at, token, spec)[0] < 500, spec
         loader = threading.Thread(target=load, args=(base,))
         try:
             loader.start()
             private_postgres.stop()
-            for i, (method, path, *body) in enumerate(PROBES):
+            for i, (at, (method, path, *body)) in enumerate(routes):
                 spec = (method, str(path).replace("q=redis", f"q=redis{i}"), *body)  # not an answer cached before
-                status, seconds, retry_after = probe(session, base, token, spec)
+                status, seconds, retry_after = probe(session, at, token, spec)
                 assert (status, retry_after) == (503, "1"), spec
                 assert seconds < 1.5, (spec, seconds)
             private_postgres.start()
             deadline = time.monotonic() + 15
-            pending = list(PROBES)
+            pending = list(routes)
             while pending:  # every route recovers by itself
                 assert time.monotonic() < deadline, pending
-                pending = [spec for spec in pending if probe(session, base, token, spec)[0] >= 500]
+                pending = [(at, spec) for at, spec in pending if probe(session, at, token, spec)[0] >= 500]
                 time.sleep(0.2)
             stop.set()
             loader.join()
@@ -413,14 +421,47 @@ def test_a_duplicate_pending_intro_request_is_a_409_that_writes_nothing(
 # --- operators' surface -------------------------------------------------------------------------
 
 
-def test_the_docs_and_the_openapi_document_are_served_only_where_a_setting_allows(settings: Settings) -> None:
+def test_the_docs_are_on_the_admin_port_and_on_the_public_one_only_where_a_setting_allows(
+    settings: Settings,
+) -> None:
     production = settings.model_copy(update={"environment": "production", "jwt_secret": "s" * 40})
-    for overrides, served in (({}, False), ({"api_docs": True}, True)):
+    for overrides, public in (({}, False), ({"api_docs": True}, True)):
         with TestClient(create_app(production.model_copy(update=overrides))) as client:
             for path in ("/docs", "/redoc", "/openapi.json"):
-                assert (client.get(path).status_code == 200) is served, (overrides, path)
+                assert (client.get(path).status_code == 200) is public, (overrides, path)
+                assert client.get(admin(path)).status_code == 200, (overrides, path)
     with TestClient(create_app(settings)) as client:  # ENVIRONMENT=test: served
         assert client.get("/openapi.json").status_code == 200
+
+
+def test_operators_routes_answer_on_the_admin_port_only_and_it_answers_nothing_else(settings: Settings) -> None:
+    """/metrics and /api/admin/* are a 404 on the public port, like an unknown path; on the admin
+    port they answer, and a client's route is the 404. The probes answer on both."""
+    with in_process(settings) as client:
+        unknown = client.get("/no-such-path")
+        for path in ("/metrics", REFRESH_STATUS):
+            public = client.get(path)
+            assert (public.status_code, public.json()) == (404, unknown.json()), path
+            assert client.get(admin(path)).status_code == 200, path
+        for path in ("/api/projects", "/api/leaderboard/users", "/api/search?q=redis"):
+            assert client.get(path).status_code == 200
+            assert client.get(admin(path)).status_code == 404, path
+        for path in ("/healthz", "/readyz"):
+            assert client.get(path).status_code == client.get(admin(path)).status_code == 200
+
+
+def test_the_admin_port_is_a_listening_port_of_its_own(seeded_url: str, settings: Settings) -> None:
+    """`denorm api --admin-port` listens on both ports, the operators' routes on the second only."""
+    admin_port = free_port()
+    with api_process(seeded_url, settings, API_ADMIN_PORT=str(admin_port)) as base, requests.Session() as session:
+        operators = f"http://127.0.0.1:{admin_port}"
+        assert session.get(f"{base}/metrics").status_code == 404
+        assert session.get(f"{base}{REFRESH_STATUS}").status_code == 404
+        metrics = session.get(f"{operators}/metrics")
+        assert metrics.status_code == 200 and "denorm_api_request_duration_seconds" in metrics.text
+        assert session.get(f"{operators}{REFRESH_STATUS}").json()["read_models"]
+        assert session.get(f"{operators}/api/projects").status_code == 404
+        assert session.get(f"{base}/api/projects").status_code == 200
 
 
 # --- least privilege ----------------------------------------------------------------------------
@@ -450,12 +491,57 @@ def test_the_api_serves_as_a_role_that_cannot_change_the_schema(
     with psycopg.connect(as_role, autocommit=True) as conn:
         for statement in ("CREATE TABLE intruder (id int)", "ALTER TABLE projects ADD COLUMN z int",
                           "DROP TABLE messages", "TRUNCATE project_upvotes", "DROP FUNCTION upvote_set",
-                          "REFRESH MATERIALIZED VIEW mv_leaderboard_projects"):  # fmt: skip
+                          "REFRESH MATERIALIZED VIEW mv_leaderboard_projects",
+                          "SELECT refresh_materialized_view('mv_leaderboard_projects')"):  # fmt: skip
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement.encode())
     with psycopg.connect(seeded_url, autocommit=True) as owner:  # roles are the cluster's: leave none
         owner.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
     admin_conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def make_role(url: str, role: str, *options: str) -> str:
+    """db/roles/service_role.sql applied with psql as docs/deploy.md says; the URL that logs in as it."""
+    done = subprocess.run(["psql", url, "-v", f"role={role}", *options, "-v", "ON_ERROR_STOP=1", "-q",
+                           "-f", str(Path(db.__file__).parent / "roles" / "service_role.sql")],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return psycopg.conninfo.make_conninfo(url, user=role)
+
+
+def test_the_refresher_and_the_reconciler_run_as_a_maintainer_that_cannot_change_the_schema(
+    seeded_url: str, admin_conn: Connection, conn: Connection
+) -> None:
+    role = f"denorm_maintainer_{uuid.uuid4().hex[:8]}"
+    as_role = make_role(seeded_url, role, "-v", "maintains=on")
+    env = cli_env(DATABASE_URL=as_role, LOG_LEVEL="ERROR")
+    try:
+        # Work for every kind of maintenance: a fold, and a refresh of the project leaderboard.
+        conn.execute("DELETE FROM project_upvotes WHERE project_id = 7")
+        since = one(conn, "SELECT now()")
+        assert run_denorm(["refresher", "--once"], env).returncode == 0
+        assert one(conn, "SELECT count(*) FROM mv_refresh_log WHERE view_name = 'mv_leaderboard_projects' "
+                         "AND status = 'completed' AND refresh_started_at >= %s", since) == 1  # fmt: skip
+        assert drifted(conn) == {}
+        # Drift, repaired by the reconciler on the same role; the refresher folds the corrections.
+        conn.execute("UPDATE project_counters_base SET upvote_count = upvote_count + 2 WHERE project_id = 8")
+        conn.execute("UPDATE mv_chain_directory SET member_count = member_count + 1")
+        assert run_denorm(["reconcile", "--repair"], env).returncode == 0
+        assert run_denorm(["refresher", "--once"], env).returncode == 0
+        assert drifted(conn) == {}
+        with psycopg.connect(as_role, autocommit=True) as maintainer:
+            for statement in ("CREATE TABLE intruder (id int)", "ALTER TABLE projects ADD COLUMN z int",
+                              "DROP TABLE messages", "TRUNCATE project_upvotes",
+                              "REFRESH MATERIALIZED VIEW mv_leaderboard_projects"):  # fmt: skip
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    maintainer.execute(statement.encode())
+            # The owner's function refreshes materialized views, nothing else.
+            with pytest.raises(psycopg.errors.UndefinedTable):
+                maintainer.execute("SELECT refresh_materialized_view('projects; DROP TABLE users')")
+    finally:
+        with psycopg.connect(seeded_url, autocommit=True) as owner:  # roles are the cluster's: leave none
+            owner.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        admin_conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 # --- rate limits --------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ class Stack:
     def start_api(self, redis_url: str, **env: str) -> Api:
         port = free_port()
         proc = subprocess.Popen(
-            [*DENORM, "api", "--host", "127.0.0.1", "--port", str(port)],
+            [*DENORM, "api", "--host", "127.0.0.1", "--port", str(port), "--admin-port", "0"],
             env=service_env(self.settings, redis_url, API_ACCESS_LOG="false", REDIS_BREAKER_COOLDOWN_MS="300", **env),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -1,14 +1,18 @@
 -- A login role for a service that reads and writes the data but cannot change the schema: the API
--- and the reconciler connect as one (docs/deploy.md, "Roles"). Run it as the schema's owner after
--- the first migration, once per role, with psql:
+-- connects as one, the refresher and the reconciler as another, made with -v maintains=on
+-- (docs/deploy.md, "Roles"). Run it as the schema's owner after the migrations, once per role,
+-- with psql:
 --
 --     psql "$OWNER_URL" -v role=denorm_api -f db/roles/service_role.sql
+--     psql "$OWNER_URL" -v role=denorm_maintainer -v maintains=on -f db/roles/service_role.sql
 --     psql "$OWNER_URL" -c "ALTER ROLE denorm_api PASSWORD '...'"
 --
 -- The rights: every row of every table and view (the statement triggers write the ledgers in the
 -- writer's own transaction, as the writer), the sequences, and the functions; never CREATE in the
--- schema, never ownership, so no ALTER, DROP, TRUNCATE or REFRESH. The default privileges give the
--- same rights on what later migrations create (they run as the owner: the migration Job).
+-- schema, never ownership, so no ALTER, DROP, TRUNCATE or REFRESH. A maintainer also refreshes the
+-- materialized views, through the owner's refresh_materialized_view(); the API's role may not. The
+-- default privileges give the same rights on what later migrations create (they run as the owner:
+-- the migration Job).
 
 SELECT format('CREATE ROLE %I LOGIN', :'role')
 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') \gexec
@@ -21,3 +25,8 @@ GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO :"role";
 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO :"role";
 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO :"role";
 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT EXECUTE ON FUNCTIONS TO :"role";
+\if :{?maintains}
+GRANT EXECUTE ON FUNCTION refresh_materialized_view(text) TO :"role";
+\else
+REVOKE EXECUTE ON FUNCTION refresh_materialized_view(text) FROM :"role";
+\endif

@@ -28,6 +28,7 @@ from services.api.fastpath import FastReads, FastStats, reads_of
 from services.api.front import Front
 from services.api.gcwatch import GcPauses
 from services.api.models import Health, Readiness
+from services.api.ports import Ports
 from services.api.ratelimit import RateLimits
 from services.api.responses import JSONBytes
 from services.api.routes import projects, reads, social
@@ -127,16 +128,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await read_pool.close()
             await write_pool.close()
 
-    docs = settings.docs_public
     app = Api(
         title="denorm read API",
         version="1.0",
         description="Fast read paths for a social product, served from read models Postgres keeps right.",
         default_response_class=JSONBytes,
         lifespan=lifespan,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
-        openapi_url="/openapi.json" if docs else None,
+        # Always on the admin port; on the public one where settings.docs_public says (ports.py).
+        docs_url="/docs",
+        redoc_url="/redoc",
+        openapi_url="/openapi.json",
     )
     errors.install(app)
     registry = CollectorRegistry()
@@ -157,9 +158,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def front(stack: ASGIApp) -> ASGIApp:
         if settings.api_fast_reads:
             stack = FastReads(stack, direct_reads, services=lambda: getattr(app.state, "services", None), stats=fast)
-        # outermost: sees both
-        return Front(stack, histogram=histogram, access_log=settings.api_access_log,
-                     body_timeout_s=settings.api_body_timeout_ms / 1000, limits=rate_limits)  # fmt: skip
+        # outside both: sees every request
+        stack = Front(stack, histogram=histogram, access_log=settings.api_access_log,
+                      body_timeout_s=settings.api_body_timeout_ms / 1000, limits=rate_limits)  # fmt: skip
+        return Ports(stack, settings.api_admin_port, settings.docs_public)
 
     def rate_limits() -> RateLimits | None:
         svc: Services | None = getattr(app.state, "services", None)
