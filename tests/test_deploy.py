@@ -248,7 +248,10 @@ def test_each_workload_runs_its_denorm_subcommand(target: Target) -> None:
         ("refresher", None, ["refresher"]),
     ]
     assert commands["Job/denorm-migrate"] == [("migrate", None, ["migrate"])]
-    assert commands["CronJob/denorm-reconcile"] == [("reconcile", None, ["reconcile", "--repair"])]
+    assert commands["CronJob/denorm-reconcile"] == [
+        ("migrate", None, ["migrate", "--wait"]),
+        ("reconcile", None, ["reconcile", "--repair"]),
+    ]
     for name, (_, command, args) in ((n, cs[0]) for n, cs in commands.items() if "locust" in n):
         assert command == ["locust"], name
         assert "--locustfile=/app/loadtest/locustfile.py" in (args or []), name
@@ -262,6 +265,24 @@ def test_the_cli_knows_every_subcommand_the_manifests_run() -> None:
         for _, c in containers(template):
             if c.get("command") is None:  # the image's entry point, `denorm`
                 parser.parse_args(c["args"])  # exits (and fails the test) on an unknown subcommand or flag
+
+
+@pytest.mark.parametrize("target", OVERLAY_TARGETS, ids=OVERLAY_IDS)
+def test_only_the_migration_job_is_given_the_owners_database_url(target: Target) -> None:
+    """Every other container takes DATABASE_URL from its role's key (docs/deploy.md "Roles"): the
+    API's, or the maintainers' for the refresher and the reconciler, init containers included."""
+    roles = {"api": "API_DATABASE_URL", "refresher": "MAINTAINER_DATABASE_URL", "reconciler": "MAINTAINER_DATABASE_URL"}
+    seen = set()
+    for obj, template in workloads(render(target)):
+        component = component_of(template)
+        for _, c in containers(template):
+            reads_secret = any("secretRef" in e for e in c.get("envFrom") or [])
+            if component == "migrate" or not reads_secret:
+                continue
+            (url,) = (e for e in c.get("env") or [] if e["name"] == "DATABASE_URL")
+            assert dig(url, "valueFrom", "secretKeyRef", "key") == roles[component], (ident(obj), c["name"])
+            seen.add(component)
+    assert seen == set(roles)
 
 
 def test_api_probes_use_the_contract_endpoints() -> None:
