@@ -11,7 +11,7 @@ checkpoint ran; pg_walinspect splits the whole of it into records and full-page 
 the median seconds and MiB per read model at each size, and the ratio of the largest size to the
 first.
 
-    python -m bench.maintenance_cost [--factors 1 2 4] [--rounds 3] [--wal-compression lz4]
+    python -m bench.maintenance_cost [--factors 1 2 4] [--rounds 3] [--wal-compression lz4] [--no-checkpoint]
 """
 
 from __future__ import annotations
@@ -55,10 +55,14 @@ def wal_split(conn: psycopg.Connection[Any], start: int, end: int) -> tuple[floa
 
 
 def one_round(
-    conn: psycopg.Connection[Any], ids: Ids, rng: random.Random
+    conn: psycopg.Connection[Any], ids: Ids, rng: random.Random, checkpoint: bool
 ) -> tuple[dict[str, tuple[float, float]], tuple[float, float]]:
     """(seconds, MiB of WAL) of each read model's maintenance after one batch of changes; and the
     MiB of records and of full-page images that all of it wrote."""
+    if checkpoint:
+        # Each round starts from a checkpoint: the first change to each page after one writes the
+        # whole page, and without this, where the server's own checkpoints fall decides a round's cost.
+        conn.execute("CHECKPOINT")
     apply_changes(conn, ids, rng)
     time.sleep(1.1)  # past the refresher's debounce, as in production
     start = wal_position(conn)
@@ -92,6 +96,12 @@ def main() -> None:
         default="off",
         help="compress the full-page images the maintenance writes (this session only; a superuser setting)",
     )
+    parser.add_argument(
+        "--checkpoint",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a CHECKPOINT before each round's changes, so that rounds and sizes start alike (a superuser's)",
+    )
     args = parser.parse_args()
     configure_logging("WARNING")
     results: dict[float, dict[str, tuple[float, float]]] = {}
@@ -106,7 +116,7 @@ def main() -> None:
             ids = Ids(scale.users, scale.projects, scale.chains, scale.threads)
             rng = random.Random(4)
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
-            measured = [one_round(conn, ids, rng) for _ in range(args.rounds)]
+            measured = [one_round(conn, ids, rng, args.checkpoint) for _ in range(args.rounds)]
             rounds = [m for m, _ in measured]
             results[factor] = {
                 name: (statistics.median(r[name][0] for r in rounds), statistics.median(r[name][1] for r in rounds))
@@ -132,7 +142,7 @@ def main() -> None:
     print("(a fold step shared by several read models is shown for each)")
     split = ", ".join(f"{f:g}x {splits[f][0]:.2f} / {splits[f][1]:.2f}" for f in args.factors)
     print(f"all of it, MiB of WAL records / of full-page images (pg_walinspect; the images depend on how "
-          f"recently a checkpoint ran): {split}")  # fmt: skip
+          f"recently a checkpoint ran{': one ran before each round' if args.checkpoint else ''}): {split}")  # fmt: skip
 
 
 if __name__ == "__main__":
