@@ -59,10 +59,12 @@ fmt: install  ## format and fix imports
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-lock:  ## re-pin every dependency into requirements.lock, and the image's subset into requirements-image.lock
+lock:  ## re-pin every dependency into requirements.lock, and the images' subsets into requirements-{image,loadgen}.lock
 	uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements.lock
-	uv pip compile pyproject.toml --extra loadtest --python-version 3.11 --generate-hashes \
+	uv pip compile pyproject.toml --python-version 3.11 --generate-hashes \
 		-c requirements.lock -o requirements-image.lock
+	uv pip compile pyproject.toml --extra loadtest --python-version 3.11 --generate-hashes \
+		-c requirements.lock -o requirements-loadgen.lock
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -132,8 +132,11 @@ def _duration(start: datetime | None, end: datetime | None) -> str:
 
 def api_client(kubeconfig: str | None, context: str | None) -> ApiClient:
     """A client for the cluster: the kubeconfig's, or the pod's own when running in one."""
-    from kubernetes import client, config
-    from kubernetes.config.config_exception import ConfigException
+    try:
+        from kubernetes import client, config
+        from kubernetes.config.config_exception import ConfigException
+    except ImportError as exc:  # the production image leaves the client out
+        raise DeployError("the Kubernetes client is not installed: pip install 'denorm[deploy]'") from exc
 
     configuration = client.Configuration()
     # The client's models are typed; its config loaders are not.

