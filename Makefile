@@ -7,7 +7,7 @@ export REDIS_URL    ?= redis://127.0.0.1:6379/0
 # A developer machine: the development JWT secret is accepted (an unset ENVIRONMENT means production).
 export ENVIRONMENT  ?= development
 
-.PHONY: help install run test lint typecheck pytest bench loadtest manifests fmt lock clean
+.PHONY: help install run test lint typecheck pytest bench loadtest manifests image image-loadgen fmt lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,10 @@ test: lint typecheck pytest  ## ruff, mypy and pytest against the real Postgres 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile
+	@command -v promtool >/dev/null || { echo "promtool: apt-get install prometheus (Debian's)"; exit 1; }
+	promtool check rules deploy/monitoring/alerts.yaml
+	promtool test rules deploy/monitoring/alerts-test.yaml
 
 typecheck: install
 	$(BIN)/mypy
@@ -47,6 +51,15 @@ LOADTEST_ARGS ?=
 
 loadtest: install  ## the Locust suite on a seeded system: gates, CSV, HTML, plot in loadtest/results/ (LOADTEST_ARGS="--users 500")
 	$(BIN)/denorm loadtest $(LOADTEST_ARGS)
+
+IMAGE         ?= denorm:dev
+LOADGEN_IMAGE ?= denorm-loadgen:dev
+
+image:  ## the services' image, $(IMAGE): docker build where an engine answers, else buildah (docs/deploy.md)
+	scripts/build-image.sh runtime $(IMAGE)
+
+image-loadgen:  ## the load generator's image (Locust and the suite), $(LOADGEN_IMAGE)
+	scripts/build-image.sh loadgen $(LOADGEN_IMAGE)
 
 OVERLAYS := $(notdir $(wildcard deploy/overlays/*))
 
