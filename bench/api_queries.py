@@ -262,6 +262,170 @@ class Params:
         }  # fmt: skip
 
 
+# --- the pages (issue 18): a page anywhere in a list, from its cursor against OFFSET ------------------
+
+
+@dataclass(frozen=True)
+class Page:
+    """One paged read. `entities` lists what it pages (each row: the read's parameters naming one,
+    and `n`, its item count); `nth` gives the cursor (the key and id of the item before a page that
+    starts at offset k); `naive` is the OFFSET form; `ids` the item ids of the read model's answer."""
+
+    entities: str
+    nth: str
+    start: dict[str, Any]
+    naive: str
+    ids: Callable[[Any], list[int]]
+
+
+def _ids(field: str, key: str = "id", within: str | None = None) -> Callable[[Any], list[int]]:
+    def ids(doc: Any) -> list[int]:
+        items = doc[within][field] if within else doc[field]
+        return [int(item[key]) for item in items]
+
+    return ids
+
+
+_NEWEST = {"after_at": "infinity", "after_id": MAX_ID}
+PAGES: dict[str, Page] = {
+    "project_page": Page(
+        'SELECT project_id AS id, 1 AS n, 1 AS "user" FROM project_comments '
+        "GROUP BY 1 ORDER BY count(*) DESC LIMIT 500",
+        "",
+        {},
+        """SELECT c.id, (SELECT count(*) FROM project_upvotes v WHERE v.project_id = p.id),
+                  (SELECT count(*) FROM project_comments x WHERE x.project_id = p.id),
+                  EXISTS (SELECT 1 FROM project_upvotes v WHERE v.project_id = p.id AND v.user_id = %(user)s)
+           FROM projects p JOIN users u ON u.id = p.owner_id
+           JOIN LATERAL (SELECT c.id FROM project_comments c JOIN users a ON a.id = c.author_id
+                         WHERE c.project_id = p.id ORDER BY c.created_at DESC, c.id DESC LIMIT %(limit)s) c ON true
+           WHERE p.id = %(id)s""",
+        _ids("items", within="comments"),
+    ),
+    "project_comments": Page(
+        "SELECT project_id AS id, count(*) AS n FROM project_comments GROUP BY 1 ORDER BY 2 DESC LIMIT 500",
+        "SELECT created_at AS after_at, id AS after_id FROM project_comments WHERE project_id = %(id)s "
+        "ORDER BY created_at DESC, id DESC OFFSET %(k)s LIMIT 1",
+        _NEWEST,
+        """SELECT c.id, u.username FROM project_comments c JOIN users u ON u.id = c.author_id
+           WHERE c.project_id = %(id)s ORDER BY c.created_at DESC, c.id DESC OFFSET %(offset)s LIMIT %(limit)s""",
+        _ids("items"),
+    ),
+    "thread_page": Page(
+        "SELECT thread_id AS id, count(*) AS n FROM forum_posts GROUP BY 1 ORDER BY 2 DESC LIMIT 500",
+        "SELECT created_at AS after_at, id AS after_id FROM forum_posts WHERE thread_id = %(id)s "
+        "ORDER BY created_at, id OFFSET %(k)s LIMIT 1",
+        {"after_at": "-infinity", "after_id": 0},
+        """SELECT p.id, u.username FROM forum_posts p JOIN users u ON u.id = p.author_id
+           WHERE p.thread_id = %(id)s ORDER BY p.created_at, p.id OFFSET %(offset)s LIMIT %(limit)s""",
+        _ids("posts"),
+    ),
+    "chain_projects": Page(
+        "SELECT c.slug, count(*) AS n FROM chains c JOIN chain_projects cp ON cp.chain_id = c.id "
+        "GROUP BY c.id ORDER BY 2 DESC LIMIT 200",
+        "SELECT cp.upvote_count AS after_key, cp.project_id AS after_id FROM mv_chain_projects cp "
+        "JOIN chains c ON c.id = cp.chain_id WHERE c.slug = %(slug)s "
+        "ORDER BY cp.upvote_count DESC, cp.project_id DESC OFFSET %(k)s LIMIT 1",
+        {"after_key": MAX_ID, "after_id": MAX_ID},
+        """SELECT p.id, (SELECT count(*) FROM project_upvotes v WHERE v.project_id = p.id) AS up,
+                  (SELECT count(*) FROM project_comments m WHERE m.project_id = p.id)
+           FROM chains c JOIN chain_projects cp ON cp.chain_id = c.id JOIN projects p ON p.id = cp.project_id
+           WHERE c.slug = %(slug)s ORDER BY up DESC, p.id DESC OFFSET %(offset)s LIMIT %(limit)s""",
+        _ids("items", key="project_id"),
+    ),
+    "chain_threads": Page(
+        "SELECT c.slug, count(*) AS n FROM chains c JOIN forum_threads t ON t.chain_id = c.id "
+        "GROUP BY c.id ORDER BY 2 DESC LIMIT 200",
+        "SELECT t.last_activity_at AS after_at, t.thread_id AS after_id FROM mv_forum_threads t "
+        "JOIN chains c ON c.id = t.chain_id WHERE c.slug = %(slug)s "
+        "ORDER BY t.last_activity_at DESC, t.thread_id DESC OFFSET %(k)s LIMIT 1",
+        _NEWEST,
+        """SELECT t.id, greatest(t.created_at, max(fp.created_at)) AS last_activity_at, count(fp.id)
+           FROM chains c JOIN forum_threads t ON t.chain_id = c.id LEFT JOIN forum_posts fp ON fp.thread_id = t.id
+           WHERE c.slug = %(slug)s GROUP BY t.id
+           ORDER BY last_activity_at DESC, t.id DESC OFFSET %(offset)s LIMIT %(limit)s""",
+        _ids("items", key="thread_id"),
+    ),
+    "conversation_messages": Page(
+        "SELECT least(sender_id, recipient_id) AS me, greatest(sender_id, recipient_id) AS other, count(*) AS n "
+        "FROM messages GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 500",
+        "SELECT created_at AS after_at, id AS after_id FROM messages "
+        "WHERE (sender_id, recipient_id) IN ((%(me)s, %(other)s), (%(other)s, %(me)s)) "
+        "ORDER BY created_at DESC, id DESC OFFSET %(k)s LIMIT 1",
+        _NEWEST,
+        """SELECT id FROM messages
+           WHERE (sender_id = %(me)s AND recipient_id = %(other)s) OR (sender_id = %(other)s AND recipient_id = %(me)s)
+           ORDER BY created_at DESC, id DESC OFFSET %(offset)s LIMIT %(limit)s""",
+        _ids("items"),
+    ),
+    "intro_requests": Page(
+        "SELECT target_id AS me, true AS received, NULL::text AS status, count(*) AS n FROM intro_requests "
+        "GROUP BY 1 ORDER BY 4 DESC LIMIT 500",
+        "SELECT created_at AS after_at, id AS after_id FROM intro_requests WHERE target_id = %(me)s "
+        "ORDER BY created_at DESC, id DESC OFFSET %(k)s LIMIT 1",
+        _NEWEST,
+        """SELECT i.id, r.username, t.username FROM intro_requests i
+           JOIN users r ON r.id = i.requester_id JOIN users t ON t.id = i.target_id
+           WHERE i.target_id = %(me)s ORDER BY i.created_at DESC, i.id DESC OFFSET %(offset)s LIMIT %(limit)s""",
+        _ids("items"),
+    ),
+    "user_profile": Page(
+        "SELECT username, 1 AS n FROM users ORDER BY id LIMIT 500",
+        "",
+        {},
+        """SELECT u.id, (SELECT count(*) FROM projects p WHERE p.owner_id = u.id),
+                  (SELECT count(*) FROM project_upvotes v JOIN projects p ON p.id = v.project_id
+                   WHERE p.owner_id = u.id),
+                  (SELECT count(*) FROM chain_members m WHERE m.user_id = u.id)
+           FROM users u WHERE u.username = %(username)s""",
+        lambda doc: [int(doc["user_id"]), doc["project_count"], doc["upvotes_received"], doc["chains_joined"]],
+    ),
+}
+PAGE_LIMIT = 20
+
+
+def page_drawer(conn: Conn, page: Page) -> Callable[[random.Random], dict[str, Any]]:
+    """Parameters for a page at a random depth of a random list of the read's: the cursor for ours,
+    the offset for the naive form, the same position."""
+    cur = conn.execute(page.entities.encode())
+    names = [c.name for c in cur.description or []]
+    rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def draw(rng: random.Random) -> dict[str, Any]:
+        entity = dict(rng.choice(rows))
+        k = rng.randint(0, max(0, int(entity.pop("n")) - PAGE_LIMIT))
+        position = dict(page.start)
+        if k > 0:
+            cur = conn.execute(page.nth.encode(), {**entity, "k": k - 1})
+            found = cur.fetchone()
+            assert found is not None and cur.description is not None
+            position = {c.name: v for c, v in zip(cur.description, found, strict=True)}
+        return {**entity, **position, "offset": k, "limit": PAGE_LIMIT, "user": entity.get("user", 1)}
+
+    return draw
+
+
+def naive_ids(name: str, rows: Rows) -> list[Any]:
+    if name == "project_page":  # the comments' ids, and the counts
+        return [r[0] for r in rows]
+    if name == "user_profile":
+        return list(rows[0]) if rows else []
+    return [int(r[0]) for r in rows]
+
+
+def check_pages(conn: Conn, api_conn: Conn, api: dict[str, str], drawers: dict[str, Any]) -> None:
+    """Each page read and its OFFSET form give the same items in the same order at random depths."""
+    rng = random.Random(8)
+    for name, page in PAGES.items():
+        for _ in range(5):
+            p = drawers[name](rng)
+            row = api_conn.execute(api[name].encode(), p, prepare=True).fetchone()
+            model = page.ids(json.loads(row[0])) if row else []
+            naive = naive_ids(name, conn.execute(PAGES[name].naive.encode(), p).fetchall())
+            if model != naive:
+                raise SystemExit(f"{name}: the naive query and the read model disagree for {p}:\n{naive}\n{model}")
+
+
 EXPLAIN = "EXPLAIN (ANALYZE, TIMING OFF, SUMMARY, FORMAT JSON) "
 
 
@@ -397,6 +561,12 @@ def main() -> None:
             draw = params.drawer(name)
             slow = medians(conn, naive, draw, naive_runs, prepared=False, seed=name)
             row(name, slow, medians(api_conn, api[name], draw, args.runs, prepared=True, seed=name))
+        drawers = {name: page_drawer(conn, page) for name, page in PAGES.items()}
+        check_pages(conn, api_conn, api, drawers)
+        for name, page in PAGES.items():
+            slow = medians(conn, page.naive, drawers[name], naive_runs, prepared=False, seed=name)
+            row(f"{name} (any page)", slow, medians(api_conn, api[name], drawers[name], args.runs, prepared=True,
+                                                   seed=name))  # fmt: skip
         fast = medians(api_conn, api["search"], params.drawer("search"), args.runs, prepared=True, seed="search")
         for label, naive in NAIVE_SEARCH.items():
             row(label, medians(conn, naive, params.drawer("search"), naive_runs, prepared=False, seed="search"), fast)

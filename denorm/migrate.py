@@ -139,15 +139,15 @@ def migrate(
     with conn:
         # Session-level lock: held across the per-migration transactions and released on close,
         # even if this process dies, so replicas starting together queue up behind one another.
-        # A replica gives up after lock_wait_seconds rather than hang behind a stuck migration.
-        conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(lock_wait_seconds * 1000)}ms")))
-        try:
-            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
-        except psycopg.errors.LockNotAvailable as exc:
-            raise MigrationError(
-                f"another migration has held the migration lock for over {lock_wait_seconds:g} s"
-            ) from exc
-        conn.execute("SET lock_timeout = 0")
+        # A replica gives up after lock_wait_seconds rather than hang behind a stuck migration. It
+        # asks again and again rather than waiting in one statement: a session waiting for a lock
+        # has a transaction open, which a CREATE INDEX CONCURRENTLY of the holder's migration
+        # would wait for in turn (a deadlock).
+        deadline = time.monotonic() + lock_wait_seconds
+        while conn.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK_KEY,)).fetchone() != (True,):
+            if time.monotonic() >= deadline:
+                raise MigrationError(f"another migration has held the migration lock for over {lock_wait_seconds:g} s")
+            time.sleep(0.2)
         # A dry run writes nothing, not even the bookkeeping table, so it also works read-only.
         if not dry_run:
             conn.execute(_CREATE_TABLE)

@@ -210,27 +210,15 @@ FROM (SELECT chain_id, member_count, item
       LIMIT %(limit)s) d
 
 -- name: chain_page
--- GET /api/chains/{slug}: one chain, its best projects (counts exact) and its latest threads, as one
--- JSON document (text: the API sends it as it is). It reads three read models (this one,
+-- GET /api/chains/{slug}: one chain, the first page of its projects (counts exact) and of its threads,
+-- each with the cursor that continues it (GET /api/chains/{slug}/projects and /threads), as one JSON
+-- document (text: the API sends it as it is). It reads three read models (this one,
 -- mv_chain_projects and mv_forum_threads), all as of the fold.
-SELECT '{"chain":' || d.item
-    || ',"projects":[' || coalesce((
-        SELECT string_agg(p.item_head || ',"upvote_count":' || p.upvote_count || ',"comment_count":' || p.comment_count
-                          || '}', ',' ORDER BY p.upvote_count DESC, p.project_id DESC)
-        FROM (SELECT cp.project_id, cp.item_head, c.upvote_count, c.comment_count
-              FROM mv_chain_projects cp
-              JOIN project_counters c ON c.project_id = cp.project_id
-              WHERE cp.chain_id = d.chain_id
-              ORDER BY cp.upvote_count DESC, cp.project_id DESC
-              LIMIT %(limit)s) p), '')
-    || '],"threads":[' || coalesce((
-        SELECT string_agg(t.item, ',')  -- in the subquery's order
-        FROM (SELECT thread_id, last_activity_at, item
-              FROM mv_forum_threads
-              WHERE chain_id = d.chain_id
-              ORDER BY last_activity_at DESC, thread_id DESC
-              LIMIT %(limit)s) t), '')
-    || '],"as_of":' || (SELECT json_ts(as_of) FROM read_model_freshness WHERE clock = 'fold') || '}'
+SELECT '{"chain":' || d.item || ',"projects":' || pp.items || ',"projects_next_cursor":' || pp.next_cursor
+       || ',"threads":' || tp.items || ',"threads_next_cursor":' || tp.next_cursor
+       || ',"as_of":' || (SELECT json_ts(as_of) FROM read_model_freshness WHERE clock = 'fold') || '}'
 FROM mv_chain_directory d
+CROSS JOIN LATERAL chain_projects_page(d.chain_id, 9223372036854775807, 9223372036854775807, %(limit)s::int) pp
+CROSS JOIN LATERAL chain_threads_page(d.chain_id, 'infinity', 9223372036854775807, %(limit)s::int) tp
 WHERE d.slug = %(slug)s
 LIMIT 1

@@ -101,3 +101,36 @@ SELECT rebuild_on_truncate('users', 'mv_chain_projects', 'chain_projects_rebuild
 SELECT rebuild_on_truncate('projects', 'mv_chain_projects', 'chain_projects_rebuild');
 SELECT rebuild_on_truncate('project_upvotes', 'mv_chain_projects', 'chain_projects_rebuild');
 SELECT rebuild_on_truncate('project_comments', 'mv_chain_projects', 'chain_projects_rebuild');
+
+-- ---------------------------------------------------------------------------------------------
+-- Reads.
+
+-- A page of a chain's projects in the chain page's order (best first, as of the fold), after the
+-- keyset cursor (upvote_count, project_id) of the order; the counts shown are the exact ones. The
+-- items as a JSON array, and the next_cursor (page_cursor(), kind 'chain_projects') as JSON.
+CREATE FUNCTION chain_projects_page(chain bigint, after_upvotes bigint, after_id bigint, n integer)
+RETURNS TABLE (items text, next_cursor text)
+LANGUAGE sql STABLE AS $$
+    -- The aggregates read the rows in the subquery's order (see the feed's statement).
+    SELECT '[' || coalesce(string_agg(p.item_head || ',"upvote_count":' || p.exact_upvotes
+                                      || ',"comment_count":' || p.exact_comments || '}', ','), '') || ']',
+           CASE WHEN count(*) = n
+                THEN page_cursor('chain_projects', (array_agg(p.upvote_count))[count(*)] || ','
+                                                   || (array_agg(p.project_id))[count(*)])
+                ELSE 'null' END
+    FROM (SELECT cp.project_id, cp.upvote_count, cp.item_head, c.upvote_count AS exact_upvotes,
+                 c.comment_count AS exact_comments
+          FROM mv_chain_projects cp
+          JOIN project_counters c ON c.project_id = cp.project_id
+          WHERE cp.chain_id = chain AND (cp.upvote_count, cp.project_id) < (after_upvotes, after_id)
+          ORDER BY cp.upvote_count DESC, cp.project_id DESC
+          LIMIT n) p
+$$;
+
+-- name: chain_projects
+-- GET /api/chains/{slug}/projects: a page of the chain's projects; no row when there is no such chain.
+SELECT '{"items":' || pp.items || ',"next_cursor":' || pp.next_cursor
+       || ',"as_of":' || (SELECT json_ts(as_of) FROM read_model_freshness WHERE clock = 'fold') || '}'
+FROM chains ch
+CROSS JOIN LATERAL chain_projects_page(ch.id, %(after_key)s::bigint, %(after_id)s::bigint, %(limit)s::int) pp
+WHERE ch.slug = %(slug)s::text

@@ -155,3 +155,32 @@ LANGUAGE sql AS $$
     TRUNCATE mv_forum_threads, forum_thread_deltas;
     SELECT forum_threads_set(NULL);
 $$;
+
+-- ---------------------------------------------------------------------------------------------
+-- Reads.
+
+-- A page of a chain's threads in the chain page's order (latest activity first, as of the fold),
+-- after the keyset cursor (last_activity_at, thread_id): the items as a JSON array, and the
+-- next_cursor (page_cursor(), kind 'chain_threads') as JSON.
+CREATE FUNCTION chain_threads_page(chain bigint, after_at timestamptz, after_id bigint, n integer)
+RETURNS TABLE (items text, next_cursor text)
+LANGUAGE sql STABLE AS $$
+    SELECT '[' || coalesce(string_agg(t.item, ','), '') || ']',
+           CASE WHEN count(*) = n
+                THEN page_cursor('chain_threads', json_ts((array_agg(t.last_activity_at))[count(*)]) || ','
+                                                  || (array_agg(t.thread_id))[count(*)])
+                ELSE 'null' END
+    FROM (SELECT thread_id, last_activity_at, item
+          FROM mv_forum_threads
+          WHERE chain_id = chain AND (last_activity_at, thread_id) < (after_at, after_id)
+          ORDER BY last_activity_at DESC, thread_id DESC
+          LIMIT n) t
+$$;
+
+-- name: chain_threads
+-- GET /api/chains/{slug}/threads: a page of the chain's threads; no row when there is no such chain.
+SELECT '{"items":' || tp.items || ',"next_cursor":' || tp.next_cursor
+       || ',"as_of":' || (SELECT json_ts(as_of) FROM read_model_freshness WHERE clock = 'fold') || '}'
+FROM chains ch
+CROSS JOIN LATERAL chain_threads_page(ch.id, %(after_at)s::timestamptz, %(after_id)s::bigint, %(limit)s::int) tp
+WHERE ch.slug = %(slug)s::text

@@ -19,3 +19,11 @@ RETURN coalesce(to_json(v)::text, 'null');
 CREATE FUNCTION json_ts(v timestamptz) RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
 RETURN coalesce('"' || (to_json(v AT TIME ZONE 'UTC') #>> '{}') || '+00:00"', 'null');
+
+-- A page's next_cursor, as JSON: URL-safe base64, unpadded, of the JSON array [kind, the last item's
+-- key, its id] (services/api/cursors.py decodes it, checking the kind and the key's type).
+-- `key_and_id` is the key as JSON (a number, or a quoted timestamp), a comma, and the id.
+CREATE FUNCTION page_cursor(kind text, key_and_id text) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN '"' || translate(encode(convert_to('[' || to_json(kind)::text || ',' || key_and_id || ']', 'UTF8'), 'base64'),
+                        E'+/=\n', '-_') || '"';

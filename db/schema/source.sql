@@ -118,11 +118,12 @@ CREATE TABLE intro_requests (
     -- An answered request carries the time it was answered; a pending one does not.
     CONSTRAINT intro_requests_responded_matches_status CHECK ((status = 'pending') = (responded_at IS NULL))
 );
-CREATE INDEX intro_requests_requester_id_idx ON intro_requests (requester_id);
+-- (user, created_at, id): a user's requests newest first (GET /api/intro-requests), and the cascades.
+CREATE INDEX intro_requests_requester_page_idx ON intro_requests (requester_id, created_at, id);
 -- At most one pending request per requester, target and project: a duplicate is refused (409).
 CREATE UNIQUE INDEX intro_requests_one_pending_idx ON intro_requests (requester_id, target_id, coalesce(project_id, 0))
     WHERE status = 'pending';
-CREATE INDEX intro_requests_target_id_idx ON intro_requests (target_id);
+CREATE INDEX intro_requests_target_page_idx ON intro_requests (target_id, created_at, id);
 CREATE INDEX intro_requests_project_id_idx ON intro_requests (project_id) WHERE project_id IS NOT NULL;
 
 -- ---------------------------------------------------------------------------------------------
@@ -197,6 +198,30 @@ WITH t AS (
     RETURNING id
 )
 SELECT (SELECT member FROM t), (SELECT id FROM made)
+
+-- name: add_chain_project
+-- The chain's owner adds a project (idempotent). One row: (the caller owns the chain, rows added);
+-- no row when there is no such chain. An unknown project is a foreign key violation (404).
+WITH c AS (
+    SELECT id, owner_id = %(me)s AS mine FROM chains WHERE slug = %(slug)s
+), added AS (
+    INSERT INTO chain_projects (chain_id, project_id)
+    SELECT id, %(project)s FROM c WHERE mine
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT mine, (SELECT count(*) FROM added) FROM c
+
+-- name: remove_chain_project
+-- The chain's owner removes a project (idempotent). One row: (the caller owns the chain, rows
+-- removed, the project exists); no row when there is no such chain.
+WITH c AS (
+    SELECT id, owner_id = %(me)s AS mine FROM chains WHERE slug = %(slug)s
+), removed AS (
+    DELETE FROM chain_projects cp USING c WHERE c.mine AND cp.chain_id = c.id AND cp.project_id = %(project)s
+    RETURNING 1
+)
+SELECT mine, (SELECT count(*) FROM removed), EXISTS (SELECT 1 FROM projects WHERE id = %(project)s) FROM c
 
 -- name: schema_ready
 -- Whether the schema is in place (readiness: a database reachable but not migrated is not ready).

@@ -31,10 +31,11 @@ from services.api.models import Health, Readiness
 from services.api.ports import Ports
 from services.api.ratelimit import RateLimits
 from services.api.responses import JSONBytes
-from services.api.routes import projects, reads, social
+from services.api.routes import pages, projects, reads, social
 
 log = get_logger("denorm.api")
-ROUTERS = (projects.router, reads.router, social.router)
+# pages last: its /api/users/{username} must not shadow /api/users/dashboard.
+ROUTERS = (projects.router, reads.router, social.router, pages.router)
 BREAKER_STATES = ("closed", "half_open", "open")
 
 

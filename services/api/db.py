@@ -21,7 +21,22 @@ TUPLES_OK = pq.ExecStatus.TUPLES_OK
 
 
 # The reads that go through the pipeline, besides the feed's: each a short index walk answering one row.
-PIPELINED = ("leaderboard_projects", "leaderboard_users", "dashboard", "chains", "chain_page", "conversations")
+PIPELINED = (
+    "leaderboard_projects",
+    "leaderboard_users",
+    "dashboard",
+    "chains",
+    "chain_page",
+    "conversations",
+    "project_page",
+    "project_comments",
+    "thread_page",
+    "chain_projects",
+    "chain_threads",
+    "conversation_messages",
+    "intro_requests",
+    "user_profile",
+)
 
 
 def pipelined_queries() -> dict[str, bytes]:

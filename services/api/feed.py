@@ -3,18 +3,14 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-import orjson
-
 from denorm.ids import MAX_ID
 from denorm.sql import queries
-from services.api.errors import ApiError
+from services.api import cursors
 
 
 class Sort(StrEnum):
@@ -70,11 +66,4 @@ def position(cursor: str | None, sort: Sort) -> tuple[Any, int]:
 
 def decode_cursor(cursor: str, sort: Sort) -> tuple[Any, int]:
     """(key, id) of the last item of the page a cursor continues; 400 for anything else."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        cursor_sort, value, last_id = orjson.loads(raw)
-        if cursor_sort != sort.value or not isinstance(last_id, int) or not 0 < last_id <= MAX_ID:
-            raise ValueError("cursor of another sort")
-        return SORTS[sort].key_of(value), last_id
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError) as exc:
-        raise ApiError(400, "bad_cursor", "the cursor is not one this feed gave out") from exc
+    return cursors.decode(cursor, sort.value, SORTS[sort].key_of)

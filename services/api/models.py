@@ -182,11 +182,93 @@ class ChainThread(BaseModel):
     created_at: datetime
 
 
+Cursor = Field(description="continues after the last item (the same route with ?cursor=); null after the last page")
+
+
 class ChainDetail(BaseModel):
     chain: Chain
     projects: list[ChainProject]
+    projects_next_cursor: str | None = Field(description="GET /api/chains/{slug}/projects?cursor= continues")
     threads: list[ChainThread]
+    threads_next_cursor: str | None = Field(description="GET /api/chains/{slug}/threads?cursor= continues")
     as_of: datetime | None
+
+
+class ChainProjectPage(BaseModel):
+    items: list[ChainProject]
+    next_cursor: str | None = Cursor
+    as_of: datetime | None
+
+
+class ChainThreadPage(BaseModel):
+    items: list[ChainThread]
+    next_cursor: str | None = Cursor
+    as_of: datetime | None
+
+
+class Comment(BaseModel):
+    id: int
+    author_id: int
+    author_username: str
+    body: str
+    created_at: datetime
+
+
+class CommentPage(BaseModel):
+    items: list[Comment]
+    next_cursor: str | None = Cursor
+
+
+class Owner(BaseModel):
+    id: int
+    username: str
+    display_name: str
+
+
+class ProjectPage(BaseModel):
+    id: int
+    owner_id: int
+    username: str
+    owner: Owner
+    title: str
+    tagline: str
+    description: str
+    tags: list[str]
+    upvote_count: int = Field(description="exact at this instant")
+    comment_count: int = Field(description="exact at this instant")
+    trending_score: float = Field(description="as the feed has it, as of the fold")
+    proof_score: float = Field(description="as the feed has it, as of the fold")
+    created_at: datetime
+    updated_at: datetime
+    user_has_upvoted: bool | None = Field(description="with a token: whether the caller upvoted it")
+    comments: CommentPage = Field(description="the newest comments; GET /api/projects/{id}/comments?cursor= continues")
+    as_of: datetime | None = Field(description="the scores reflect every write committed before this")
+
+
+class Thread(BaseModel):
+    id: int
+    chain_id: int
+    chain_slug: str
+    chain_name: str
+    title: str
+    body: str
+    author_id: int
+    author_username: str
+    created_at: datetime
+
+
+class Post(BaseModel):
+    id: int
+    author_id: int
+    author_username: str
+    body: str
+    created_at: datetime
+
+
+class ThreadPage(BaseModel):
+    thread: Thread
+    posts: list[Post] = Field(description="oldest first")
+    next_cursor: str | None = Cursor
 
 
 class SearchHit(BaseModel):
@@ -219,6 +301,52 @@ class Conversation(BaseModel):
 
 class Conversations(BaseModel):
     items: list[Conversation]
+
+
+class Message(BaseModel):
+    id: int
+    sender_id: int
+    recipient_id: int
+    body: str
+    created_at: datetime
+    read_at: datetime | None
+
+
+class MessagePage(BaseModel):
+    other_user: Owner
+    items: list[Message] = Field(description="newest first")
+    next_cursor: str | None = Cursor
+
+
+class IntroRequest(BaseModel):
+    id: int
+    requester_id: int
+    requester_username: str
+    target_id: int
+    target_username: str
+    project_id: int | None
+    message: str
+    status: Literal["pending", "accepted", "declined"]
+    created_at: datetime
+    responded_at: datetime | None
+
+
+class IntroRequestPage(BaseModel):
+    box: Literal["received", "sent"]
+    status: Literal["pending", "accepted", "declined"] | None
+    items: list[IntroRequest] = Field(description="newest first")
+    next_cursor: str | None = Cursor
+
+
+class UserProfile(BaseModel):
+    user_id: int
+    username: str
+    display_name: str
+    bio: str
+    created_at: datetime
+    project_count: int = Field(description="exact at this instant")
+    upvotes_received: int = Field(description="exact at this instant")
+    chains_joined: int = Field(description="exact at this instant")
 
 
 class Created(BaseModel):

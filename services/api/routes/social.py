@@ -126,6 +126,34 @@ async def new_post(svc: ServicesDep, user: UserDep, thread_id: IdPath, body: New
     return _created_by_member(row, "no such thread")
 
 
+@router.put("/api/chains/{slug}/projects/{project_id}", tags=["chains"], response_model=Changed,
+            response_class=JSONBytes)  # fmt: skip
+async def add_chain_project(svc: ServicesDep, user: UserDep, slug: Slug, project_id: IdPath) -> JSONBytes:
+    """The chain's owner adds a project to it (idempotent): 403 for anyone else."""
+    row = await fetch_one(svc.write_pool, "add_chain_project", {"me": user, "slug": slug, "project": project_id})
+    return JSONBytes({"changed": _curated(row)})
+
+
+@router.delete("/api/chains/{slug}/projects/{project_id}", tags=["chains"], response_model=Changed,
+               response_class=JSONBytes)  # fmt: skip
+async def remove_chain_project(svc: ServicesDep, user: UserDep, slug: Slug, project_id: IdPath) -> JSONBytes:
+    """The chain's owner removes a project from it (idempotent): 403 for anyone else."""
+    row = await fetch_one(svc.write_pool, "remove_chain_project", {"me": user, "slug": slug, "project": project_id})
+    changed = _curated(row)
+    if row is not None and not row[2]:
+        raise ApiError(404, "not_found", "no such project")
+    return JSONBytes({"changed": changed})
+
+
+def _curated(row: tuple[Any, ...] | None) -> int:
+    """The rows a curation statement changed: (owner, changed, ...) from its one row."""
+    if row is None:
+        raise ApiError(404, "not_found", "no such chain")
+    if not row[0]:
+        raise ApiError(403, "forbidden", "only the chain's owner adds or removes its projects")
+    return int(row[1])
+
+
 def _created_by_member(row: tuple[Any, ...] | None, missing: str) -> JSONBytes:
     """The answer to a forum write: (member, new id) from its statement."""
     if row is None or row[0] is None:
