@@ -550,12 +550,12 @@ def main() -> None:
         print(f"dataset={args.scale} ({scale.projects:,} projects, {scale.upvotes:,} upvotes, "
               f"{scale.messages:,} messages); medians, naive {naive_runs} runs, read model {args.runs} runs; "
               "each naive query checked to give the read model's answer")  # fmt: skip
-        print(f"{'':<24}{'---------- server ----------':>36}{'-------- round trip --------':>36}")
-        print(f"{'route query':<24}" + f"{'naive ms':>12}{'read model ms':>15}{'ratio':>9}" * 2)
+        print(f"{'':<34}{'---------- server ----------':>36}{'-------- round trip --------':>36}")
+        print(f"{'route query':<34}" + f"{'naive ms':>12}{'read model ms':>15}{'ratio':>9}" * 2)
 
         def row(label: str, slow: tuple[float, float], fast: tuple[float, float]) -> None:
             cells = "".join(f"{s:>12.3f}{f:>15.3f}{s / f:>8.0f}x" for s, f in zip(slow, fast, strict=True))
-            print(f"{label:<24}{cells}")
+            print(f"{label:<34}{cells}")
 
         for name, naive in NAIVE.items():
             draw = params.drawer(name)

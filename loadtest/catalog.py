@@ -54,10 +54,8 @@ class Catalog:
         self.slugs: list[str] = []
         self.filled = False
         self._filling = Semaphore()
-        # Intro requests waiting for their target, by target user id. A member asks another member
-        # online in this process, so that the target can find and answer it: the API has no list of
-        # one's pending intro requests, only their count on the dashboard.
-        self.inbox: dict[int, deque[int]] = {}
+        # Members online in this process: one asks such a member for an intro, so that it is read
+        # in their inbox (GET /api/intro-requests) and answered while the load lasts.
         self.online: Counter[int] = Counter()
 
     def fill(self, get: Fetch) -> None:
@@ -105,10 +103,3 @@ class Catalog:
     def online_peer(self, me: int) -> int | None:
         peers = [u for u in self.online if u != me]
         return self.rng.choice(peers) if peers else None
-
-    def deliver_intro(self, target: int, intro_id: int) -> None:
-        self.inbox.setdefault(target, deque(maxlen=100)).append(intro_id)
-
-    def take_intro(self, me: int) -> int | None:
-        waiting = self.inbox.get(me)
-        return waiting.popleft() if waiting else None

@@ -119,6 +119,40 @@ class Browsing(FastHttpUser):
     def chain_page(self) -> None:
         self.get_json(f"/api/chains/{CATALOG.slug()}", "/api/chains/[slug]")
 
+    def project_page(self) -> None:
+        """A project from the feed (or one seen before), and sometimes its older comments."""
+        item = random.choice(self.page) if self.page else None
+        project = item["id"] if item else CATALOG.project()
+        data = self.get_json(f"/api/projects/{project}", "/api/projects/[id]")
+        cursor = data["comments"]["next_cursor"] if data else None
+        if cursor and random.random() < 0.3:
+            query = urlencode({"cursor": cursor})
+            self.get_json(f"/api/projects/{project}/comments?{query}", "/api/projects/[id]/comments?cursor=[cursor]")
+
+    def thread_page(self) -> None:
+        """A chain's page, one of its threads, and the thread's posts page by page, as a reader scrolls."""
+        chain = self.get_json(f"/api/chains/{CATALOG.slug()}", "/api/chains/[slug]")
+        if not chain or not chain["threads"]:
+            return
+        thread = random.choice(chain["threads"])["thread_id"]
+        query: dict[str, str] = {}
+        for _ in range(3):
+            name = "/api/threads/[id]" + ("?cursor=[cursor]" if query else "")
+            data = self.get_json(f"/api/threads/{thread}?{urlencode(query)}", name)
+            if not data or not data["next_cursor"] or random.random() < 0.5:
+                return
+            query = {"cursor": data["next_cursor"]}
+
+    def chain_more(self) -> None:
+        """A chain's page, then its projects or threads past the first twenty."""
+        slug = CATALOG.slug()
+        chain = self.get_json(f"/api/chains/{slug}", "/api/chains/[slug]")
+        kind = random.choice(["projects", "threads"])
+        cursor = chain.get(f"{kind}_next_cursor") if chain else None
+        if cursor:
+            query = urlencode({"cursor": cursor})
+            self.get_json(f"/api/chains/{slug}/{kind}?{query}", f"/api/chains/[slug]/{kind}?cursor=[cursor]")
+
     def search(self) -> None:
         kind = random.choices(["all", "projects", "users", "chains"], weights=[70, 20, 5, 5])[0]
         query = urlencode({"q": random.choice(SEARCHES), "type": kind, "limit": "20"})
@@ -170,6 +204,18 @@ class Reader(Browsing):
     @task(10)  # a chain is reached from the directory, a project, or a shared link
     def chain(self) -> None:
         self.chain_page()
+
+    @task(10)  # a project from the feed: its page and its comments
+    def open_project(self) -> None:
+        self.project_page()
+
+    @task(4)  # a chain's forum: a thread, read page by page
+    def read_thread(self) -> None:
+        self.thread_page()
+
+    @task(3)  # more of a chain than its page shows
+    def more_of_a_chain(self) -> None:
+        self.chain_more()
 
     @task(14)  # search is the second way in, after the feed; half the queries carry a typo
     def search_projects(self) -> None:
@@ -287,21 +333,44 @@ class Member(Browsing):
         item = self.a_project_on_the_page()
         body = {"target_id": target, "project_id": item["id"] if item else None, "message": "Could you introduce me?"}
         # 409: this member already has a pending request of ours about it (one is allowed).
-        created = self.send("POST", "/api/intro-requests", "/api/intro-requests", body, 201, expected=(409,))
-        if created is not None:
-            CATALOG.deliver_intro(target, int(created["id"]))
+        self.send("POST", "/api/intro-requests", "/api/intro-requests", body, 201, expected=(409,))
 
-    @task(3)  # the dashboard says intros are pending: answer one, mostly yes
+    @task(3)  # the inbox of intro requests (the seeded pending ones too): answer one, mostly yes
     def answer_intro(self) -> None:
-        stats = self.get_json("/api/users/dashboard", "/api/users/dashboard")
-        if not stats or stats["pending_intros_received"] == 0:
+        inbox = self.get_json("/api/intro-requests?box=received&status=pending&limit=20",
+                              "/api/intro-requests?box=received&status=pending")  # fmt: skip
+        if not inbox or not inbox["items"]:
             return
-        intro = CATALOG.take_intro(self.user_id)
-        if intro is not None:
-            decision = random.choices(["accept", "decline"], weights=[70, 30])[0]
-            # 404: another session of the same user answered it first, a normal outcome.
-            path = f"/api/intro-requests/{intro}/{decision}"
-            self.send("POST", path, "/api/intro-requests/[id]/[decision]", None, 200, expected=(404,))
+        intro = random.choice(inbox["items"])["id"]
+        decision = random.choices(["accept", "decline"], weights=[70, 30])[0]
+        # 404: another session of the same user answered it first, a normal outcome.
+        path = f"/api/intro-requests/{intro}/{decision}"
+        self.send("POST", path, "/api/intro-requests/[id]/[decision]", None, 200, expected=(404,))
+
+    @task(2)  # the requests one sent, and how they were answered
+    def sent_intros(self) -> None:
+        self.get_json("/api/intro-requests?box=sent&limit=20", "/api/intro-requests?box=sent")
+
+    @task(4)  # a conversation from the list: its latest messages, sometimes older ones
+    def read_conversation(self) -> None:
+        if not self.conversations:
+            self.inbox()
+        if not self.conversations:
+            return
+        other = random.choice(self.conversations)["other_user_id"]
+        data = self.get_json(f"/api/messages/conversations/{other}?limit=20", "/api/messages/conversations/[id]")
+        if data and data["next_cursor"] and random.random() < 0.3:
+            query = urlencode({"cursor": data["next_cursor"], "limit": "20"})
+            self.get_json(f"/api/messages/conversations/{other}?{query}",
+                          "/api/messages/conversations/[id]?cursor=[cursor]")  # fmt: skip
+
+    @task(4)
+    def open_project(self) -> None:
+        self.project_page()
+
+    @task(2)
+    def read_thread(self) -> None:
+        self.thread_page()
 
     @task(4)
     def project_leaderboard(self) -> None:

@@ -198,15 +198,11 @@ def test_user_id_ranges() -> None:
     assert {catalog.user() for _ in range(2000)} <= set(range(1, 201))
 
 
-def test_intro_requests_reach_their_target_once() -> None:
+def test_a_member_asks_another_member_online() -> None:
     catalog = Catalog("1-10")
     catalog.come_online(1)
     catalog.come_online(2)
     assert catalog.online_peer(1) == 2
-    catalog.deliver_intro(2, 99)
-    assert catalog.take_intro(1) is None
-    assert catalog.take_intro(2) == 99
-    assert catalog.take_intro(2) is None
     catalog.go_offline(2)
     assert catalog.online_peer(1) is None
 
