@@ -156,3 +156,33 @@ class PrivatePostgres:
 
     def drop(self) -> None:
         subprocess.run(["pg_dropcluster", "--stop", self.version, self.name], check=False, capture_output=True)
+
+
+class PrivateReplica:
+    """A streaming replica of a PrivatePostgres: a cluster of its own whose data directory is a
+    pg_basebackup -R of the primary's, on a free port; `apply_delay_ms` holds each transaction back
+    that long after its commit (recovery_min_apply_delay), as a lagging replica would. Dropped at the end."""
+
+    def __init__(self, primary: PrivatePostgres, apply_delay_ms: int = 0) -> None:
+        self.version = primary.version
+        self.name = f"r{uuid.uuid4().hex[:10]}"
+        self.port = free_port()
+        subprocess.run(
+            ["pg_createcluster", self.version, self.name, "-p", str(self.port), "--", "--auth=trust"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        data = Path(f"/var/lib/postgresql/{self.version}/{self.name}")
+        shutil.rmtree(data)
+        backup = [f"/usr/lib/postgresql/{self.version}/bin/pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port),
+                  "-U", "postgres", "-D", str(data), "-R", "-X", "stream", "--checkpoint=fast"]  # fmt: skip
+        subprocess.run(["runuser", "-u", "postgres", "--", *backup], check=True, capture_output=True)
+        conf = Path(f"/etc/postgresql/{self.version}/{self.name}/conf.d/90-test.conf")
+        conf.write_text(f"recovery_min_apply_delay = '{apply_delay_ms}ms'\nhot_standby_feedback = on\n")
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, "start"],
+                       check=True, capture_output=True)  # fmt: skip
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def drop(self) -> None:
+        subprocess.run(["pg_dropcluster", "--stop", self.version, self.name], check=False, capture_output=True)

@@ -5,6 +5,7 @@ real runs (tiny dataset, a master and two workers) through the command people ru
 from __future__ import annotations
 
 import csv
+import fnmatch
 import json
 import math
 import uuid
@@ -118,6 +119,11 @@ def test_the_targets_file_holds_the_seeds_after_column() -> None:
     assert t.client_target("GET /api/chains") == 90
     assert t.client_target("GET /api/chains/[slug]") == 90
     assert t.client_target("GET /api/search?q=[query]") == 150
+    # The pages a list links to (issue 18): the seed's sub-200 ms, each by a pattern of its own.
+    for name in ("GET /api/projects/[id]", "GET /api/projects/[id]/comments?cursor=[cursor]", "GET /api/threads/[id]",
+                 "GET /api/messages/conversations/[id]", "GET /api/intro-requests?box=sent"):  # fmt: skip
+        assert t.client_target(name) == 200, name
+        assert any(fnmatch.fnmatchcase(name, pattern) for pattern, _ in t.client), name
     # Everything else: under 200 ms, the upvote's round trip included; its 5 ms is server time.
     assert t.client_target("PUT /api/projects/[id]/upvote") == 200
     assert t.client_target("GET /api/messages/conversations") == 200
