@@ -19,8 +19,13 @@ class Settings(BaseSettings):
     # development or test outright (`make` sets development, the tests test).
     environment: str = Field(default="production", description="development, test or production")
     database_url: str = "postgresql://postgres@127.0.0.1:5432/denorm"
-    # Reads may go to a replica; writes and the refresh queue always use database_url.
+    # Reads may go to a replica; writes and the refresh queue always use database_url. A caller's
+    # reads go to the primary until the replica has replayed their last write (services/api/replica.py).
     database_read_url: str | None = None
+    database_read_max_lag_ms: int = Field(default=2000, ge=0, description="a replica further behind is bypassed")
+    api_read_your_writes_ms: int = Field(
+        default=10_000, ge=100, description="how long a caller's last write position is kept for their reads"
+    )
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Every Redis key starts with this, so that tests and tenants can share one server.
     redis_key_prefix: str = "denorm:"

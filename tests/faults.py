@@ -131,7 +131,7 @@ class PrivatePostgres:
     """A PostgreSQL cluster of this test's own (Debian's pg_createcluster, trust auth, on a free
     port), that the test may stop and start; dropped at the end."""
 
-    def __init__(self, version: str = "15") -> None:
+    def __init__(self, version: str = "15", replicable: bool = False) -> None:
         self.version = version
         self.name = f"t{uuid.uuid4().hex[:10]}"
         self.port = free_port()
@@ -140,7 +140,9 @@ class PrivatePostgres:
             check=True, capture_output=True,
         )  # fmt: skip
         conf = Path(f"/etc/postgresql/{version}/{self.name}/conf.d/90-test.conf")
-        conf.write_text("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nautovacuum = off\n")
+        # Durability off, for speed; a primary to take a base backup of keeps full-page writes on.
+        pages = "" if replicable else "full_page_writes = off\n"
+        conf.write_text(f"fsync = off\nsynchronous_commit = off\n{pages}autovacuum = off\n")
         self.start()
 
     def url(self, dbname: str = "postgres") -> str:
@@ -159,7 +161,7 @@ class PrivatePostgres:
 
 
 class PrivateReplica:
-    """A streaming replica of a PrivatePostgres: a cluster of its own whose data directory is a
+    """A streaming replica of a PrivatePostgres(replicable=True): a cluster of its own whose data directory is a
     pg_basebackup -R of the primary's, on a free port; `apply_delay_ms` holds each transaction back
     that long after its commit (recovery_min_apply_delay), as a lagging replica would. Dropped at the end."""
 
@@ -172,10 +174,13 @@ class PrivateReplica:
             check=True, capture_output=True,
         )  # fmt: skip
         data = Path(f"/var/lib/postgresql/{self.version}/{self.name}")
-        shutil.rmtree(data)
+        for entry in data.iterdir():  # empty, but kept: pg_basebackup (as postgres) cannot create it here
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         backup = [f"/usr/lib/postgresql/{self.version}/bin/pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port),
                   "-U", "postgres", "-D", str(data), "-R", "-X", "stream", "--checkpoint=fast"]  # fmt: skip
-        subprocess.run(["runuser", "-u", "postgres", "--", *backup], check=True, capture_output=True)
+        done = subprocess.run(["runuser", "-u", "postgres", "--", *backup], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_basebackup failed: {done.stderr}")
         conf = Path(f"/etc/postgresql/{self.version}/{self.name}/conf.d/90-test.conf")
         conf.write_text(f"recovery_min_apply_delay = '{apply_delay_ms}ms'\nhot_standby_feedback = on\n")
         subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, "start"],

@@ -71,6 +71,8 @@ PARAMS: dict[str, dict[str, Any]] = {
         "limit": 20,
     },
     "user_profile": {"username": "ada"},
+    "replica_state": {},
+    "wal_insert_position": {},
     "freshness": {},
     "queue_state": {},
     "fold_state": {},

@@ -130,9 +130,17 @@ REVOKE EXECUTE ON FUNCTION refresh_materialized_view(text) FROM PUBLIC;
 -- (db/schema/ledgers.sql). The ledger-kept read models are exact at every commit and have no
 -- clock. denorm/readmodels.py says which clock each read model follows; the API's reads,
 -- /api/admin/refresh-status, the refresher's gauges and the reconciler all read this view.
+-- "Now" for the data this database holds: now on a primary; on a streaming replica, the commit time
+-- of the last transaction it has replayed (an idle view's as_of there must not claim writes the
+-- replica has not replayed yet; services/api/replica.py).
+CREATE FUNCTION data_now() RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN CASE WHEN pg_is_in_recovery() THEN least(now(), coalesce(pg_last_xact_replay_timestamp(), '-infinity'))
+            ELSE now() END;
+
 CREATE VIEW read_model_freshness AS
 SELECT q.view_name AS clock,
-       least(CASE WHEN q.status = 'pending' THEN q.first_requested_at ELSE now() END,
+       least(CASE WHEN q.status = 'pending' THEN q.first_requested_at ELSE data_now() END,
              (SELECT min(r.requested_at)
               FROM unnest(q.depends_on) AS d(source_table)
               CROSS JOIN LATERAL (SELECT x.requested_at FROM mv_refresh_requests x
@@ -141,6 +149,20 @@ SELECT q.view_name AS clock,
 FROM mv_refresh_queue q
 UNION ALL
 SELECT 'fold', f.as_of FROM fold_state f;
+
+-- name: replica_state
+-- A streaming replica's replay position, and how far its replay is behind: 0 when it has replayed
+-- all it received, else the age of its last replayed commit; unknown (NULL) until it has replayed a
+-- commit since it started, when data_now() has nothing to go by (services/api/replica.py polls it).
+-- On a primary the position is NULL.
+SELECT pg_last_wal_replay_lsn()::text,
+       CASE WHEN pg_last_xact_replay_timestamp() IS NULL THEN NULL
+            WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+            ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END
+
+-- name: wal_insert_position
+-- The primary's WAL insert position: read after a write has committed, it is at or past the commit.
+SELECT pg_current_wal_insert_lsn()::text
 
 -- name: freshness
 -- Every clock with its staleness in seconds; the Redis upvote sets' clock is their oldest mark

@@ -13,7 +13,7 @@ from prometheus_client.registry import Collector
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp
 
-from denorm.auth import TokenVerifier
+from denorm.auth import AuthError, TokenVerifier
 from denorm.cache import open_redis
 from denorm.config import Settings, get_settings
 from denorm.logs import get_logger
@@ -30,6 +30,7 @@ from services.api.gcwatch import GcPauses
 from services.api.models import Health, Readiness
 from services.api.ports import Ports
 from services.api.ratelimit import RateLimits
+from services.api.replica import ReplicaReads
 from services.api.responses import JSONBytes
 from services.api.routes import pages, projects, reads, social
 
@@ -71,6 +72,16 @@ class CacheCollector(Collector):
         for s in BREAKER_STATES:
             state.add_metric([s], 1.0 if svc.cache.breaker.state == s else 0.0)
         yield state
+        if svc.replica is not None:
+            served = CounterMetricFamily(
+                "denorm_api_reads_served", "Short reads by where they ran (a replica, or the primary)", labels=["on"]
+            )
+            for on, n in svc.replica.served.items():
+                served.add_metric([on], n)
+            yield served
+            lag = GaugeMetricFamily("denorm_api_replica_lag_seconds", "How far the replica's replay is behind")
+            lag.add_metric([], svc.replica.lag_s)
+            yield lag
         lanes = GaugeMetricFamily("denorm_api_pipeline_lanes_up", "Pipeline connections up")
         lanes.add_metric([], svc.reads.up)
         yield lanes
@@ -117,12 +128,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         search_cache = AnswerCache(settings.api_search_cache_seconds, settings.api_search_cache_entries)
         tokens = TokenVerifier(settings.jwt_secret, test_secret=settings.jwt_test_secret)
         limits = RateLimits(settings, client, breaker)
-        app.state.services = Services(settings, write_pool, read_pool, reads, cache, search_cache, tokens, limits)
+        replica = None
+        if settings.database_read_url:
+            replica = ReplicaReads(
+                settings.database_read_url, settings.database_read_max_lag_ms / 1000, settings.api_read_your_writes_ms,
+                client, settings.redis_key_prefix, breaker,
+            )  # fmt: skip
+            replica.start()
+        app.state.services = Services(
+            settings, write_pool, read_pool, reads, cache, search_cache, tokens, limits, replica
+        )
         gc_pauses.install()
         try:
             yield
         finally:
             gc_pauses.uninstall()
+            if replica is not None:
+                await replica.stop()
             await client.aclose()
             await reads.close()
             if read_pool is not write_pool:
@@ -161,8 +183,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stack = FastReads(stack, direct_reads, services=lambda: getattr(app.state, "services", None), stats=fast)
         # outside both: sees every request
         stack = Front(stack, histogram=histogram, access_log=settings.api_access_log,
-                      body_timeout_s=settings.api_body_timeout_ms / 1000, limits=rate_limits)  # fmt: skip
+                      body_timeout_s=settings.api_body_timeout_ms / 1000, limits=rate_limits,
+                      wrote=remember_write)  # fmt: skip
         return Ports(stack, settings.api_admin_port, settings.docs_public)
+
+    async def remember_write(token: str | None) -> None:
+        """A write answered 2xx: with a replica, the caller's reads follow it there (replica.py)."""
+        svc: Services | None = getattr(app.state, "services", None)
+        if svc is None or svc.replica is None or token is None:
+            return
+        try:
+            user = svc.tokens(token)
+        except AuthError:
+            return
+        await svc.replica.remember_write(svc.write_pool, user)
 
     def rate_limits() -> RateLimits | None:
         svc: Services | None = getattr(app.state, "services", None)
@@ -205,6 +239,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except Exception as exc:  # Redis is optional: report it, stay ready
             body["redis"] = f"degraded: {type(exc).__name__}"
         body["redis_breaker"] = svc.cache.breaker.state
+        if svc.replica is not None:  # reported, never fatal: a lagging replica is bypassed
+            lag = svc.replica.lag_s
+            body["replica"] = ("ok" if svc.replica.usable else "bypassed") + (
+                f", {lag * 1000:.0f} ms behind" if lag != float("inf") else ", not answering"
+            )
         body["status"] = "ready" if status == 200 else "not ready"
         return JSONBytes(body, status_code=status)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import cache
 from typing import Any, NoReturn
 
 import psycopg
@@ -14,7 +15,7 @@ from psycopg_pool import PoolTimeout
 from denorm.pgpipe import PipelinedReads
 from denorm.sql import queries, query
 from services.api import feed
-from services.api.deps import Pool
+from services.api.deps import Pool, Services
 from services.api.errors import ApiError
 
 TUPLES_OK = pq.ExecStatus.TUPLES_OK
@@ -39,9 +40,13 @@ PIPELINED = (
 )
 
 
+@cache
+def _short_reads() -> dict[str, str]:
+    return {name: queries()[name] for name in PIPELINED} | feed.statements()
+
+
 def pipelined_queries() -> dict[str, bytes]:
-    texts = {name: queries()[name] for name in PIPELINED} | feed.statements()
-    return {name: text.encode() for name, text in texts.items()}
+    return {name: text.encode() for name, text in _short_reads().items()}
 
 
 def as_api_error(exc: psycopg.Error) -> ApiError | None:
@@ -103,6 +108,26 @@ async def read_row(reads: PipelinedReads, name: str, params: dict[str, Any]) -> 
         return await reads.fetch(name, params)
     except psycopg.Error as exc:
         raise_mapped(exc)
+
+
+async def read(
+    svc: Services, name: str, params: dict[str, Any], user: int | None = None
+) -> tuple[bytes | None, ...] | None:
+    """A short read (one row, Postgres's text as bytes): pipelined to DATABASE_READ_URL, or run on
+    the primary while that replica lags or has not replayed the caller's last write
+    (services/api/replica.py)."""
+    if svc.replica is None or await svc.replica.on_replica(user):
+        return await read_row(svc.reads, name, params)
+    async with connection(svc.write_pool) as conn:
+        row = await (await conn.execute(_short_reads()[name], params)).fetchone()
+    return None if row is None else tuple(v.encode() if isinstance(v, str) else v for v in row)
+
+
+async def read_json(
+    svc: Services, name: str, params: dict[str, Any], user: int | None = None, missing: str = ""
+) -> bytes:
+    """The JSON document a short read built, as `read` routes it: no row is a 404 saying `missing`."""
+    return _document(await read(svc, name, params, user), missing)
 
 
 def _document(row: tuple[Any, ...] | None, missing: str) -> bytes:

@@ -16,6 +16,7 @@ from denorm.usercache import UserCache
 from services.api.answercache import AnswerCache
 from services.api.errors import ApiError
 from services.api.ratelimit import RateLimits
+from services.api.replica import ReplicaReads
 
 Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
@@ -30,6 +31,7 @@ class Services:
     search_cache: AnswerCache
     tokens: TokenVerifier
     limits: RateLimits
+    replica: ReplicaReads | None = None  # with DATABASE_READ_URL: where each read goes
 
 
 async def services(request: Request) -> Services:

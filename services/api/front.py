@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import Histogram
@@ -64,12 +64,14 @@ class Front:
         access_log: bool,
         body_timeout_s: float = 10.0,
         limits: Callable[[], RateLimits | None] = lambda: None,
+        wrote: Callable[[str | None], Awaitable[None]] | None = None,
     ) -> None:
         self.app = app
         self.histogram = histogram
         self.access_log = access_log
         self.body_timeout_s = body_timeout_s
         self.limits = limits
+        self.wrote = wrote
         # Labelled children, by (method, route, status): Histogram.labels() validates and locks on
         # every call, which showed up in profiles of the hot reads. Routes are templates, so the
         # number of children stays bounded.
@@ -135,7 +137,14 @@ class Front:
                         return {"type": "http.request", "body": body, "more_body": False}
                     return await receive()
 
-                await self.app(scope, replay, observed_send)
+                async def written_send(message: Message) -> None:
+                    # A write that succeeded is remembered before its answer leaves: the caller's
+                    # next read cannot overtake it (services/api/replica.py).
+                    if message["type"] == "http.response.start" and message["status"] < 300 and self.wrote:
+                        await self.wrote(CALLER.get()[0])
+                    await observed_send(message)
+
+                await self.app(scope, replay, written_send)
         route = getattr(scope.get("route"), "path", "unmatched")
         elapsed = time.perf_counter() - started
         self._observe(scope["method"], route, status, elapsed)

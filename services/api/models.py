@@ -400,3 +400,4 @@ class Readiness(BaseModel):
     redis: str
     redis_breaker: Literal["closed", "half_open", "open"]
     read_pipeline: str = Field(description="pipelined read connections up, as 'n/m up'")
+    replica: str | None = Field(default=None, description="with DATABASE_READ_URL: ok or bypassed, and its lag")

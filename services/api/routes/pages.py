@@ -11,7 +11,7 @@ from fastapi import APIRouter, Path, Query
 
 from denorm.ids import MAX_ID
 from services.api import cursors
-from services.api.db import json_of
+from services.api.db import read_json
 from services.api.deps import OptionalUserDep, ServicesDep, UserDep
 from services.api.errors import ERROR_RESPONSES
 from services.api.models import (
@@ -39,26 +39,28 @@ async def project(svc: ServicesDep, user: OptionalUserDep, project_id: IdPath, l
     """A project page: the project, its exact counts, whether the caller upvoted it (with a token),
     and its newest comments."""
     params = {"id": project_id, "user": user, "limit": limit}
-    return RawJSON(await json_of(svc.reads, "project_page", params, missing="no such project"))
+    return RawJSON(await read_json(svc, "project_page", params, user, missing="no such project"))
 
 
 @router.get("/api/projects/{project_id}/comments", tags=["projects"], response_model=CommentPage,
             response_class=JSONBytes)  # fmt: skip
 async def project_comments(
-    svc: ServicesDep, project_id: IdPath, cursor: Cursor = None, limit: PageLimit = 20
+    svc: ServicesDep, user: OptionalUserDep, project_id: IdPath, cursor: Cursor = None, limit: PageLimit = 20
 ) -> RawJSON:
     """A project's comments, newest first."""
     after_at, after_id = cursors.newest_first(cursor, "comments")
     params = {"id": project_id, "after_at": after_at, "after_id": after_id, "limit": limit}
-    return RawJSON(await json_of(svc.reads, "project_comments", params, missing="no such project"))
+    return RawJSON(await read_json(svc, "project_comments", params, user, missing="no such project"))
 
 
 @router.get("/api/threads/{thread_id}", tags=["chains"], response_model=ThreadPage, response_class=JSONBytes)
-async def thread(svc: ServicesDep, thread_id: IdPath, cursor: Cursor = None, limit: PageLimit = 20) -> RawJSON:
+async def thread(
+    svc: ServicesDep, user: OptionalUserDep, thread_id: IdPath, cursor: Cursor = None, limit: PageLimit = 20
+) -> RawJSON:
     """A forum thread and its posts, oldest first, each with its author's username."""
     after_at, after_id = cursors.oldest_first(cursor, "posts")
     params = {"id": thread_id, "after_at": after_at, "after_id": after_id, "limit": limit}
-    return RawJSON(await json_of(svc.reads, "thread_page", params, missing="no such thread"))
+    return RawJSON(await read_json(svc, "thread_page", params, user, missing="no such thread"))
 
 
 @router.get("/api/chains/{slug}/projects", tags=["chains"], response_model=ChainProjectPage, response_class=JSONBytes)
@@ -68,7 +70,7 @@ async def chain_projects(svc: ServicesDep, slug: Slug, cursor: Cursor = None, li
         (MAX_ID, MAX_ID) if cursor is None else cursors.decode(cursor, "chain_projects", cursors.count)
     )
     params = {"slug": slug, "after_key": after_key, "after_id": after_id, "limit": limit}
-    return RawJSON(await json_of(svc.reads, "chain_projects", params, missing="no such chain"))
+    return RawJSON(await read_json(svc, "chain_projects", params, missing="no such chain"))
 
 
 @router.get("/api/chains/{slug}/threads", tags=["chains"], response_model=ChainThreadPage, response_class=JSONBytes)
@@ -76,7 +78,7 @@ async def chain_threads(svc: ServicesDep, slug: Slug, cursor: Cursor = None, lim
     """A chain's forum threads in the chain page's order (latest activity first, as of the fold)."""
     after_at, after_id = cursors.newest_first(cursor, "chain_threads")
     params = {"slug": slug, "after_at": after_at, "after_id": after_id, "limit": limit}
-    return RawJSON(await json_of(svc.reads, "chain_threads", params, missing="no such chain"))
+    return RawJSON(await read_json(svc, "chain_threads", params, missing="no such chain"))
 
 
 @router.get("/api/messages/conversations/{user_id}", tags=["messages"], response_model=MessagePage,
@@ -88,7 +90,7 @@ async def conversation(
     else's conversation is reachable, nor told apart from one that does not exist."""
     after_at, after_id = cursors.newest_first(cursor, "messages")
     params = {"me": me, "other": user_id, "after_at": after_at, "after_id": after_id, "limit": limit}
-    return RawJSON(await json_of(svc.reads, "conversation_messages", params, missing="no conversation with that user"))
+    return RawJSON(await read_json(svc, "conversation_messages", params, me, missing="no conversation with that user"))
 
 
 @router.get("/api/intro-requests", tags=["intro requests"], response_model=IntroRequestPage, response_class=JSONBytes)
@@ -104,10 +106,10 @@ async def intro_requests(
     after_at, after_id = cursors.newest_first(cursor, "intro_requests")
     params = {"me": me, "received": box == "received", "status": status, "after_at": after_at,
               "after_id": after_id, "limit": limit}  # fmt: skip
-    return RawJSON(await json_of(svc.reads, "intro_requests", params))
+    return RawJSON(await read_json(svc, "intro_requests", params, me))
 
 
 @router.get("/api/users/{username}", tags=["users"], response_model=UserProfile, response_class=JSONBytes)
 async def user_profile(svc: ServicesDep, username: Username) -> RawJSON:
     """A public profile, with the dashboard's public counts (exact), never its private ones."""
-    return RawJSON(await json_of(svc.reads, "user_profile", {"username": username}, missing="no such user"))
+    return RawJSON(await read_json(svc, "user_profile", {"username": username}, missing="no such user"))

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from services.api.db import fetch_one, read_row
+from services.api.db import fetch_one, read
 from services.api.deps import OptionalUserDep, Services, ServicesDep, UserDep
 from services.api.errors import ERROR_RESPONSES, ApiError
 from services.api.fastpath import direct
@@ -42,7 +42,7 @@ async def feed_body(
         "after_id": after_id,
     }
     # One row: the page as JSON (next_cursor and as_of included) and its items' ids, in order.
-    row = await read_row(svc.reads, SORTS[sort].statement, params)
+    row = await read(svc, SORTS[sort].statement, params, user)
     assert row is not None and row[0] is not None
     page_json, ids = row[0], row[1]
     if user is None or ids is None:

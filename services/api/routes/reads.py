@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from denorm.ids import MAX_ID
 from denorm.readmodels import REGISTRY
-from services.api.db import fetch_all, fetch_one, json_of, json_of_pool
+from services.api.db import fetch_all, fetch_one, json_of_pool, read_json
 from services.api.deps import Services, ServicesDep, UserDep
 from services.api.errors import ERROR_RESPONSES
 from services.api.fastpath import direct
@@ -41,7 +41,7 @@ QUEUE_STATE = ("status", "refresh_requested_at", "first_requested_at", "last_ref
 
 
 async def leaderboard_projects_body(svc: Services, limit: int, offset: int) -> bytes:
-    return await json_of(svc.reads, "leaderboard_projects", {"limit": limit, "offset": offset})
+    return await read_json(svc, "leaderboard_projects", {"limit": limit, "offset": offset})
 
 
 @router.get("/api/leaderboard/projects", tags=["leaderboards"], response_model=ProjectLeaderboard,
@@ -53,7 +53,7 @@ async def leaderboard_projects(svc: ServicesDep, limit: Limit = 50, offset: Offs
 
 
 async def leaderboard_users_body(svc: Services, limit: int, offset: int) -> bytes:
-    return await json_of(svc.reads, "leaderboard_users", {"limit": limit, "offset": offset})
+    return await read_json(svc, "leaderboard_users", {"limit": limit, "offset": offset})
 
 
 @router.get("/api/leaderboard/users", tags=["leaderboards"], response_model=UserLeaderboard,
@@ -65,7 +65,7 @@ async def leaderboard_users(svc: ServicesDep, limit: Limit = 50, offset: Offset 
 
 
 async def dashboard_body(svc: Services, user: int) -> bytes:
-    return await json_of(svc.reads, "dashboard", {"user_id": user}, missing="no such user")
+    return await read_json(svc, "dashboard", {"user_id": user}, user, missing="no such user")
 
 
 @router.get("/api/users/dashboard", tags=["users"], response_model=Dashboard, response_class=JSONBytes)
@@ -76,7 +76,7 @@ async def dashboard(svc: ServicesDep, user: UserDep) -> RawJSON:
 
 
 async def chains_body(svc: Services, limit: int, after_members: int, after_id: int) -> bytes:
-    return await json_of(svc.reads, "chains", {"limit": limit, "after_members": after_members, "after_id": after_id})
+    return await read_json(svc, "chains", {"limit": limit, "after_members": after_members, "after_id": after_id})
 
 
 @router.get("/api/chains", tags=["chains"], response_model=ChainList, response_class=JSONBytes)
@@ -92,7 +92,7 @@ async def chains(
 
 
 async def chain_body(svc: Services, slug: str) -> bytes:
-    return await json_of(svc.reads, "chain_page", {"slug": slug, "limit": 20}, missing="no such chain")
+    return await read_json(svc, "chain_page", {"slug": slug, "limit": 20}, missing="no such chain")
 
 
 @router.get("/api/chains/{slug}", tags=["chains"], response_model=ChainDetail, response_class=JSONBytes)

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
-from services.api.db import fetch_all, fetch_one, json_of
+from services.api.db import fetch_all, fetch_one, read_json
 from services.api.deps import Services, ServicesDep, UserDep
 from services.api.errors import ERROR_RESPONSES, ApiError
 from services.api.fastpath import direct
@@ -27,7 +27,7 @@ router = APIRouter(responses=ERROR_RESPONSES)
 
 
 async def conversations_body(svc: Services, user: int, limit: int) -> bytes:
-    return await json_of(svc.reads, "conversations", {"user_id": user, "limit": limit})
+    return await read_json(svc, "conversations", {"user_id": user, "limit": limit}, user)
 
 
 @router.get("/api/messages/conversations", tags=["messages"], response_model=Conversations, response_class=JSONBytes)
