@@ -191,3 +191,59 @@ class PrivateReplica:
 
     def drop(self) -> None:
         subprocess.run(["pg_dropcluster", "--stop", self.version, self.name], check=False, capture_output=True)
+
+
+class PrivatePgBouncer:
+    """Debian's PgBouncer of this test's own, on a free port, in front of one database of a
+    Postgres: `pool_mode` session or transaction; every client logs in as `user`
+    (auth_type any). It drops the `options` startup parameter, as a PgBouncer must be told to:
+    the settings the API sends there come from the role instead (db/roles/service_role.sql)."""
+
+    def __init__(self, server_url: str, user: str, pool_mode: str = "session") -> None:
+        import tempfile
+
+        from psycopg.conninfo import conninfo_to_dict
+
+        info = conninfo_to_dict(server_url)
+        self.port = free_port()
+        self.dbname = str(info["dbname"])
+        # Its own folder in /tmp: pgbouncer drops root for postgres, which must reach it.
+        directory = self.directory = Path(tempfile.mkdtemp(prefix="pgbouncer-"))
+        directory.chmod(0o777)
+        conf = directory / "pgbouncer.ini"
+        conf.write_text(
+            "[databases]\n"
+            f"{self.dbname} = host={info.get('host', '127.0.0.1')} port={info.get('port', 5432)} "
+            f"dbname={self.dbname} user={user}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            "auth_type = any\n"
+            f"pool_mode = {pool_mode}\n"
+            "ignore_startup_parameters = options\n"
+            "max_client_conn = 500\ndefault_pool_size = 60\n"
+            f"logfile = {directory / 'pgbouncer.log'}\npidfile = {directory / 'pgbouncer.pid'}\n"
+        )
+        conf.chmod(0o644)
+        self.proc = subprocess.Popen(["pgbouncer", "-u", "postgres", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)  # fmt: skip
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"pgbouncer did not start: {(directory / 'pgbouncer.log').read_text()}"
+                    ) from None
+                time.sleep(0.1)
+
+    def url(self) -> str:
+        return f"postgresql://any@127.0.0.1:{self.port}/{self.dbname}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        shutil.rmtree(self.directory, ignore_errors=True)

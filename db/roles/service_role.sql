@@ -29,4 +29,12 @@ ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT EXECUTE ON FUNCTIONS TO :"role";
 GRANT EXECUTE ON FUNCTION refresh_materialized_view(text) TO :"role";
 \else
 REVOKE EXECUTE ON FUNCTION refresh_materialized_view(text) FROM :"role";
+-- The API's session settings (denorm/pg.py OLTP_SETTINGS), on the role too: the API sends them as
+-- connection options, which a PgBouncer drops (ignore_startup_parameters = options); the server
+-- then applies these to every session of the role, pooled or not (docs/deploy.md, "A pooler").
+ALTER ROLE :"role" SET jit = off;
+ALTER ROLE :"role" SET plan_cache_mode = force_generic_plan;
+ALTER ROLE :"role" SET max_parallel_workers_per_gather = 0;
+ALTER ROLE :"role" SET "TimeZone" = 'UTC';
+ALTER ROLE :"role" SET enable_seqscan = off;
 \endif

@@ -62,6 +62,10 @@ def as_api_error(exc: psycopg.Error) -> ApiError | None:
         return ApiError(503, "unavailable", "busy; try again")
     if isinstance(exc, errors.QueryCanceled):  # statement_timeout
         return ApiError(503, "unavailable", "the database did not answer in time; try again")
+    if isinstance(exc, errors.InvalidSqlStatementName | errors.DuplicatePreparedStatement):
+        # A connection lost or shares its prepared statements: a pooler in transaction mode
+        # (docs/deploy.md, "A pooler"). Not the client's fault, and not one to hide.
+        return ApiError(503, "unavailable", "the database connection lost its prepared statements; try again")
     if isinstance(exc, psycopg.OperationalError):  # no connection (down, restarting, reconnecting)
         return ApiError(503, "unavailable", "the database is unreachable; try again")
     return None
