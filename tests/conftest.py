@@ -11,6 +11,7 @@ error: a suite that silently skips its database tests proves nothing.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,8 +26,10 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import TupleRow
 
 from denorm.config import Settings
-from denorm.migrate import migrate
-from tests.faults import PrivateRedis
+from denorm.maintenance import drain
+from denorm.migrate import ensure_database, migrate
+from denorm.seed import SCALES, seed
+from tests.faults import PrivatePostgres, PrivateRedis, PrivateReplica
 
 # The processes the tests start (the CLI, the API, the refresher) inherit it: the development
 # secret is accepted only where ENVIRONMENT says development or test.
@@ -217,3 +220,39 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+
+
+REPLICA_DELAY_MS = 500
+
+
+@pytest.fixture(scope="session")
+def replicated() -> Iterator[tuple[str, str]]:
+    """(primary URL, replica URL) of a seeded database; the replica 500 ms behind."""
+    primary = PrivatePostgres(replicable=True)
+    replica: PrivateReplica | None = None
+    try:
+        url = primary.url("denorm")
+        ensure_database(url)
+        migrate(url, echo=lambda _m: None)
+        seed(url, SCALES["tiny"], seed=19)
+        with psycopg.connect(url, autocommit=True) as conn:
+            drain(conn, worker="test")
+        replica = PrivateReplica(primary, apply_delay_ms=REPLICA_DELAY_MS)
+        read_url = replica.url("denorm")
+        deadline = time.monotonic() + 60
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("UPDATE users SET bio = 'replicated' WHERE id = 1")  # a commit for it to replay
+        while True:  # until the replica accepts connections and has replayed a commit
+            try:
+                with psycopg.connect(read_url, connect_timeout=2) as conn:
+                    if conn.execute("SELECT pg_last_xact_replay_timestamp() IS NOT NULL").fetchone() == (True,):
+                        break
+            except psycopg.OperationalError:
+                pass
+            assert time.monotonic() < deadline, "the replica did not come up"
+            time.sleep(0.2)
+        yield url, read_url
+    finally:
+        if replica is not None:
+            replica.drop()
+        primary.drop()

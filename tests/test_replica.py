@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -17,50 +16,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from denorm.config import Settings
-from denorm.maintenance import drain
-from denorm.migrate import ensure_database, migrate
-from denorm.seed import SCALES, seed
 from services.api.app import create_app
 from tests.conftest import TEST_REDIS_URL
-from tests.faults import PrivatePostgres, PrivateReplica
 from tests.support import admin
 from tests.test_api import auth
 
 pytestmark = pytest.mark.slow
-DELAY_MS = 500
-
-
-@pytest.fixture(scope="module")
-def pair() -> Iterator[tuple[str, str]]:
-    """(primary URL, replica URL) of a seeded database; the replica 500 ms behind."""
-    primary = PrivatePostgres(replicable=True)
-    replica: PrivateReplica | None = None
-    try:
-        url = primary.url("denorm")
-        ensure_database(url)
-        migrate(url, echo=lambda _m: None)
-        seed(url, SCALES["tiny"], seed=19)
-        with psycopg.connect(url, autocommit=True) as conn:
-            drain(conn, worker="test")
-        replica = PrivateReplica(primary, apply_delay_ms=DELAY_MS)
-        read_url = replica.url("denorm")
-        deadline = time.monotonic() + 60
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("UPDATE users SET bio = 'replicated' WHERE id = 1")  # a commit for it to replay
-        while True:  # until the replica accepts connections and has replayed a commit
-            try:
-                with psycopg.connect(read_url, connect_timeout=2) as conn:
-                    if conn.execute("SELECT pg_last_xact_replay_timestamp() IS NOT NULL").fetchone() == (True,):
-                        break
-            except psycopg.OperationalError:
-                pass
-            assert time.monotonic() < deadline, "the replica did not come up"
-            time.sleep(0.2)
-        yield url, read_url
-    finally:
-        if replica is not None:
-            replica.drop()
-        primary.drop()
 
 
 def client_for(pair: tuple[str, str], redis_prefix: str, **overrides: Any) -> TestClient:
@@ -84,11 +45,11 @@ def wait_usable(client: TestClient) -> None:
 
 
 def test_a_callers_reads_follow_their_writes_and_the_rest_stay_on_the_replica(
-    pair: tuple[str, str], redis_prefix: str
+    replicated: tuple[str, str], redis_prefix: str
 ) -> None:
     settings = Settings(jwt_secret=Settings().jwt_secret)
     stale_for_others = 0
-    with client_for(pair, redis_prefix) as client, psycopg.connect(pair[0], autocommit=True) as primary:
+    with client_for(replicated, redis_prefix) as client, psycopg.connect(replicated[0], autocommit=True) as primary:
         wait_usable(client)
         for i in range(6):
             user, other = 10 + i, 60 + i
@@ -129,9 +90,9 @@ def replay_time(replica_url: str) -> datetime:
 
 
 def test_an_answer_from_the_replica_claims_no_as_of_past_what_it_replayed(
-    pair: tuple[str, str], redis_prefix: str
+    replicated: tuple[str, str], redis_prefix: str
 ) -> None:
-    with client_for(pair, redis_prefix) as client, psycopg.connect(pair[0], autocommit=True) as primary:
+    with client_for(replicated, redis_prefix) as client, psycopg.connect(replicated[0], autocommit=True) as primary:
         wait_usable(client)
         for i in range(5):
             # A write the replica will hold back for 500 ms, then an idle view's answer from it.
@@ -139,15 +100,15 @@ def test_an_answer_from_the_replica_claims_no_as_of_past_what_it_replayed(
             time.sleep(0.1)
             answer = client.get("/api/leaderboard/projects", params={"limit": 1}).json()
             as_of = datetime.fromisoformat(answer["as_of"])
-            assert as_of <= replay_time(pair[1]), (as_of, replay_time(pair[1]))
+            assert as_of <= replay_time(replicated[1]), (as_of, replay_time(replicated[1]))
         assert served(client)["replica"] >= 5
 
 
-def test_a_replica_too_far_behind_is_bypassed(pair: tuple[str, str], redis_prefix: str) -> None:
+def test_a_replica_too_far_behind_is_bypassed(replicated: tuple[str, str], redis_prefix: str) -> None:
     with (
-        client_for(pair, redis_prefix, database_read_max_lag_ms=300) as client,
-        psycopg.connect(pair[0], autocommit=True) as primary,
-        psycopg.connect(pair[1], autocommit=True) as replica,
+        client_for(replicated, redis_prefix, database_read_max_lag_ms=300) as client,
+        psycopg.connect(replicated[0], autocommit=True) as primary,
+        psycopg.connect(replicated[1], autocommit=True) as replica,
     ):
         wait_usable(client)
         replica.execute("SELECT pg_wal_replay_pause()")
