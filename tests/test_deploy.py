@@ -54,6 +54,7 @@ K8S_VERSIONS = sorted(
 )
 UID = 10001
 SECRET_NAME = "denorm-secrets"
+CNPG_GROUP = "postgresql.cnpg.io"
 SECRET_TEMPLATE = DEPLOY / "secret.template.yaml"
 DATASTORE_COMPONENTS = ("api", "refresher", "migrate", "reconciler")
 
@@ -96,6 +97,8 @@ def test_target_renders_distinct_objects(target: Target) -> None:
 def test_every_object_validates_strictly(target: Target, version: str) -> None:
     failures = []
     for obj in render(target):
+        if obj["apiVersion"].startswith(f"{CNPG_GROUP}/"):
+            continue  # a custom resource: no schema here (test_the_local_overlay_runs_postgres_on_cloudnative_pg)
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -209,10 +212,13 @@ def test_image_pinning_rule(image: str, problem: str | None) -> None:
 
 
 def _images(objects: tuple[Manifest, ...]) -> tuple[set[str], set[str]]:
-    """The images of the services' containers, and of the load generator's (Dockerfile targets)."""
+    """The images of the services' containers, and of the load generator's (Dockerfile targets);
+    a datastore's (the local overlay's Redis) is neither."""
     services: set[str] = set()
     loadgen: set[str] = set()
     for _, template in workloads(objects):
+        if component_of(template) in ("redis", "postgres"):
+            continue
         mine = loadgen if component_of(template).startswith("locust") else services
         mine.update(c["image"] for _, c in containers(template))
     return services, loadgen
@@ -299,6 +305,38 @@ def test_only_the_migration_job_is_given_the_owners_database_url(target: Target)
     assert seen == set(roles)
 
 
+def test_the_local_overlay_runs_postgres_on_cloudnative_pg_and_redis_beside_it() -> None:
+    """deploy/overlays/local: a CloudNativePG Cluster of three, rw and ro poolers in session mode
+    that drop the API's connection options, a Redis; the services pointed at them, each container
+    that connects with the app user's password. (The custom resources have no schema here: their
+    fields are checked by name, as the operator's documentation gives them.)"""
+    objects = overlay("local")
+    (cluster,) = (o for o in objects if o["kind"] == "Cluster")
+    assert cluster["apiVersion"] == f"{CNPG_GROUP}/v1" and cluster["spec"]["instances"] == 3
+    assert cluster["spec"]["bootstrap"]["initdb"] == {"database": "denorm", "owner": "denorm"}
+    assert cluster["spec"]["storage"]["size"] and cluster["spec"]["resources"]["limits"]["memory"]
+    poolers = {o["spec"]["type"]: o for o in objects if o["kind"] == "Pooler"}
+    assert set(poolers) == {"rw", "ro"}
+    for pooler in poolers.values():
+        assert pooler["apiVersion"] == f"{CNPG_GROUP}/v1" and pooler["spec"]["cluster"]["name"] == "denorm-pg"
+        assert pooler["spec"]["pgbouncer"]["poolMode"] == "session"  # the prepared reads (docs/deploy.md)
+        assert "options" in pooler["spec"]["pgbouncer"]["parameters"]["ignore_startup_parameters"].split(",")
+    (config,) = (o for o in objects if o["kind"] == "ConfigMap")
+    data = config["data"]
+    assert data["DATABASE_URL"] == f"postgresql://denorm@{poolers['rw']['metadata']['name']}:5432/denorm"
+    assert data["DATABASE_READ_URL"] == f"postgresql://denorm@{poolers['ro']['metadata']['name']}:5432/denorm"
+    redis = find(objects, "Service", "redis")
+    assert data["REDIS_URL"] == f"redis://{redis['metadata']['name']}:{redis['spec']['ports'][0]['port']}/0"
+    for obj, template in workloads(objects):
+        if component_of(template) in ("redis", "postgres"):
+            continue
+        for _, c in containers(template):
+            (password,) = (e for e in c.get("env") or [] if e["name"] == "PGPASSWORD")
+            assert dig(password, "valueFrom", "secretKeyRef") == {"name": "denorm-pg-app", "key": "password"}, (
+                ident(obj), c["name"])  # fmt: skip
+    assert _images(objects)[0] == {"denorm:dev"}  # `make image`, loaded into kind
+
+
 def test_api_probes_use_the_contract_endpoints() -> None:
     api = find(overlay("prod"), "Deployment", "denorm-api")
     main = _main(api)
@@ -341,7 +379,9 @@ def test_named_ports_and_references_resolve(target: Target) -> None:
                     assert source["secretRef"]["name"] == SECRET_NAME, (ident(obj), source)
             for env in c.get("env") or []:
                 ref = dig(env, "valueFrom", "secretKeyRef")
-                assert ref is None or ref["name"] == SECRET_NAME, (ident(obj), env)
+                # Our Secret, or the one the CloudNativePG operator makes for a Cluster of the render.
+                operator_made = {f"{o['metadata']['name']}-app" for o in objects if o["kind"] == "Cluster"}
+                assert ref is None or ref["name"] in {SECRET_NAME, *operator_made}, (ident(obj), env)
     for service in (o for o in objects if o["kind"] == "Service"):
         selected = [
             t for _, t in pods if selects({"matchLabels": service["spec"]["selector"]}, t["metadata"]["labels"])
@@ -508,7 +548,15 @@ def test_secret_template_lists_the_secret_settings_with_placeholders_only() -> N
 
 # --- network policies ------------------------------------------------------------------------
 
-NETPOL_TARGETS = [t for t in TARGETS if "network-policies" in t.name or t.name.startswith("overlays/")]
+
+def _has_network_policies(target: Target) -> bool:
+    if target.path is None:
+        return "network-policies" in target.name
+    return "network-policies" in (target.path / "kustomization.yaml").read_text(encoding="utf-8")
+
+
+# The local overlay runs its datastores in the namespace and leaves the policies out (docs/deploy.md).
+NETPOL_TARGETS = [t for t in TARGETS if _has_network_policies(t)]
 
 
 def _policies(objects: tuple[Manifest, ...], labels: dict[str, str], kind: str) -> list[Manifest]:
