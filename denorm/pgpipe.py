@@ -133,6 +133,10 @@ class _Lane:
         self.open_batches = 0  # batches sent whose Sync has not come back
         self.writer_on = False
         self.fd = -1
+        # On a replica: how far this connection's server had replayed when last asked
+        # (services/api/replica.py); reads that need a later position go elsewhere. Reset with
+        # the connection: after a reconnect it may be another server.
+        self.replay_lsn = -1
 
     @property
     def up(self) -> bool:
@@ -145,6 +149,7 @@ class _Lane:
     async def connect(self) -> None:
         """Connect, and prepare every statement (protocol-level, as PgBouncer 1.21+ can follow)
         through the pipeline itself, before the lane takes any read."""
+        self.replay_lsn = -1
         conn = await AsyncConnection.connect(self.pipe.conninfo, autocommit=True)
         pg = conn.pgconn
         pg.enter_pipeline_mode()
@@ -279,6 +284,10 @@ class _Lane:
             self.pipe.reconnect_soon(self)
 
 
+class Behind(Exception):
+    """No lane's server has replayed as far as a read needs (read-your-writes on a replica)."""
+
+
 @dataclass
 class PipelinedReads:
     """Named single-statement reads, pipelined over `lanes` connections (module docstring)."""
@@ -324,27 +333,41 @@ class PipelinedReads:
     def up(self) -> int:
         return sum(lane.up for lane in self.lanes)
 
-    async def fetch(self, name: str, params: Mapping[str, Any]) -> Row | None:
-        """The first row of a named read (each column's text, or None for NULL), or None."""
+    async def fetch(self, name: str, params: Mapping[str, Any], min_replay_lsn: int | None = None) -> Row | None:
+        """The first row of a named read (each column's text, or None for NULL), or None. With
+        `min_replay_lsn`, only on a lane whose server had replayed that far when last asked;
+        Behind when no lane has."""
         statement = self.statements[name]
         # The first lane with no batch out (the read goes this turn), else the one with the
         # fewest reads (it goes with the lane's next batch). At everyday load the first lane
         # carries nearly everything; the others work in parallel when it is busy.
         best: _Lane | None = None
         for lane in self.lanes:
-            if not lane.ready:
+            if not lane.ready or (min_replay_lsn is not None and lane.replay_lsn < min_replay_lsn):
                 continue
             if not lane.open_batches:
                 best = lane
                 break
             if best is None or lane.load < best.load:
                 best = lane
+        if best is None and min_replay_lsn is not None and any(lane.ready for lane in self.lanes):
+            raise Behind(min_replay_lsn)
         if best is None:
             raise psycopg.OperationalError("no connection to Postgres (the read pipeline is reconnecting)")
         if best.load >= self.max_in_flight:
             raise psycopg.OperationalError("too many reads waiting for Postgres")
         future: asyncio.Future[Row | None] = asyncio.get_running_loop().create_future()
         best.submit(_Read(statement.name, [encode(params[p]) for p in statement.params], future))
+        return await future
+
+    async def fetch_on(self, index: int, name: str, params: Mapping[str, Any]) -> Row | None:
+        """A named read on one lane (to ask that lane's server something about itself)."""
+        lane = self.lanes[index]
+        if not lane.ready:
+            raise psycopg.OperationalError(f"lane {index} is not connected")
+        statement = self.statements[name]
+        future: asyncio.Future[Row | None] = asyncio.get_running_loop().create_future()
+        lane.submit(_Read(statement.name, [encode(params[p]) for p in statement.params], future))
         return await future
 
     def _spawn(self, coro: Any) -> None:

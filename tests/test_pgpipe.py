@@ -7,6 +7,7 @@ import asyncio
 import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 import pytest
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from psycopg import errors
 
 from denorm.pg import open_pipeline
-from denorm.pgpipe import PipelinedReads, Statement, encode
+from denorm.pgpipe import Behind, PipelinedReads, Statement, encode
 from loadtest.localproc import free_port
 
 QUERIES = {
@@ -195,3 +196,27 @@ def test_before_its_tables_exist_the_pipe_waits_and_then_comes_up_by_itself(data
             await pipe.close()
 
     asyncio.run(scenario())
+
+
+def test_a_read_that_needs_a_replay_position_goes_only_to_a_lane_past_it(database_url: str) -> None:
+    """Read-your-writes on replicas (services/api/replica.py): each lane knows how far its own
+    server had replayed; a read that needs more goes to no other lane, and says Behind."""
+
+    async def scenario(pipe: PipelinedReads) -> None:
+        pipe.lanes[0].replay_lsn, pipe.lanes[1].replay_lsn = -1, 50  # lane 0 never asked yet
+        sent: list[int] = []
+        for lane in pipe.lanes:
+
+            def recorded(read: Any, lane: Any = lane, submit: Any = lane.submit) -> None:
+                sent.append(lane.index)
+                submit(read)
+
+            lane.submit = recorded  # type: ignore[method-assign]
+        assert await pipe.fetch("echo", {"a": 1, "b": "x"}, min_replay_lsn=40) == (b"2", b"x!", b"1")
+        assert sent == [1]
+        with pytest.raises(Behind):
+            await pipe.fetch("echo", {"a": 1, "b": "x"}, min_replay_lsn=80)
+        assert sent == [1]  # nothing was sent for it
+        assert await pipe.fetch("echo", {"a": 2, "b": "y"}) == (b"4", b"y!", b"2")  # no need: any lane
+
+    run(database_url, scenario)

@@ -131,7 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         replica = None
         if settings.database_read_url:
             replica = ReplicaReads(
-                settings.database_read_url, settings.database_read_max_lag_ms / 1000, settings.api_read_your_writes_ms,
+                reads, settings.database_read_max_lag_ms / 1000, settings.api_read_your_writes_ms,
                 client, settings.redis_key_prefix, breaker,
             )  # fmt: skip
             replica.start()

@@ -12,7 +12,7 @@ import psycopg
 from psycopg import AsyncConnection, errors, pq
 from psycopg_pool import PoolTimeout
 
-from denorm.pgpipe import PipelinedReads
+from denorm.pgpipe import Behind, PipelinedReads
 from denorm.sql import queries, query
 from services.api import feed
 from services.api.deps import Pool, Services
@@ -37,6 +37,7 @@ PIPELINED = (
     "conversation_messages",
     "intro_requests",
     "user_profile",
+    "replica_state",  # each lane asked where its own server's replay is (services/api/replica.py)
 )
 
 
@@ -106,10 +107,12 @@ async def fetch_one(pool: Pool, name: str, params: dict[str, Any] | None = None)
     return rows[0] if rows else None
 
 
-async def read_row(reads: PipelinedReads, name: str, params: dict[str, Any]) -> tuple[bytes | None, ...] | None:
+async def read_row(
+    reads: PipelinedReads, name: str, params: dict[str, Any], min_replay_lsn: int | None = None
+) -> tuple[bytes | None, ...] | None:
     """The row of a pipelined read (each column as Postgres's text), or None."""
     try:
-        return await reads.fetch(name, params)
+        return await reads.fetch(name, params, min_replay_lsn)
     except psycopg.Error as exc:
         raise_mapped(exc)
 
@@ -120,8 +123,17 @@ async def read(
     """A short read (one row, Postgres's text as bytes): pipelined to DATABASE_READ_URL, or run on
     the primary while that replica lags or has not replayed the caller's last write
     (services/api/replica.py)."""
-    if svc.replica is None or await svc.replica.on_replica(user):
+    if svc.replica is None:
         return await read_row(svc.reads, name, params)
+    needed = await svc.replica.needed(user)
+    if needed is not None:
+        try:
+            row = await read_row(svc.reads, name, params, needed)
+            svc.replica.count(True)
+            return row
+        except Behind:  # no lane's replica has this caller's last write yet
+            pass
+    svc.replica.count(False)
     async with connection(svc.write_pool) as conn:
         row = await (await conn.execute(_short_reads()[name], params)).fetchone()
     return None if row is None else tuple(v.encode() if isinstance(v, str) else v for v in row)

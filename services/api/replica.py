@@ -9,10 +9,12 @@ With DATABASE_READ_URL set, the short reads go to the replica. Two rules keep th
 - **Lag.** A replica further behind than DATABASE_READ_MAX_LAG_MS, or that does not answer, is
   bypassed for the primary until it catches up.
 
-The replica's replay position and lag are polled here, every REPLICA_POLL_S, on a connection of
-their own: a read compares against the last poll, which can only be behind the replica's true
-position, so the comparison errs toward the primary, never toward a stale answer. (A pooler that
-spreads one URL over several replicas would break that: give each API its own replica's address.)
+Each pipelined read connection (a lane) is asked, every REPLICA_POLL_S, how far its own server has
+replayed; a caller's read goes only to a lane that had replayed past the caller's last write when
+last asked. A server's replay only moves forward, so the check errs toward the primary, never
+toward a stale answer, and it holds behind a pooler that spreads one address over several
+replicas: the position checked is that of the server the read goes to (the trap GitLab's load
+balancer fell into, issue 413203, was to check one replica and read from another).
 The answers' `as_of` is the read model's own rule (db/schema/refresh_queue.sql `data_now()`): on a
 replica, never later than its last replayed commit.
 """
@@ -23,13 +25,13 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psycopg
 import redis.asyncio as aioredis
-from psycopg import AsyncConnection
 
 from denorm.logs import get_logger
+from denorm.pgpipe import PipelinedReads
 from denorm.sql import query
 from denorm.usercache import Breaker
 
@@ -55,14 +57,13 @@ def lsn_to_int(text: str) -> int:
 class ReplicaReads:
     """Where a read goes, and the replica's state that decides it."""
 
-    url: str
+    reads: PipelinedReads  # the lanes to the replica: each is asked where its own server is
     max_lag_s: float
     remember_ms: int
     redis: aioredis.Redis
     prefix: str
     breaker: Breaker
-    replay_lsn: int = 0  # the replica's replay position at the last poll
-    lag_s: float = float("inf")  # how far its replay is behind; inf until a poll succeeds
+    lag_s: float = float("inf")  # how far the lanes' replay is behind, the worst of them; inf: unknown
     polled_at: float = 0.0
     served: dict[str, int] = field(default_factory=lambda: {"replica": 0, "primary": 0})
     _task: asyncio.Task[None] | None = None
@@ -75,29 +76,25 @@ class ReplicaReads:
         """Answering, polled recently, and within the lag bound."""
         return self.lag_s <= self.max_lag_s and time.monotonic() - self.polled_at < 1.0
 
-    async def on_replica(self, user: int | None) -> bool:
-        """Whether this caller's read may go to the replica."""
+    async def needed(self, user: int | None) -> int | None:
+        """The replay position a lane must have reached to serve this caller's read (0: any lane
+        that has answered a poll), or None: the primary."""
         if not self.usable:
-            return self._count(False)
+            return None
         if user is None:
-            return self._count(True)
-        wrote = await self._last_write(user)
-        return self._count(wrote is None or wrote <= self.replay_lsn)
-
-    def _count(self, replica: bool) -> bool:
-        self.served["replica" if replica else "primary"] += 1
-        return replica
-
-    async def _last_write(self, user: int) -> int | None:
+            return 0
         if not self.breaker.allow():
-            return 2**63  # Redis away: the caller's own reads go to the primary
+            return None  # Redis away: the caller's own writes cannot be looked up
         try:
             value = await self.redis.get(self.key(user))
         except Exception:  # a slow or gone Redis: safe on the primary, and the breaker learns it
             self.breaker.failure()
-            return 2**63
+            return None
         self.breaker.success()
-        return int(value) if value is not None else None
+        return int(value) if value is not None else 0
+
+    def count(self, on_replica: bool) -> None:
+        self.served["replica" if on_replica else "primary"] += 1
 
     async def remember_write(self, pool: Pool, user: int) -> None:
         """After a write of this caller's has committed: the primary's WAL insert position now (at or
@@ -123,25 +120,22 @@ class ReplicaReads:
                 await self._task
 
     async def _poll(self) -> None:
-        conn: AsyncConnection[Any] | None = None
-        try:
-            while True:
+        """Ask each lane's own server where its replay is (behind a pooler that spreads one address
+        over several replicas, each lane may be on another), every REPLICA_POLL_S."""
+        while True:
+            lags = []
+            for index, lane in enumerate(self.reads.lanes):
+                if not lane.ready:
+                    continue
                 try:
-                    if conn is None or conn.closed:
-                        conn = await AsyncConnection.connect(self.url, autocommit=True, connect_timeout=2)
-                    row = await (await conn.execute(query("replica_state"))).fetchone()
-                    if row is not None and row[0] is not None:
-                        self.replay_lsn = lsn_to_int(str(row[0]))
-                        self.lag_s = float(row[1]) if row[1] is not None else float("inf")
-                        self.polled_at = time.monotonic()
+                    row = await self.reads.fetch_on(index, "replica_state", {})
                 except (psycopg.Error, OSError) as exc:
-                    self.lag_s = float("inf")
-                    if conn is not None:
-                        await conn.close()
-                    conn = None
-                    log.warning("the replica does not answer", error=repr(exc))
-                    await asyncio.sleep(1.0)
-                await asyncio.sleep(REPLICA_POLL_S)
-        finally:  # stopped (the app's shutdown cancels it)
-            if conn is not None:
-                await conn.close()
+                    log.warning("a replica lane did not answer", lane=index, error=repr(exc))
+                    continue
+                if row is None or row[0] is None:  # not a replica: never read from as one
+                    continue
+                lane.replay_lsn = lsn_to_int(row[0].decode())
+                lags.append(float(row[1]) if row[1] is not None else float("inf"))
+            if lags:
+                self.lag_s, self.polled_at = max(lags), time.monotonic()
+            await asyncio.sleep(REPLICA_POLL_S)
