@@ -27,6 +27,7 @@ from services.api.deps import Services
 from services.api.fastpath import FastReads, FastStats, reads_of
 from services.api.front import Front
 from services.api.gcwatch import GcPauses
+from services.api.looplag import LoopLag
 from services.api.models import Health, Readiness
 from services.api.ports import Ports
 from services.api.ratelimit import RateLimits
@@ -139,9 +140,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings, write_pool, read_pool, reads, cache, search_cache, tokens, limits, replica
         )
         gc_pauses.install()
+        loop_lag.start()
         try:
             yield
         finally:
+            await loop_lag.stop()
             gc_pauses.uninstall()
             if replica is not None:
                 await replica.stop()
@@ -174,6 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     fast = FastStats()
     registry.register(CacheCollector(app, fast))
     gc_pauses = GcPauses(registry)
+    loop_lag = LoopLag(registry)
 
     # Read from the routers themselves: FastAPI includes them in the app lazily.
     direct_reads = reads_of(route for router in ROUTERS for route in router.routes)
