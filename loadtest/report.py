@@ -22,6 +22,9 @@ class StepResult:
     gates_passed: bool | None  # None: the gates did not report (Locust crashed)
     exit_code: int
     cpu_cores: dict[str, float] = field(default_factory=dict)
+    # Where the step's time went (loadtest/attribution.py): server-side route percentiles, the
+    # event loop's lag, GC pauses, Postgres's commits, WAL, checkpoints, vacuum, refreshes, waits.
+    attribution: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:

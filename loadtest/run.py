@@ -37,6 +37,7 @@ from psycopg import sql
 from denorm.config import get_settings
 from denorm.logs import get_logger
 from loadtest import gates, report
+from loadtest.attribution import StepProbe
 from loadtest.localproc import free_port, wait_ready
 from loadtest.plot import plot
 from loadtest.report import HistoryPoint, StepResult
@@ -207,6 +208,8 @@ def run_step(opts: Options, users: int, step_dir: Path, base_url: str, metrics_u
     worker_cmd = [*LOCUST, *common, "--worker", "--master-host=127.0.0.1", f"--master-port={port}"]
 
     origin = time.monotonic()
+    probe = StepProbe(metrics_url, opts.database_url)
+    probe.start_at(origin + ramp + 5)  # the steady window, as the CPU figures take it
     master = start("locust master", master_cmd, env, step_dir / "locust-master.log")
     workers = [start(f"locust worker {i}", worker_cmd, env, step_dir / f"locust-worker-{i}.log")
                for i in range(opts.workers)]  # fmt: skip
@@ -242,6 +245,7 @@ def run_step(opts: Options, users: int, step_dir: Path, base_url: str, metrics_u
             except subprocess.TimeoutExpired:
                 stop(f"locust worker {i}", w)
         sampler.stop()
+        probe.stop()
         conn.close()
     sampler.write_csv(step_dir / "cpu.csv", origin)
     steady = sampler.means(since=origin + ramp + 5)  # after spawning and Locust's start-up
@@ -252,8 +256,13 @@ def run_step(opts: Options, users: int, step_dir: Path, base_url: str, metrics_u
               f"{gates.format_table([gates.Verdict(**v) for v in verdicts['verdicts']], verdicts['percentile'])}\n",
               flush=True)  # fmt: skip
     agg = report.aggregate(step_dir / "locust_stats.csv")
+    try:
+        attribution = probe.result()  # the API still runs: the caller stops it
+    except (OSError, ValueError, psycopg.Error) as exc:
+        log.error("could not attribute the step's time", error=repr(exc))
+        attribution = {"note": f"not measured: {exc!r}"}
     return StepResult(users=users, gates_passed=None if verdicts is None else bool(verdicts["passed"]),
-                      exit_code=code, cpu_cores=steady, **agg)  # fmt: skip
+                      exit_code=code, cpu_cores=steady, attribution=attribution, **agg)  # fmt: skip
 
 
 def _profile_api(api: subprocess.Popen[bytes], master: subprocess.Popen[bytes], svg: Path, at: float,
@@ -379,6 +388,8 @@ def summary_table(results: list[StepResult], goal_users: int) -> str:
         cpu = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.cpu_cores.items(), key=lambda kv: -kv[1]))
         lines.append(f"{r.users:>6} {r.requests:>9,} {r.failures:>7,} {r.rps:>8,.1f} {ms(r.p50_ms):>7} "
                      f"{ms(r.p95_ms):>7} {ms(r.p99_ms):>7}  {'hold' if r.passed else 'FAIL'}  cpu: {cpu}")  # fmt: skip
+    for r in results:
+        lines += where_the_time_went(r)
     best = largest_passing(results)
     lines.append(f"largest number of users at which every gate held: {best if best is not None else 'none'}")
     failed_above = any(not r.passed and r.users > (best or 0) for r in results)
@@ -389,6 +400,36 @@ def summary_table(results: list[StepResult], goal_users: int) -> str:
     elif results and not failed_above and max(r.users for r in results) < goal_users:
         lines.append(f"every step held; {goal_users} users were not tried")
     return "\n".join(lines)
+
+
+def where_the_time_went(r: StepResult) -> list[str]:
+    """The step's attribution in a few lines: the slowest routes at the server, the API process's
+    stalls, Postgres's side, the generator's CPU."""
+    a = r.attribution
+    if not a or "server" not in a:
+        return [f"{r.users:>6} users: {a.get('note', 'no attribution')}"]
+
+    def ms(q: dict[str, Any], key: str = "p99_ms") -> str:
+        return "-" if q.get(key) is None else f"{q[key]:g}"
+
+    slowest = sorted(a["server"].items(), key=lambda kv: -(kv[1]["p95_ms"] or 0))[:5]
+    routes = "; ".join(f"{name} p50 {ms(q, 'p50_ms')} p95 {ms(q, 'p95_ms')} p99 {ms(q)}" for name, q in slowest)
+    pg, lag = a["postgres"], a["event_loop_lag"]
+    waits = ", ".join(f"{event} {share:.0%}" for event, share in pg["waits"].items()) or "none sampled"
+    refreshes = ", ".join(f"{v} x{x['runs']} ({x['ms']} ms)" for v, x in pg["refreshes"].items()) or "none"
+    return [
+        f"{r.users:>6} users, where the time went (steady {a['window_s']} s):",
+        f"         server, slowest p95: {routes}",
+        f"         API process: event-loop lag p50 {ms(lag, 'p50_ms')} p99 {ms(lag)} ms; "
+        f"GC pauses {a['gc']['count']:.0f}, p99 {ms(a['gc'])} ms, over 25 ms {a['gc']['over_25ms']}",
+        f"         postgres: {pg['commits_per_s']} commits/s, server WAL {pg['wal_mib']} MiB "
+        f"({pg['wal_fpi']} full pages), "
+        f"flush {pg['wal_sync_ms_each'] if pg['wal_sync_ms_each'] is not None else 'untimed'} ms each, "
+        f"{pg['checkpoints']} checkpoints, autovacuum {pg['autovacuum_runs']}, autoanalyze {pg['autoanalyze_runs']}; "
+        f"refreshes {refreshes}",
+        f"         postgres active sessions {pg['active_sessions_mean']} on average, waiting on: {waits}",
+        f"         generator: locust workers {r.cpu_cores.get('locust workers', 0):.2f} cores",
+    ]  # fmt: skip
 
 
 # --- the command line ------------------------------------------------------------------------

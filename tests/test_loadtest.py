@@ -320,6 +320,14 @@ def test_a_short_run_drives_every_route_and_writes_every_result(loadtest_db: tup
     summary = json.loads((out / "summary.json").read_text())
     assert summary["largest_passing_users"] == 120
     assert summary["steps"][0]["cpu_cores"]["api"] > 0
+    # Where the time went, beside the client's percentiles (loadtest/attribution.py).
+    where = summary["steps"][0]["attribution"]
+    assert where["server"]["PUT /api/projects/{project_id}/upvote"]["count"] > 0
+    assert where["server"]["GET /api/projects"]["p95_ms"] is not None
+    assert where["event_loop_lag"]["count"] > 0 and where["gc"]["over_25ms"] is not None
+    assert where["postgres"]["commits_per_s"] > 0 and isinstance(where["postgres"]["autovacuum_runs"], int)
+    text = (out / "summary.txt").read_text()
+    assert "where the time went" in text and "event-loop lag" in text and "locust workers" in text
 
 
 @pytest.mark.slow

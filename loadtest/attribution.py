@@ -1,0 +1,164 @@
+"""Where a step's time went, measured beside Locust's client-side percentiles (issue 20): so that a
+failed gate says whether the time went in the generator, in the API process or in Postgres.
+
+Over the step's steady window (from the end of spawning to the end), it takes the difference of two
+snapshots, and samples in between:
+
+- the API's histograms (its admin port's /metrics): each route's server-side p50/p95/p99, the event
+  loop's lag (services/api/looplag.py) and the garbage collector's pauses;
+- Postgres: the database's commits, autovacuum and autoanalyze runs and refreshes; the server's WAL
+  (records, full-page images, bytes, and the time to flush it when `track_wal_io_timing` is on) and
+  checkpoints, which are the whole server's, whatever else runs on it; and, every half second,
+  what the database's active sessions were waiting on.
+
+The Locust workers' CPU is the runner's (loadtest/cpu.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
+
+from loadtest import histogram
+
+SAMPLE_S = 0.5
+
+_POSTGRES = """
+SELECT (SELECT sum(xact_commit) FROM pg_stat_database WHERE datname = current_database()),
+       w.wal_records, w.wal_fpi, w.wal_bytes, w.wal_write, w.wal_sync, w.wal_write_time, w.wal_sync_time,
+       b.checkpoints_timed, b.checkpoints_req,
+       (SELECT coalesce(sum(autovacuum_count), 0)::bigint FROM pg_stat_user_tables),
+       (SELECT coalesce(sum(autoanalyze_count), 0)::bigint FROM pg_stat_user_tables),
+       clock_timestamp()
+FROM pg_stat_wal w, pg_stat_bgwriter b
+"""
+_WAITS = """
+SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity
+WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()
+"""
+_REFRESHES = """
+SELECT view_name, count(*), sum(duration_ms) FROM mv_refresh_log
+WHERE refresh_started_at >= %s GROUP BY 1 ORDER BY 1
+"""
+_NAMES = ("commits", "wal_records", "wal_fpi", "wal_bytes", "wal_write", "wal_sync", "wal_write_ms", "wal_sync_ms",
+          "checkpoints_timed", "checkpoints_req", "autovacuum_runs", "autoanalyze_runs")  # fmt: skip
+
+
+def _quantiles_ms(hist: histogram.Histogram) -> dict[str, float | None]:
+    def ms(q: float) -> float | None:
+        value = hist.quantile(q)
+        return None if value is None else round(value * 1000, 2)
+
+    return {"count": hist.count, "p50_ms": ms(0.5), "p95_ms": ms(0.95), "p99_ms": ms(0.99)}
+
+
+class StepProbe:
+    """Start at the steady window's start; stop at the step's end; `result()` is the attribution."""
+
+    def __init__(self, metrics_url: str, database_url: str) -> None:
+        self.metrics_url = metrics_url
+        self.database_url = database_url
+        self.waits: Counter[str] = Counter()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._before: tuple[str, tuple[Any, ...]] | None = None
+        self._thread: threading.Thread | None = None
+
+    def start_at(self, at: float) -> None:
+        """Take the first snapshot at time.monotonic() == `at`, then sample until stopped."""
+        self._thread = threading.Thread(target=self._run, args=(at,), name="step-probe", daemon=True)
+        self._thread.start()
+
+    def _run(self, at: float) -> None:
+        if self._stop.wait(max(0.0, at - time.monotonic())):
+            return
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            self._before = (histogram.scrape(self.metrics_url), self._postgres(conn))
+            while not self._stop.wait(SAMPLE_S):
+                self.samples += 1
+                self.waits.update(str(r[0]) for r in conn.execute(_WAITS))
+
+    @staticmethod
+    def _postgres(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
+        row = conn.execute(_POSTGRES).fetchone()
+        assert row is not None
+        return tuple(row)
+
+    def stop(self) -> None:
+        """Call while the API still runs: the second snapshot is taken by result()."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def result(self) -> dict[str, Any]:
+        if self._before is None:
+            return {"note": "the steady window never started"}
+        text_before, pg_before = self._before
+        text_after = histogram.scrape(self.metrics_url)
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            pg_after = self._postgres(conn)
+            started = pg_before[-1]
+            refreshes = {
+                str(v): {"runs": int(n), "ms": int(ms or 0)} for v, n, ms in conn.execute(_REFRESHES, (started,))
+            }
+        seconds = (pg_after[-1] - started).total_seconds()
+        routes = histogram.subtract(histogram.parse(text_after), histogram.parse(text_before))
+        by_route: dict[str, histogram.Histogram] = {}
+        for (method, route, _status), hist in routes.items():
+            if route != "/metrics":
+                key = f"{method} {route}"
+                by_route[key] = by_route.get(key, histogram.Histogram(())) + hist
+        lag = _total(text_after, LAG) - _total(text_before, LAG)
+        gc = _total(text_after, GC) - _total(text_before, GC)
+        deltas = {name: (a - b if a is not None and b is not None else None)
+                  for name, a, b in zip(_NAMES, pg_after[:-1], pg_before[:-1], strict=True)}  # fmt: skip
+        total_waits = sum(self.waits.values())
+        return {
+            "window_s": round(seconds, 1),
+            "server": {k: _quantiles_ms(h) for k, h in sorted(by_route.items()) if h.count},
+            "event_loop_lag": _quantiles_ms(lag),
+            "gc": {**_quantiles_ms(gc), "over_25ms": _over(gc, 0.025)},
+            "postgres": {
+                "commits_per_s": round(float(deltas["commits"] or 0) / seconds, 1) if seconds else None,
+                "wal_mib": round(float(deltas["wal_bytes"] or 0) / 2**20, 1),
+                "wal_fpi": deltas["wal_fpi"],
+                "wal_sync_ms_each": (
+                    round(float(deltas["wal_sync_ms"]) / deltas["wal_sync"], 3)
+                    if deltas["wal_sync"] and deltas["wal_sync_ms"]
+                    else None
+                ),
+                "checkpoints": (deltas["checkpoints_timed"] or 0) + (deltas["checkpoints_req"] or 0),
+                "autovacuum_runs": deltas["autovacuum_runs"],
+                "autoanalyze_runs": deltas["autoanalyze_runs"],
+                "refreshes": refreshes,
+                "active_sessions_mean": round(total_waits / self.samples, 2) if self.samples else None,
+                "waits": {event: round(n / total_waits, 3) for event, n in self.waits.most_common(6)}
+                if total_waits
+                else {},
+            },
+        }
+
+
+LAG = "denorm_api_event_loop_lag_seconds"
+GC = "denorm_api_gc_pause_seconds"
+
+
+def _total(text: str, metric: str) -> histogram.Histogram:
+    """Every series of a histogram added into one, whatever its labels (the GC's generations)."""
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == metric:
+            for sample in family.samples:
+                if sample.name == f"{metric}_bucket":
+                    le = float(sample.labels["le"])
+                    buckets[le] = buckets.get(le, 0.0) + float(sample.value)
+    return histogram.Histogram(tuple(sorted(buckets.items())))
+
+
+def _over(hist: histogram.Histogram, bound: float) -> float | None:
+    below = hist.fraction_at_most(bound)
+    return None if below is None else round(hist.count * (1 - below[0]), 1)
