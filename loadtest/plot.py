@@ -2,6 +2,8 @@
 
 Large markers joined by lines are the steps (the steady load after spawning); small faint dots are
 Locust's 10-second windows, ramps included, which fill in the curve between and within steps.
+Dotted squares are measured inside the API process (the slowest route's server p95, the event
+loop's lag): a client-side tail well above them went in the generator or the network.
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ def plot(steps: list[StepResult], points: list[HistoryPoint], default_target_ms:
         line = [(s.users, getattr(s, attr)) for s in steps if getattr(s, attr)]
         if line:
             latency.plot(*zip(*line, strict=True), marker="o", color=colors[label], label=f"{label} (step)")
+    # Where the time went (loadtest/attribution.py): inside the API process, per step.
+    for label, color, value in (
+        ("slowest route's p95 at the server", "tab:purple", _slowest_route_p95),
+        ("event-loop lag p99", "tab:brown", _loop_lag_p99),
+    ):
+        inside = [(s.users, v) for s in steps if (v := value(s))]
+        if inside:
+            latency.plot(*zip(*inside, strict=True), marker="s", linestyle=":", color=color, label=label)
     failed = [(s.users, s.p95_ms) for s in steps if not s.passed and s.p95_ms]
     if failed:
         latency.scatter(*zip(*failed, strict=True), marker="x", s=120, color="black", zorder=5, label="a gate failed")
@@ -50,3 +60,12 @@ def plot(steps: list[StepResult], points: list[HistoryPoint], default_target_ms:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _slowest_route_p95(step: StepResult) -> float | None:
+    return max((q["p95_ms"] or 0.0 for q in step.attribution.get("server", {}).values()), default=None)
+
+
+def _loop_lag_p99(step: StepResult) -> float | None:
+    value = step.attribution.get("event_loop_lag", {}).get("p99_ms")
+    return None if value is None else float(value)
