@@ -90,7 +90,7 @@ def _marker(opts: Options) -> str:
     return f"denorm loadtest dataset: scale={opts.scale} seed={opts.seed}"
 
 
-def prepare_database(opts: Options) -> None:
+def prepare_database(opts: Options) -> dict[str, Any]:
     """Created, migrated, seeded (unless --reuse finds this very dataset), every view refreshed."""
     from denorm.maintenance import drain
     from denorm.migrate import ensure_database, migrate
@@ -116,6 +116,36 @@ def prepare_database(opts: Options) -> None:
             conn.execute(comment.format(sql.Identifier(name), sql.Literal(_marker(opts))))
         refreshed = drain(conn, worker="loadtest")
         log.info("views refreshed", views=len(refreshed))
+        return steady_state(conn)
+
+
+def steady_state(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """Bring the database to where a production one would be before the load (issue 20): the
+    seed's or the last run's dead rows vacuumed, statistics fresh, dirty pages checkpointed (so that
+    the run does not pay for the seed's writes), every view fresh; and say so."""
+    from denorm.maintenance import drain
+
+    conn.execute("VACUUM (ANALYZE)")
+    try:
+        conn.execute("CHECKPOINT")
+        checkpointed = True
+    except psycopg.errors.InsufficientPrivilege:  # a role without pg_checkpoint: said, not fatal
+        checkpointed = False
+    drain(conn, worker="loadtest")  # anything requested meanwhile: every view fresh
+    row = conn.execute(
+        "SELECT (SELECT coalesce(sum(n_dead_tup), 0)::bigint FROM pg_stat_user_tables), "
+        "current_setting('autovacuum'), current_setting('synchronous_commit'), current_setting('shared_buffers'), "
+        "current_setting('max_wal_size'), current_setting('track_wal_io_timing'), "
+        "(SELECT count(*) FROM mv_refresh_queue WHERE status <> 'idle')"
+    ).fetchone()
+    assert row is not None
+    conditions = dict(zip(("dead_rows", "autovacuum", "synchronous_commit", "shared_buffers", "max_wal_size",
+                           "track_wal_io_timing", "views_pending"), row, strict=True))  # fmt: skip
+    conditions["checkpointed"] = checkpointed
+    log.info("steady state before the load", **conditions)
+    print("before the load: vacuumed and analyzed, " + ("checkpointed, " if checkpointed else "NOT checkpointed, ")
+          + ", ".join(f"{k} {v}" for k, v in conditions.items() if k != "checkpointed"), flush=True)  # fmt: skip
+    return conditions
 
 
 def _forget_redis_sets(opts: Options) -> None:
@@ -311,7 +341,7 @@ def run(opts: Options) -> int:
         log.error("cannot read the targets", path=str(opts.targets or gates.TARGETS_FILE), error=str(exc))
         return 2
     try:
-        prepare_database(opts)
+        conditions = prepare_database(opts)
     except Exception as exc:
         log.exception("could not prepare the database", error=str(exc))
         return 2
@@ -343,7 +373,7 @@ def run(opts: Options) -> int:
     title = (f"denorm loadtest: {opts.scale} dataset, {opts.workers} Locust workers, {opts.api_workers} API "
              f"process(es), think time x{opts.think_scale:g}, {opts.run_time} s per step")  # fmt: skip
     plot(results, points, targets.default_ms, opts.out / "plot.png", title)
-    summary = summarize(opts, results)
+    summary = summarize(opts, results) | {"before_the_load": conditions}
     (opts.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     text = summary_table(results, opts.goal_users)
     (opts.out / "summary.txt").write_text(text + "\n", encoding="utf-8")

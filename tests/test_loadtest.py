@@ -328,6 +328,9 @@ def test_a_short_run_drives_every_route_and_writes_every_result(loadtest_db: tup
     assert where["postgres"]["commits_per_s"] > 0 and isinstance(where["postgres"]["autovacuum_runs"], int)
     text = (out / "summary.txt").read_text()
     assert "where the time went" in text and "event-loop lag" in text and "locust workers" in text
+    # The state the load started from (issue 20): vacuumed, checkpointed, every view fresh.
+    before = summary["before_the_load"]
+    assert before["checkpointed"] is True and before["views_pending"] == 0 and "before the load" in output
 
 
 @pytest.mark.slow
