@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     api_rate_search_misses_per_token: str = Field(default="10/second;300/minute", description="search misses per token")
     api_rate_search_misses_per_address: str = Field(default="100/second", description="search misses per address")
     api_fast_reads: bool = Field(default=True, description="serve valid hot GET reads without FastAPI's machinery")
+    # The garbage collector's thresholds (gen0 allocations, gen1 and gen2 collections): the
+    # interpreter's 700,10,10 made a 37 ms gen1 pause every 3 s and a 138 ms full one every 15 s
+    # under 5000 users (docs/performance.md); rarer collections stall less often.
+    api_gc_thresholds: str = Field(
+        default="50000,20,100", pattern=r"^\d+,\d+,\d+$", description="gc.set_threshold for the API process"
+    )
     # The short reads (feed, leaderboards, chains, dashboard, conversations) are pipelined over
     # this many connections of their own (denorm/pgpipe.py); search and writes use the pool.
     api_read_lanes: int = Field(default=2, ge=1, le=32, description="connections that carry the pipelined reads")

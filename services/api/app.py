@@ -139,7 +139,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = Services(
             settings, write_pool, read_pool, reads, cache, search_cache, tokens, limits, replica
         )
-        gc_pauses.install()
+        gen0, gen1, gen2 = (int(v) for v in settings.api_gc_thresholds.split(","))
+        gc_pauses.install((gen0, gen1, gen2))
         loop_lag.start()
         try:
             yield

@@ -35,6 +35,7 @@ class GcPauses:
         )
         self._children = [self.histogram.labels(str(g)) for g in range(3)]
         self._started = 0.0
+        self._thresholds = gc.get_threshold()
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -47,13 +48,18 @@ class GcPauses:
             log.warning("long gc pause", generation=generation, ms=round(pause * 1000, 1),
                         collected=info.get("collected"))  # fmt: skip
 
-    def install(self) -> None:
-        """Watch the pauses, and freeze what the ready app holds (collect first: garbage is not kept)."""
+    def install(self, thresholds: tuple[int, int, int] | None = None) -> None:
+        """Watch the pauses, freeze what the ready app holds (collect first: garbage is not kept),
+        and collect less often (`thresholds`, gc.set_threshold's three)."""
         gc.collect()
         gc.freeze()
         gc.callbacks.append(self)
+        self._thresholds = gc.get_threshold()
+        if thresholds is not None:
+            gc.set_threshold(*thresholds)
 
     def uninstall(self) -> None:
         if self in gc.callbacks:
             gc.callbacks.remove(self)
+        gc.set_threshold(*self._thresholds)
         gc.unfreeze()  # back in sight, so a process that builds many apps (the tests) can free them
