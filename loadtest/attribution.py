@@ -160,5 +160,7 @@ def _total(text: str, metric: str) -> histogram.Histogram:
 
 
 def _over(hist: histogram.Histogram, bound: float) -> float | None:
+    if hist.count == 0:
+        return 0.0
     below = hist.fraction_at_most(bound)
     return None if below is None else round(hist.count * (1 - below[0]), 1)

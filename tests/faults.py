@@ -199,7 +199,7 @@ class PrivatePgBouncer:
     (auth_type any). It drops the `options` startup parameter, as a PgBouncer must be told to:
     the settings the API sends there come from the role instead (db/roles/service_role.sql)."""
 
-    def __init__(self, server_url: str, user: str, pool_mode: str = "session") -> None:
+    def __init__(self, server_url: str, user: str, pool_mode: str = "session", **settings: str) -> None:
         import tempfile
 
         from psycopg.conninfo import conninfo_to_dict
@@ -222,6 +222,7 @@ class PrivatePgBouncer:
             "ignore_startup_parameters = options\n"
             "max_client_conn = 500\ndefault_pool_size = 60\n"
             f"logfile = {directory / 'pgbouncer.log'}\npidfile = {directory / 'pgbouncer.pid'}\n"
+            + "".join(f"{name} = {value}\n" for name, value in settings.items())
         )
         conf.chmod(0o644)
         self.proc = subprocess.Popen(["pgbouncer", "-u", "postgres", str(conf)], stdout=subprocess.DEVNULL,

@@ -117,7 +117,9 @@ def test_transaction_mode_of_this_pgbouncer_cannot_carry_the_prepared_reads(
     major, minor = (int(x) for x in version.split()[1].split(".")[:2])
     assert (major, minor) < (1, 21), "a PgBouncer that carries prepared statements: test transaction mode instead"
     api, _ = roles
-    bouncer = PrivatePgBouncer(seeded_url, api, pool_mode="transaction")
+    # Server connections taken in turn (not the most recent first), several kept open: each
+    # transaction of a lane lands on another one, as under a busy pooler.
+    bouncer = PrivatePgBouncer(seeded_url, api, pool_mode="transaction", server_round_robin="1", min_pool_size="6")
     try:
         settings = Settings(database_url=bouncer.url(), redis_url=TEST_REDIS_URL, redis_key_prefix=redis_prefix,
                             environment="test", api_access_log=False, api_read_lanes=2)  # fmt: skip
