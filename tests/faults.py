@@ -173,6 +173,13 @@ class PrivateReplica:
             ["pg_createcluster", self.version, self.name, "-p", str(self.port), "--", "--auth=trust"],
             check=True, capture_output=True,
         )  # fmt: skip
+        try:
+            self._copy_and_start(primary, apply_delay_ms)
+        except BaseException:
+            self.drop()  # no cluster left behind by a replica that did not come up
+            raise
+
+    def _copy_and_start(self, primary: PrivatePostgres, apply_delay_ms: int) -> None:
         data = Path(f"/var/lib/postgresql/{self.version}/{self.name}")
         for entry in data.iterdir():  # empty, but kept: pg_basebackup (as postgres) cannot create it here
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
