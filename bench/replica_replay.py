@@ -28,11 +28,11 @@ from denorm.seed import SCALES, seed
 from tests.faults import PrivatePostgres, PrivateReplica
 
 
-def lsn(conn: psycopg.Connection[Any], query: str) -> int:
-    row = conn.execute(query).fetchone()
+def replayed(standby: psycopg.Connection[Any]) -> int:
+    """The replica's replay position, in bytes, as wal_position() gives the primary's."""
+    row = standby.execute("SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn").fetchone()
     assert row is not None
-    high, low = str(row[0]).split("/")
-    return (int(high, 16) << 32) + int(low, 16)
+    return int(row[0])
 
 
 def main() -> None:
@@ -72,11 +72,11 @@ def main() -> None:
                     fold(conn, max_keys=1_000_000)
             fold(conn, max_keys=1_000_000)
             written_s = time.perf_counter() - began
-            end = lsn(conn, "SELECT pg_current_wal_insert_lsn()")
+            end = wal_position(conn)
             mib = (end - start) / 2**20
             resumed = time.perf_counter()
             standby.execute("SELECT pg_wal_replay_resume()")
-            while lsn(standby, "SELECT pg_last_wal_replay_lsn()") < end:
+            while replayed(standby) < end:
                 time.sleep(0.01)
             replay_s = time.perf_counter() - resumed
         print(f"dataset={args.scale}; {args.changes:,} writes of the freshness mix, folded every 500")

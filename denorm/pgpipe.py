@@ -356,16 +356,17 @@ class PipelinedReads:
             raise psycopg.OperationalError("no connection to Postgres (the read pipeline is reconnecting)")
         if best.load >= self.max_in_flight:
             raise psycopg.OperationalError("too many reads waiting for Postgres")
-        future: asyncio.Future[Row | None] = asyncio.get_running_loop().create_future()
-        best.submit(_Read(statement.name, [encode(params[p]) for p in statement.params], future))
-        return await future
+        return await self._read_on(best, statement, params)
 
     async def fetch_on(self, index: int, name: str, params: Mapping[str, Any]) -> Row | None:
         """A named read on one lane (to ask that lane's server something about itself)."""
         lane = self.lanes[index]
         if not lane.ready:
             raise psycopg.OperationalError(f"lane {index} is not connected")
-        statement = self.statements[name]
+        return await self._read_on(lane, self.statements[name], params)
+
+    @staticmethod
+    async def _read_on(lane: _Lane, statement: Statement, params: Mapping[str, Any]) -> Row | None:
         future: asyncio.Future[Row | None] = asyncio.get_running_loop().create_future()
         lane.submit(_Read(statement.name, [encode(params[p]) for p in statement.params], future))
         return await future

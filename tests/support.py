@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import TupleRow
 
 from db import SCHEMA_DIR
@@ -109,3 +110,22 @@ def schema_files() -> list[Path]:
 def schema_of(path: Path) -> str:
     """The schema part of one file: what a fresh database runs to create its feature."""
     return split(path.read_text(encoding="utf-8"))[0]
+
+
+ROLE_FILE = SCHEMA_DIR.parent / "roles" / "service_role.sql"
+
+
+def make_role(url: str, role: str, *options: str) -> str:
+    """db/roles/service_role.sql applied with psql as docs/deploy.md says (`options`: more psql
+    variables, `-v maintains=on`); the URL that logs in as the role."""
+    psql = ["psql", url, "-v", f"role={role}", *options, "-v", "ON_ERROR_STOP=1", "-q", "-f", str(ROLE_FILE)]
+    done = subprocess.run(psql, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return psycopg.conninfo.make_conninfo(url, user=role)
+
+
+def drop_role(url: str, admin: Connection, role: str) -> None:
+    """A role of make_role's, gone: roles are the cluster's, and a test leaves none behind."""
+    with psycopg.connect(url, autocommit=True) as owner:
+        owner.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+    admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))

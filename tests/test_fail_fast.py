@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -21,15 +20,13 @@ import psycopg
 import pytest
 import requests
 from fastapi.testclient import TestClient
-from psycopg import sql
 
-import db
 from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET, Settings
 from loadtest.localproc import free_port, wait_ready
 from services.api.app import create_app
 from tests.faults import PrivatePostgres, PrivateRedis
-from tests.support import DENORM, admin, cli_env, drifted, one, run_denorm
+from tests.support import DENORM, admin, cli_env, drifted, drop_role, make_role, one, run_denorm
 from tests.test_api import auth
 
 Connection = psycopg.Connection[Any]
@@ -474,11 +471,7 @@ def test_the_api_serves_as_a_role_that_cannot_change_the_schema(
     upvotes, writes that fire every ledger trigger), and the role can alter nothing."""
     role = f"denorm_api_{uuid.uuid4().hex[:8]}"
     slug = one(conn, "SELECT slug FROM chains ORDER BY id LIMIT 1")
-    done = subprocess.run(["psql", seeded_url, "-v", f"role={role}", "-v", "ON_ERROR_STOP=1", "-q",
-                           "-f", str(Path(db.__file__).parent / "roles" / "service_role.sql")],
-                          capture_output=True, text=True, check=False)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    as_role = psycopg.conninfo.make_conninfo(seeded_url, user=role)
+    as_role = make_role(seeded_url, role)
     token = mint_token(3, settings.jwt_secret)
     with api_process(as_role, settings) as base, requests.Session() as session:
         for spec, ok in ((("PUT", "/api/projects/5/upvote"), 200), (("DELETE", "/api/projects/5/upvote"), 200),
@@ -495,18 +488,7 @@ def test_the_api_serves_as_a_role_that_cannot_change_the_schema(
                           "SELECT refresh_materialized_view('mv_leaderboard_projects')"):  # fmt: skip
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement.encode())
-    with psycopg.connect(seeded_url, autocommit=True) as owner:  # roles are the cluster's: leave none
-        owner.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-    admin_conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
-
-
-def make_role(url: str, role: str, *options: str) -> str:
-    """db/roles/service_role.sql applied with psql as docs/deploy.md says; the URL that logs in as it."""
-    done = subprocess.run(["psql", url, "-v", f"role={role}", *options, "-v", "ON_ERROR_STOP=1", "-q",
-                           "-f", str(Path(db.__file__).parent / "roles" / "service_role.sql")],
-                          capture_output=True, text=True, check=False)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return psycopg.conninfo.make_conninfo(url, user=role)
+    drop_role(seeded_url, admin_conn, role)
 
 
 def test_the_refresher_and_the_reconciler_run_as_a_maintainer_that_cannot_change_the_schema(
@@ -539,9 +521,7 @@ def test_the_refresher_and_the_reconciler_run_as_a_maintainer_that_cannot_change
             with pytest.raises(psycopg.errors.UndefinedTable):
                 maintainer.execute("SELECT refresh_materialized_view('projects; DROP TABLE users')")
     finally:
-        with psycopg.connect(seeded_url, autocommit=True) as owner:  # roles are the cluster's: leave none
-            owner.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-        admin_conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+        drop_role(seeded_url, admin_conn, role)
 
 
 # --- rate limits --------------------------------------------------------------------------------

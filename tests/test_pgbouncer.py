@@ -10,7 +10,6 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -18,17 +17,15 @@ import pytest
 from fastapi.testclient import TestClient
 from psycopg import sql
 
-import db
 from denorm.config import Settings
 from denorm.pg import OLTP_SETTINGS
 from services.api.app import create_app
 from tests.conftest import TEST_REDIS_URL, AdminConnection
 from tests.faults import PrivatePgBouncer
-from tests.support import cli_env, drifted, run_denorm
+from tests.support import cli_env, drifted, drop_role, make_role, run_denorm
 from tests.test_api import auth
 
 Connection = psycopg.Connection[Any]
-ROLE_FILE = Path(db.__file__).parent / "roles" / "service_role.sql"
 
 
 @pytest.fixture
@@ -37,28 +34,12 @@ def roles(seeded_url: str, admin_conn: AdminConnection) -> Iterator[tuple[str, s
     suffix = uuid.uuid4().hex[:8]
     api, maintainer = f"denorm_api_{suffix}", f"denorm_maintainer_{suffix}"
     try:
-        for role, options in ((api, []), (maintainer, ["-v", "maintains=on"])):
-            psql = [
-                "psql",
-                seeded_url,
-                "-v",
-                f"role={role}",
-                *options,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-q",
-                "-f",
-                str(ROLE_FILE),
-            ]
-            done = subprocess.run(psql, capture_output=True, text=True, check=False)
-            assert done.returncode == 0, done.stderr
+        make_role(seeded_url, api)
+        make_role(seeded_url, maintainer, "-v", "maintains=on")
         yield api, maintainer
     finally:
-        with psycopg.connect(seeded_url, autocommit=True) as owner:
-            for role in (api, maintainer):
-                owner.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         for role in (api, maintainer):
-            admin_conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+            drop_role(seeded_url, admin_conn, role)
 
 
 def test_the_api_role_carries_the_api_session_settings(roles: tuple[str, str], conn: Connection) -> None:

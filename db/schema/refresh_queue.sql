@@ -151,18 +151,19 @@ UNION ALL
 SELECT 'fold', f.as_of FROM fold_state f;
 
 -- name: replica_state
--- A streaming replica's replay position, and how far its replay is behind: 0 when it has replayed
+-- A streaming replica's replay position (in bytes, as wal_position()), and how far its replay is behind: 0 when it has replayed
 -- all it received, else the age of its last replayed commit; unknown (NULL) until it has replayed a
 -- commit since it started, when data_now() has nothing to go by (services/api/replica.py polls it).
 -- On a primary the position is NULL.
-SELECT pg_last_wal_replay_lsn()::text,
+SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint,
        CASE WHEN pg_last_xact_replay_timestamp() IS NULL THEN NULL
             WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
             ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END
 
 -- name: wal_insert_position
--- The primary's WAL insert position: read after a write has committed, it is at or past the commit.
-SELECT pg_current_wal_insert_lsn()::text
+-- The primary's WAL insert position, in bytes (as wal_position() in denorm/maintenance.py): read
+-- after a write has committed, it is at or past the commit.
+SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint
 
 -- name: freshness
 -- Every clock with its staleness in seconds; the Redis upvote sets' clock is their oldest mark

@@ -36,8 +36,7 @@ class FeedSort:
     def key_of(self, value: Any) -> Any:
         """A cursor's key, as its JSON gave it; ValueError when it is not one of this sort's."""
         if self.by_time:
-            when = datetime.fromisoformat(value)
-            return when if when.tzinfo else when.replace(tzinfo=UTC)
+            return cursors.timestamp(value)
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ValueError("bad score")
         return float(value)

@@ -48,11 +48,6 @@ return 1
 """
 
 
-def lsn_to_int(text: str) -> int:
-    high, low = text.split("/")
-    return (int(high, 16) << 32) + int(low, 16)
-
-
 @dataclass
 class ReplicaReads:
     """Where a read goes, and the replica's state that decides it."""
@@ -104,7 +99,7 @@ class ReplicaReads:
             async with pool.connection() as conn:
                 row = await (await conn.execute(query("wal_insert_position"))).fetchone()
             if row is not None:
-                await self.redis.eval(_RECORD_MAX, 1, self.key(user), lsn_to_int(str(row[0])), self.remember_ms)
+                await self.redis.eval(_RECORD_MAX, 1, self.key(user), int(row[0]), self.remember_ms)
         except Exception as exc:  # Postgres or Redis away: the reads may miss the write for a moment
             log.warning("could not record a write's position", user=user, error=repr(exc))
 
@@ -134,7 +129,7 @@ class ReplicaReads:
                     continue
                 if row is None or row[0] is None:  # not a replica: never read from as one
                     continue
-                lane.replay_lsn = lsn_to_int(row[0].decode())
+                lane.replay_lsn = int(row[0])
                 lags.append(float(row[1]) if row[1] is not None else float("inf"))
             if lags:
                 self.lag_s, self.polled_at = max(lags), time.monotonic()
