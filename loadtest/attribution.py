@@ -4,8 +4,9 @@ failed gate says whether the time went in the generator, in the API process or i
 Over the step's steady window (from the end of spawning to the end), it takes the difference of two
 snapshots, and samples in between:
 
-- the API's histograms (its admin port's /metrics): each route's server-side p50/p95/p99, the event
-  loop's lag (services/api/looplag.py) and the garbage collector's pauses;
+- the API's histograms (its admin port's /metrics): each route's server-side p50/p95/p99, the
+  upvote's phases (services/api/upvotes.py Laps), the event loop's lag (services/api/looplag.py)
+  and the garbage collector's pauses;
 - Postgres: the database's commits, autovacuum and autoanalyze runs and refreshes; the server's WAL
   (records, full-page images, bytes, and the time to flush it when `track_wal_io_timing` is on) and
   checkpoints, which are the whole server's, whatever else runs on it; and, every half second,
@@ -112,6 +113,11 @@ class StepProbe:
             if route != "/metrics":
                 key = f"{method} {route}"
                 by_route[key] = by_route.get(key, histogram.Histogram(())) + hist
+        phases_before = _by(text_before, PHASES, "phase")
+        phases = {
+            phase: hist - phases_before.get(phase, histogram.Histogram(()))
+            for phase, hist in _by(text_after, PHASES, "phase").items()
+        }
         lag = _total(text_after, LAG) - _total(text_before, LAG)
         gc = _total(text_after, GC) - _total(text_before, GC)
         deltas = {name: (a - b if a is not None and b is not None else None)
@@ -120,6 +126,7 @@ class StepProbe:
         return {
             "window_s": round(seconds, 1),
             "server": {k: _quantiles_ms(h) for k, h in sorted(by_route.items()) if h.count},
+            "upvote_phases": {phase: _quantiles_ms(h) for phase, h in sorted(phases.items()) if h.count},
             "event_loop_lag": _quantiles_ms(lag),
             "gc": {**_quantiles_ms(gc), "over_25ms": _over(gc, 0.025)},
             "postgres": {
@@ -145,18 +152,25 @@ class StepProbe:
 
 LAG = "denorm_api_event_loop_lag_seconds"
 GC = "denorm_api_gc_pause_seconds"
+PHASES = "denorm_api_upvote_phase_seconds"
 
 
 def _total(text: str, metric: str) -> histogram.Histogram:
     """Every series of a histogram added into one, whatever its labels (the GC's generations)."""
-    buckets: dict[float, float] = {}
+    return _by(text, metric, None).get("", histogram.Histogram(()))
+
+
+def _by(text: str, metric: str, label: str | None) -> dict[str, histogram.Histogram]:
+    """A histogram's series added up by one label's value (all into "" when label is None)."""
+    found: dict[str, dict[float, float]] = {}
     for family in text_string_to_metric_families(text):
         if family.name == metric:
             for sample in family.samples:
                 if sample.name == f"{metric}_bucket":
+                    buckets = found.setdefault(sample.labels.get(label, "") if label else "", {})
                     le = float(sample.labels["le"])
                     buckets[le] = buckets.get(le, 0.0) + float(sample.value)
-    return histogram.Histogram(tuple(sorted(buckets.items())))
+    return {key: histogram.Histogram(tuple(sorted(b.items()))) for key, b in found.items()}
 
 
 def _over(hist: histogram.Histogram, bound: float) -> float | None:

@@ -37,7 +37,7 @@ from locust.runners import WorkerRunner
 
 from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET
-from loadtest import gates, histogram
+from loadtest import gates, histogram, keepalive
 from loadtest.catalog import SEARCHES, Catalog
 
 log = logging.getLogger("denorm.loadtest")
@@ -46,6 +46,7 @@ SECRET = os.environ.get("JWT_SECRET", DEV_JWT_SECRET)
 THINK_SCALE = float(os.environ.get("LOADTEST_THINK_SCALE", "1"))
 TOKEN_TTL_SECONDS = 24 * 3600  # longer than any run
 CATALOG = Catalog(os.environ.get("LOADTEST_USER_IDS") or None)
+keepalive.install()  # a worker holds thousands of connections: see loadtest/keepalive.py
 
 COMMENTS = ("Love this, shipping it tomorrow.", "How does it handle failover?", "Benchmarks look solid.",
             "Could you add an export button?", "Works great on Kubernetes.", "Starred!")  # fmt: skip

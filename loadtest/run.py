@@ -447,9 +447,12 @@ def where_the_time_went(r: StepResult) -> list[str]:
     pg, lag = a["postgres"], a["event_loop_lag"]
     waits = ", ".join(f"{event} {share:.0%}" for event, share in pg["waits"].items()) or "none sampled"
     refreshes = ", ".join(f"{v} x{x['runs']} ({x['ms']} ms)" for v, x in pg["refreshes"].items()) or "none"
+    upvote = a.get("upvote_phases", {})
+    phases = "; ".join(f"{p} p50 {ms(q, 'p50_ms')} p95 {ms(q, 'p95_ms')} p99 {ms(q)}" for p, q in upvote.items())
     return [
         f"{r.users:>6} users, where the time went (steady {a['window_s']} s):",
         f"         server, slowest p95: {routes}",
+        f"         upvote phases (ms): {phases or 'none'}",
         f"         API process: event-loop lag p50 {ms(lag, 'p50_ms')} p99 {ms(lag)} ms; "
         f"GC pauses {a['gc']['count']:.0f}, p99 {ms(a['gc'])} ms, over 25 ms {a['gc']['over_25ms']}",
         f"         postgres: {pg['commits_per_s']} commits/s, server WAL {pg['wal_mib']} MiB "

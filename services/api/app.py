@@ -137,7 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )  # fmt: skip
             replica.start()
         app.state.services = Services(
-            settings, write_pool, read_pool, reads, cache, search_cache, tokens, limits, replica
+            settings, write_pool, read_pool, reads, cache, search_cache, tokens, limits, replica, upvote_phases
         )
         gen0, gen1, gen2 = (int(v) for v in settings.api_gc_thresholds.split(","))
         gc_pauses.install((gen0, gen1, gen2))
@@ -174,6 +174,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ["method", "route", "status"],
         registry=registry,
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    )
+    upvote_phases = Histogram(
+        "denorm_api_upvote_phase_seconds",
+        "An upvote's server time by phase: connection (pool wait), change (with its commit), write_through, count",
+        ["phase"],
+        registry=registry,
+        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
     )
     fast = FastStats()
     registry.register(CacheCollector(app, fast))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from prometheus_client import Histogram
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
@@ -32,6 +33,7 @@ class Services:
     tokens: TokenVerifier
     limits: RateLimits
     replica: ReplicaReads | None = None  # with DATABASE_READ_URL: where each read goes
+    upvote_phases: Histogram | None = None  # services/api/upvotes.py Laps
 
 
 async def services(request: Request) -> Services:
