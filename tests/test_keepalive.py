@@ -72,7 +72,8 @@ def server() -> Iterator[ThreadingHTTPServer]:
     httpd.server_close()
 
 
-def _client(server: ThreadingHTTPServer, mode: str, *paths: str) -> int:
+def _client(server: ThreadingHTTPServer, mode: str, *paths: str) -> tuple[int, list[str]]:
+    """Run the client; the connections the server accepted, and the pool's verdict after each request."""
     port = server.server_address[1]
     done = subprocess.run([sys.executable, "-c", CLIENT, str(port), mode, *paths], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.endswith("ok\n"), done.stderr[-2000:]
