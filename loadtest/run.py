@@ -31,13 +31,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 from psycopg import sql
 
 from denorm.config import get_settings
 from denorm.logs import get_logger
 from loadtest import gates, report
-from loadtest.attribution import StepProbe
+from loadtest.attribution import StepProbe, saturation
 from loadtest.localproc import free_port, wait_ready
 from loadtest.plot import plot
 from loadtest.report import HistoryPoint, StepResult
@@ -291,6 +292,7 @@ def run_step(opts: Options, users: int, step_dir: Path, base_url: str, metrics_u
     except (OSError, ValueError, psycopg.Error) as exc:
         log.error("could not attribute the step's time", error=repr(exc))
         attribution = {"note": f"not measured: {exc!r}"}
+    attribution["cpu_saturated"] = saturation(steady, psutil.cpu_count() or 1, opts.workers, opts.api_workers)
     return StepResult(users=users, gates_passed=None if verdicts is None else bool(verdicts["passed"]),
                       exit_code=code, cpu_cores=steady, attribution=attribution, **agg)  # fmt: skip
 
@@ -462,6 +464,7 @@ def where_the_time_went(r: StepResult) -> list[str]:
         f"refreshes {refreshes}",
         f"         postgres active sessions {pg['active_sessions_mean']} on average, waiting on: {waits}",
         f"         generator: locust workers {r.cpu_cores.get('locust workers', 0):.2f} cores",
+        f"         out of CPU: {a.get('cpu_saturated', 'not judged')}",
     ]  # fmt: skip
 
 

@@ -345,3 +345,14 @@ def test_an_impossible_target_fails_the_run(loadtest_db: tuple[str, str], tmp_pa
     judged = [v for v in verdicts["verdicts"] if v["check"] in ("client", "server")]
     assert judged and not any(v["passed"] for v in judged)
     assert "gates FAILED" in output and "FAIL" in (out / "summary.txt").read_text()
+
+
+def test_the_step_says_what_ran_out_of_cpu() -> None:
+    from loadtest.attribution import saturation
+
+    busy = {"machine": 1.93, "locust workers": 0.7, "api": 0.52, "postgres (this database)": 0.55}
+    assert saturation(busy, 2, 2, 1).startswith("the machine: 1.93 of its 2 cores")
+    assert "locust workers 0.70" in saturation(busy, 2, 2, 1)
+    assert saturation({"machine": 2.0, "locust workers": 1.8}, 8, 2, 1).startswith("the load generator")
+    assert saturation({"machine": 1.2, "api": 0.9}, 4, 2, 1).startswith("the API process")
+    assert saturation({"machine": 1.2, "api": 0.9}, 4, 2, 2).startswith("nothing (1.20 of 4 cores)")
