@@ -27,17 +27,31 @@ from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET
 from denorm.logs import configure_logging
 from denorm.seed import SCALES
+from loadtest import histogram
+from loadtest.attribution import PHASES
 
 ROUTE = 'method="PUT",route="/api/projects/{project_id}/upvote",status="200"'
 
 
-def buckets(admin: str) -> dict[str, float]:
-    """The upvote's histogram buckets (le -> cumulative count), and its count under "count"."""
+def buckets(admin: str) -> tuple[dict[str, float], str]:
+    """The upvote's histogram buckets (le -> cumulative count), and its count under "count"; and
+    the whole exposition (for the phases)."""
     text = urllib.request.urlopen(f"{admin}/metrics", timeout=5).read().decode()
     found = {m[0]: float(m[1]) for m in re.findall(r'_bucket\{le="([^"]+)",' + re.escape(ROUTE) + r"\} (\S+)", text)}
     total = re.search(r"_count\{" + re.escape(ROUTE) + r"\} (\S+)", text)
     found["count"] = float(total.group(1)) if total else 0.0
-    return found
+    return found, text
+
+
+def phases(before: str, after: str) -> str:
+    """Each phase's median (services/api/upvotes.py Laps), in ms."""
+    old = histogram.by_label(before, PHASES, "phase")
+    out = []
+    for phase in ("front", "connection", "change", "write_through", "count"):
+        hist = histogram.by_label(after, PHASES, "phase").get(phase, histogram.Histogram(()))
+        p50 = (hist - old.get(phase, histogram.Histogram(()))).quantile(0.5)
+        out.append(f"{phase} {p50 * 1000:.2f}" if p50 is not None else f"{phase} -")
+    return ", ".join(out)
 
 
 async def drive(base: str, rate: float, seconds: float, users: int, hot: list[int]) -> list[float]:
@@ -67,15 +81,17 @@ def run(url: str, durable: bool, rate: float, seconds: float, users: int) -> str
         page = json.load(urllib.request.urlopen(f"{base}/api/projects?limit=20", timeout=5))
         hot = [int(item["id"]) for item in page["items"]]
         asyncio.run(drive(base, rate, 2, users, hot))  # warm the pool's connections and plans
-        before = buckets(system.admin)
+        before, text_before = buckets(system.admin)
         client = asyncio.run(drive(base, rate, seconds, users, hot))
-        after = buckets(system.admin)
+        after, text_after = buckets(system.admin)
     n = after["count"] - before["count"]
     within = {le: (after.get(le, 0) - before.get(le, 0)) / n for le in ("0.0025", "0.005")}
     p50, p95 = client[len(client) // 2], client[int(len(client) * 0.95)]
     mode = "durable (the default)" if durable else "asynchronous commit"
-    return (f"{mode:<32}{int(n):>8}{within['0.0025']:>12.1%}{within['0.005']:>10.1%}"
-            f"{p50:>12.1f}{p95:>10.1f}")  # fmt: skip
+    return (
+        f"{mode:<32}{int(n):>8}{within['0.0025']:>12.1%}{within['0.005']:>10.1%}"
+        f"{p50:>12.1f}{p95:>10.1f}\n    server time by phase, p50 ms: {phases(text_before, text_after)}"
+    )
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ from collections import Counter
 from typing import Any
 
 import psycopg
-from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest import histogram
 
@@ -113,10 +112,10 @@ class StepProbe:
             if route != "/metrics":
                 key = f"{method} {route}"
                 by_route[key] = by_route.get(key, histogram.Histogram(())) + hist
-        phases_before = _by(text_before, PHASES, "phase")
+        phases_before = histogram.by_label(text_before, PHASES, "phase")
         phases = {
             phase: hist - phases_before.get(phase, histogram.Histogram(()))
-            for phase, hist in _by(text_after, PHASES, "phase").items()
+            for phase, hist in histogram.by_label(text_after, PHASES, "phase").items()
         }
         lag = _total(text_after, LAG) - _total(text_before, LAG)
         gc = _total(text_after, GC) - _total(text_before, GC)
@@ -173,20 +172,7 @@ PHASES = "denorm_api_upvote_phase_seconds"
 
 def _total(text: str, metric: str) -> histogram.Histogram:
     """Every series of a histogram added into one, whatever its labels (the GC's generations)."""
-    return _by(text, metric, None).get("", histogram.Histogram(()))
-
-
-def _by(text: str, metric: str, label: str | None) -> dict[str, histogram.Histogram]:
-    """A histogram's series added up by one label's value (all into "" when label is None)."""
-    found: dict[str, dict[float, float]] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name == metric:
-            for sample in family.samples:
-                if sample.name == f"{metric}_bucket":
-                    buckets = found.setdefault(sample.labels.get(label, "") if label else "", {})
-                    le = float(sample.labels["le"])
-                    buckets[le] = buckets.get(le, 0.0) + float(sample.value)
-    return {key: histogram.Histogram(tuple(sorted(b.items()))) for key, b in found.items()}
+    return histogram.by_label(text, metric, None).get("", histogram.Histogram(()))
 
 
 def _over(hist: histogram.Histogram, bound: float) -> float | None:

@@ -103,6 +103,19 @@ def parse(text: str, metric: str = METRIC) -> dict[SeriesKey, Histogram]:
     return {key: Histogram(tuple(sorted(b.items()))) for key, b in found.items()}
 
 
+def by_label(text: str, metric: str, label: str | None) -> dict[str, Histogram]:
+    """A histogram's series added up by one label's value (all into "" when label is None)."""
+    found: dict[str, dict[float, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == metric:
+            for sample in family.samples:
+                if sample.name == f"{metric}_bucket":
+                    buckets = found.setdefault(sample.labels.get(label, "") if label else "", {})
+                    le = float(sample.labels["le"])
+                    buckets[le] = buckets.get(le, 0.0) + float(sample.value)
+    return {key: Histogram(tuple(sorted(b.items()))) for key, b in found.items()}
+
+
 def merge(snapshots: Iterable[Mapping[SeriesKey, Histogram]]) -> dict[SeriesKey, Histogram]:
     out: dict[SeriesKey, Histogram] = {}
     for snapshot in snapshots:

@@ -177,7 +177,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     upvote_phases = Histogram(
         "denorm_api_upvote_phase_seconds",
-        "An upvote's server time by phase: connection (pool wait), change (with its commit), write_through, count",
+        "An upvote's server time by phase: front (rate limit, token, routing), connection (pool wait), "
+        "change (with its commit), write_through, count",
         ["phase"],
         registry=registry,
         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from prometheus_client import Histogram
@@ -26,6 +27,9 @@ log = get_logger("denorm.api")
 MAX_BODY_BYTES = 64 * 1024
 _TOO_LARGE = f"bodies are limited to {MAX_BODY_BYTES} bytes"
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS"})  # the reads: their body, if any, is never read
+# When the front door saw the request (time.perf_counter()): a handler's own timings can then say
+# how much went before it (services/api/upvotes.py Laps).
+STARTED: ContextVar[float | None] = ContextVar("request_started", default=None)
 
 
 class _TooLarge(Exception):
@@ -89,6 +93,7 @@ class Front:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        STARTED.set(started)
         status = 500
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
 
