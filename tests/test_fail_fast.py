@@ -18,6 +18,7 @@ from typing import Any
 import jwt
 import psycopg
 import pytest
+import redis
 import requests
 from fastapi.testclient import TestClient
 
@@ -529,6 +530,31 @@ def test_the_refresher_and_the_reconciler_run_as_a_maintainer_that_cannot_change
 LIMITED = {"API_RATE_WRITES_PER_TOKEN": "5/minute", "API_RATE_WRITES_PER_ADDRESS": "8/minute",
            "API_RATE_SEARCH_MISSES_PER_TOKEN": "1000/second",
            "API_RATE_SEARCH_MISSES_PER_ADDRESS": "6/minute"}  # fmt: skip
+
+
+def test_a_write_counts_every_limit_in_one_round_trip_and_the_refusals_are_metered(
+    seeded_url: str, settings: Settings, private_redis: PrivateRedis
+) -> None:
+    """Three limits (two per token, one per address), one script call to Redis per write; the 429s
+    and the checks counted per process show on /metrics."""
+    limited = settings.model_copy(update={
+        "database_url": seeded_url, "redis_url": private_redis.url, "api_access_log": False,
+        "api_rate_writes_per_token": "3/minute;100/hour", "api_rate_writes_per_address": "1000/minute",
+    })  # fmt: skip
+    server = redis.Redis.from_url(private_redis.url)
+    with TestClient(create_app(limited)) as client:
+        me = auth(settings, 7)  # one token: the limits count per token
+        statuses = [client.put(f"/api/projects/{p}/upvote", headers=me).status_code for p in (1, 2, 3)]
+        server.config_resetstat()
+        statuses.append(client.put("/api/projects/4/upvote", headers=me).status_code)
+        assert statuses == [200, 200, 200, 429]
+        # The refused write did nothing but count its three limits, in one script call.
+        calls = {k: v["calls"] for k, v in server.info("commandstats").items() if "resetstat" not in k}
+        assert calls == {"cmdstat_evalsha": 1, "cmdstat_incr": 3}
+        assert 'denorm_api_rate_limited_total{kind="writes"} 1.0' in client.get(admin("/metrics")).text
+        private_redis.stop()
+        assert client.put("/api/projects/5/upvote", headers=auth(settings, 8)).status_code == 200
+        assert "denorm_api_rate_limit_local_checks_total 1.0" in client.get(admin("/metrics")).text
 
 
 def test_writes_and_search_misses_past_their_limits_get_429_shared_across_processes_and_without_redis(

@@ -92,6 +92,15 @@ class CacheCollector(Collector):
         fast.add_metric(["direct"], self.fast.served)
         fast.add_metric(["fastapi"], self.fast.passed)
         yield fast
+        limited = CounterMetricFamily("denorm_api_rate_limited", "Requests refused with 429, by limit", labels=["kind"])
+        for kind, n in svc.limits.stats.limited.items():
+            limited.add_metric([kind], n)
+        yield limited
+        local = CounterMetricFamily(
+            "denorm_api_rate_limit_local_checks", "Rate-limit checks counted per process because Redis did not answer"
+        )
+        local.add_metric([], svc.limits.stats.local)
+        yield local
 
 
 class Api(FastAPI):

@@ -1,8 +1,12 @@
 """Rate limits on what costs the system most per request: writes, and searches that miss the
 answer cache. Each counts against the caller's token and against the client's address, in fixed
-windows kept by the `limits` package, in Redis so that every API process shares them; when Redis
-does not answer (the breaker is open), each process keeps its own count until it does, so a limit
-still holds per process. Over a limit: 429 with Retry-After, before any work is done.
+windows (a counter per identity and limit that expires a window after its first hit, the `limits`
+package's fixed window), in Redis so that every API process shares them: every counter a request
+counts against in one script, one round trip (the package's Redis storage makes one per counter,
+and on a slow machine those cost a write 1.5 ms of its 5: docs/performance.md). When Redis does not
+answer (the breaker is open), each process counts on its own with the package's memory storage
+until it does, so a limit still holds per process. Over a limit: 429 with Retry-After, before any
+work is done.
 
 The caller is recorded once per request by the front door (services/api/front.py) in a context
 variable: the search's miss, computed later in a task of the answer cache, still sees it.
@@ -17,9 +21,8 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from limits import RateLimitItem, parse_many
-from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import FixedWindowRateLimiter
-from limits.errors import StorageError
 from redis.exceptions import RedisError
 
 from denorm.config import Settings
@@ -31,6 +34,17 @@ log = get_logger("denorm.api.ratelimit")
 # A limit check never holds a request longer than this, whatever REDIS_TIMEOUT_MS allows the
 # upvote sets: past it, the check counts per process (and the Redis breaker hears of it).
 MAX_WAIT_S = 0.1
+# Count one hit on each counter (KEYS), starting a counter's window (ARGV: seconds) at its first hit;
+# the counts after the hits.
+_HIT = """
+local counts = {}
+for i, key in ipairs(KEYS) do
+    local n = redis.call('INCR', key)
+    if n == 1 then redis.call('EXPIRE', key, ARGV[i]) end
+    counts[i] = n
+end
+return counts
+"""
 
 # Who is asking: the request's bearer token and client address, as the front door saw them (the
 # identities are worked out only when a limit is checked: most requests are reads that never are).
@@ -56,15 +70,8 @@ class RateLimitStats:
 
 class RateLimits:
     def __init__(self, settings: Settings, client: aioredis.Redis, breaker: Breaker) -> None:
-        self.shared = FixedWindowRateLimiter(
-            RedisStorage(
-                "async+redis://",
-                implementation="redispy",
-                wrap_exceptions=True,
-                key_prefix=f"{settings.redis_key_prefix}ratelimit",
-                connection_pool=client.connection_pool,  # type: ignore[arg-type]  # the API's client and timeouts
-            )
-        )
+        self.hit_shared = client.register_script(_HIT)
+        self.prefix = f"{settings.redis_key_prefix}ratelimit:"
         self.local = FixedWindowRateLimiter(MemoryStorage())
         self.breaker = breaker  # the Redis breaker the upvote sets use: one view of Redis's health
         self.wait_s = min(settings.redis_timeout_ms / 1000, MAX_WAIT_S)
@@ -78,11 +85,14 @@ class RateLimits:
 
     async def check(self, kind: str, caller: tuple[tuple[str, str], ...] | None = None) -> None:
         """Count one `kind` for the caller (the current request's by default); ApiError 429 over a
-        limit. Every limit is counted at once (concurrent round trips to Redis, not one after another)."""
+        limit. Every limit is counted, the refused ones too."""
         ids = caller if caller is not None else caller_of(*CALLER.get())
-        checks = [(scope, item, identity) for scope, identity in ids for item in self.rules[kind][scope]]
-        allowed = await asyncio.gather(*(self._hit(item, kind, scope, identity) for scope, item, identity in checks))
-        for (scope, item, _), ok in zip(checks, allowed, strict=True):
+        checks = [(item, (kind, scope, identity)) for scope, identity in ids for item in self.rules[kind][scope]]
+        allowed = await self._shared(checks)
+        if allowed is None:
+            self.stats.local += 1
+            allowed = [await self.local.hit(item, *names) for item, names in checks]
+        for (item, (_, scope, _)), ok in zip(checks, allowed, strict=True):
             if not ok:
                 self.stats.limited[kind] += 1
                 raise ApiError(
@@ -90,15 +100,17 @@ class RateLimits:
                     retry_after=item.get_expiry(),
                 )  # fmt: skip
 
-    async def _hit(self, item: RateLimitItem, *identifiers: str) -> bool:
-        if self.breaker.allow():
-            try:
-                allowed = await asyncio.wait_for(self.shared.hit(item, *identifiers), self.wait_s)
-            except (StorageError, RedisError, OSError, TimeoutError) as exc:
-                self.breaker.failure()
-                log.warning("rate limits counted per process: redis failed", error=type(exc).__name__)
-            else:
-                self.breaker.success()
-                return allowed
-        self.stats.local += 1
-        return await self.local.hit(item, *identifiers)
+    async def _shared(self, checks: list[tuple[RateLimitItem, tuple[str, str, str]]]) -> list[bool] | None:
+        """Each limit's verdict from the shared counters, or None when Redis cannot say."""
+        if not self.breaker.allow():
+            return None
+        keys = [self.prefix + item.key_for(*names) for item, names in checks]
+        expiries = [item.get_expiry() for item, _ in checks]
+        try:
+            counts = await asyncio.wait_for(self.hit_shared(keys=keys, args=expiries), self.wait_s)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.breaker.failure()
+            log.warning("rate limits counted per process: redis failed", error=type(exc).__name__)
+            return None
+        self.breaker.success()
+        return [int(n) <= item.amount for n, (item, _) in zip(counts, checks, strict=True)]
