@@ -29,14 +29,16 @@ from services.api.feed import Sort
 from services.api.params import MAX_LIMIT
 from tests.support import admin
 
-READS = {r.path: r for r in reads_of(route for router in ROUTERS for route in router.routes)}
+DIRECT = reads_of(route for router in ROUTERS for route in router.routes)
+READS = {r.path: r for r in DIRECT if r.method == "GET"}
+UPVOTE = "/api/projects/{project_id}/upvote"
 
 Pair = tuple[TestClient, TestClient]
 
 
 @pytest.fixture
 def pair(seeded_url: str, settings: Settings) -> Iterator[Pair]:
-    quiet = settings.model_copy(update={"api_access_log": False})
+    quiet = settings.model_copy(update={"api_access_log": False, "api_rate_writes_per_token": "1000/second"})
     with (
         TestClient(create_app(quiet)) as direct,
         TestClient(create_app(quiet.model_copy(update={"api_fast_reads": False}))) as plain,
@@ -49,11 +51,10 @@ def read_counts(client: TestClient) -> dict[str, float]:
     return {m[0]: float(m[1]) for m in re.findall(r'denorm_api_read_requests_total\{path="(\w+)"\} ([0-9.e+]+)', text)}
 
 
-def route_labels(client: TestClient) -> set[str]:
+def route_labels(client: TestClient, method: str = "GET") -> set[str]:
     text = client.get(admin("/metrics")).text
-    return set(re.findall(r'denorm_api_request_duration_seconds_count\{method="GET",route="([^"]+)"', text)) - {
-        "/metrics"
-    }
+    found = re.findall(r'denorm_api_request_duration_seconds_count\{method="' + method + r'",route="([^"]+)"', text)
+    return set(found) - {"/metrics"}
 
 
 def without_as_of(body: Any) -> Any:
@@ -159,6 +160,57 @@ def test_the_direct_path_reads_each_routes_declaration() -> None:
     slug = READS["/api/chains/{slug}"].params["slug"]
     assert isinstance(slug, Text) and slug.required and slug.max_length == 80 and slug.pattern is not None
     assert READS["/api/search"].params["q"] == Text(1, 200, True)
+    writes = {(r.method, r.path): r for r in DIRECT if r.method != "GET"}
+    assert set(writes) == {("POST", UPVOTE), ("PUT", UPVOTE), ("DELETE", UPVOTE)}
+    assert all(w.user == "required" and set(w.params) == {"project_id"} for w in writes.values())
+
+
+def test_the_upvote_takes_the_direct_path_and_answers_as_fastapi_does(pair: Pair, settings: Settings) -> None:
+    """Each app in turn changes the same upvote: set, set again, clear, clear again, toggle; the
+    answers agree step by step. Bad ids, tokens and unknown projects are answered alike too."""
+    direct, plain = pair
+    me = {"Authorization": f"Bearer {mint_token(6, settings.jwt_secret)}"}
+    project = direct.get("/api/projects", params={"limit": 1}).json()["items"][0]["id"]
+    url = f"/api/projects/{project}/upvote"
+    direct.delete(url, headers=me)
+    before = read_counts(direct)
+    for method in ("PUT", "PUT", "DELETE", "DELETE"):
+        a = direct.request(method, url, headers=me)
+        b = plain.request(method, url, headers=me)
+        assert (a.status_code, a.headers["content-type"], a.json()) == (
+            b.status_code,
+            b.headers["content-type"],
+            b.json(),
+        )
+    toggled = [direct.post(url, headers=me).json(), plain.post(url, headers=me).json()]
+    assert [t["upvoted"] for t in toggled] == [True, False]
+    assert toggled[0]["upvote_count"] == toggled[1]["upvote_count"] + 1
+    # A body the route does not take is ignored on both paths.
+    a, b = direct.put(url, headers=me, json={"x": 1}), plain.put(url, headers=me, json={"x": 1})
+    assert (a.status_code, a.json()) == (b.status_code, b.json()) == (200, a.json())
+    middle = read_counts(direct)
+    assert middle["direct"] - before.get("direct", 0) == 4 + 1 + 1
+    bad = [
+        ("PUT", "/api/projects/0/upvote", me),
+        ("PUT", "/api/projects/abc/upvote", me),
+        ("DELETE", f"/api/projects/{2**70}/upvote", me),
+        ("POST", url, None),  # no token: FastAPI's 401
+        ("PUT", url, {"Authorization": "Bearer not-a-token"}),
+    ]
+    for method, path, headers in bad:
+        a, b = direct.request(method, path, headers=headers), plain.request(method, path, headers=headers)
+        assert (a.status_code, a.json()) == (b.status_code, b.json()), path
+        assert 400 <= a.status_code < 500
+    after = read_counts(direct)
+    assert after["fastapi"] - middle.get("fastapi", 0) == len(bad)
+    # A project that does not exist is a valid id: the direct path answers its 404 itself.
+    a, b = (
+        direct.put("/api/projects/999999999/upvote", headers=me),
+        plain.put("/api/projects/999999999/upvote", headers=me),
+    )
+    assert (a.status_code, a.json()) == (b.status_code, b.json()) and a.status_code == 404
+    assert read_counts(direct)["direct"] == after["direct"] + 1
+    assert route_labels(direct, "PUT") == route_labels(plain, "PUT") == {UPVOTE}
 
 
 def test_valid_reads_take_the_direct_path_and_bad_ones_do_not(pair: Pair, settings: Settings) -> None:

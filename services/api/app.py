@@ -87,7 +87,9 @@ class CacheCollector(Collector):
         lanes.add_metric([], svc.reads.up)
         yield lanes
         fast = CounterMetricFamily(
-            "denorm_api_read_requests", "Hot read requests by the path that answered them", labels=["path"]
+            "denorm_api_read_requests",
+            "Hot requests (the reads, the upvote) by the path that answered them",
+            labels=["path"],
         )
         fast.add_metric(["direct"], self.fast.served)
         fast.add_metric(["fastapi"], self.fast.passed)

@@ -13,7 +13,7 @@ from services.api.fastpath import direct
 from services.api.feed import SORTS, Sort, position
 from services.api.models import Created, FeedPage, NewComment, NewProject, UpvoteState
 from services.api.params import IdPath, Limit
-from services.api.responses import JSONBytes, RawJSON
+from services.api.responses import JSONBytes, RawJSON, dumps
 from services.api.upvotes import set_upvote, upvoted_among
 
 router = APIRouter(prefix="/api/projects", tags=["projects"], responses=ERROR_RESPONSES)
@@ -76,27 +76,43 @@ async def feed(
     return RawJSON(await feed_body(svc, user, sort, page, limit, cursor))
 
 
-async def _upvote(svc: ServicesDep, user: int, project_id: int, want: bool | None) -> JSONBytes:
+async def _upvote(svc: Services, user: int, project_id: int, want: bool | None) -> bytes:
     upvoted, count = await set_upvote(svc, user, project_id, want)
-    return JSONBytes({"upvoted": upvoted, "upvote_count": count})
+    return dumps({"upvoted": upvoted, "upvote_count": count})
 
 
-@router.post("/{project_id}/upvote", response_model=UpvoteState, response_class=JSONBytes)
-async def toggle_upvote(svc: ServicesDep, user: UserDep, project_id: IdPath) -> JSONBytes:
-    """Toggle the caller's upvote; answers the new state and the project's exact count."""
+# The upvote's body builders: its FastAPI routes and the direct path (services/api/fastpath.py) share them.
+async def toggle_body(svc: Services, user: int, project_id: int) -> bytes:
     return await _upvote(svc, user, project_id, None)
 
 
-@router.put("/{project_id}/upvote", response_model=UpvoteState, response_class=JSONBytes)
-async def add_upvote(svc: ServicesDep, user: UserDep, project_id: IdPath) -> JSONBytes:
-    """Upvote (idempotent)."""
+async def set_body(svc: Services, user: int, project_id: int) -> bytes:
     return await _upvote(svc, user, project_id, True)
 
 
-@router.delete("/{project_id}/upvote", response_model=UpvoteState, response_class=JSONBytes)
-async def remove_upvote(svc: ServicesDep, user: UserDep, project_id: IdPath) -> JSONBytes:
-    """Withdraw the upvote (idempotent)."""
+async def clear_body(svc: Services, user: int, project_id: int) -> bytes:
     return await _upvote(svc, user, project_id, False)
+
+
+@router.post("/{project_id}/upvote", response_model=UpvoteState, response_class=JSONBytes)
+@direct(toggle_body)
+async def toggle_upvote(svc: ServicesDep, user: UserDep, project_id: IdPath) -> RawJSON:
+    """Toggle the caller's upvote; answers the new state and the project's exact count."""
+    return RawJSON(await toggle_body(svc, user, project_id))
+
+
+@router.put("/{project_id}/upvote", response_model=UpvoteState, response_class=JSONBytes)
+@direct(set_body)
+async def add_upvote(svc: ServicesDep, user: UserDep, project_id: IdPath) -> RawJSON:
+    """Upvote (idempotent)."""
+    return RawJSON(await set_body(svc, user, project_id))
+
+
+@router.delete("/{project_id}/upvote", response_model=UpvoteState, response_class=JSONBytes)
+@direct(clear_body)
+async def remove_upvote(svc: ServicesDep, user: UserDep, project_id: IdPath) -> RawJSON:
+    """Withdraw the upvote (idempotent)."""
+    return RawJSON(await clear_body(svc, user, project_id))
 
 
 @router.post("", status_code=201, response_model=Created, response_class=JSONBytes)
