@@ -108,9 +108,11 @@ class StepProbe:
         seconds = (pg_after[-1] - started).total_seconds()
         routes = histogram.subtract(histogram.parse(text_after), histogram.parse(text_before))
         by_route: dict[str, histogram.Histogram] = {}
-        for (method, route, _status), hist in routes.items():
+        for (method, route, status), hist in routes.items():
             if route != "/metrics":
-                key = f"{method} {route}"
+                # A request answered before routing (a 429, a 408, a client gone) has no route: its
+                # status is all there is to tell what it was.
+                key = f"{method} {route}" if route != "unmatched" else f"{method} unmatched {status}"
                 by_route[key] = by_route.get(key, histogram.Histogram(())) + hist
         phases_before = histogram.by_label(text_before, PHASES, "phase")
         phases = {
