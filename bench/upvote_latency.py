@@ -45,14 +45,11 @@ def buckets(admin: str) -> tuple[dict[str, float], str]:
 
 def phases(before: str, after: str) -> str:
     """Each phase's median (services/api/upvotes.py Laps), in ms, and how many upvotes changed."""
-    old = histogram.by_label(before, PHASES, "phase")
-    new = histogram.by_label(after, PHASES, "phase")
+    run = histogram.subtract(histogram.parse(after, PHASES, ("phase",)), histogram.parse(before, PHASES, ("phase",)))
     empty = histogram.Histogram(())
-    changed = (new.get("write_through", empty) - old.get("write_through", empty)).count
-    total = (new.get("change", empty) - old.get("change", empty)).count
-    out = [f"changed {changed:.0f} of {total:.0f}"]
+    out = [f"changed {run.get(('write_through',), empty).count:.0f} of {run.get(('change',), empty).count:.0f}"]
     for phase in ("front", "connection", "change", "write_through", "count"):
-        p50 = (new.get(phase, empty) - old.get(phase, empty)).quantile(0.5)
+        p50 = run.get((phase,), empty).quantile(0.5)
         out.append(f"{phase} {p50 * 1000:.2f}" if p50 is not None else f"{phase} -")
     return ", ".join(out)
 

@@ -114,11 +114,9 @@ class StepProbe:
                 # status is all there is to tell what it was.
                 key = f"{method} {route}" if route != "unmatched" else f"{method} unmatched {status}"
                 by_route[key] = by_route.get(key, histogram.Histogram(())) + hist
-        phases_before = histogram.by_label(text_before, PHASES, "phase")
-        phases = {
-            phase: hist - phases_before.get(phase, histogram.Histogram(()))
-            for phase, hist in histogram.by_label(text_after, PHASES, "phase").items()
-        }
+        phases = histogram.subtract(
+            histogram.parse(text_after, PHASES, ("phase",)), histogram.parse(text_before, PHASES, ("phase",))
+        )
         lag = _total(text_after, LAG) - _total(text_before, LAG)
         gc = _total(text_after, GC) - _total(text_before, GC)
         deltas = {name: (a - b if a is not None and b is not None else None)
@@ -127,7 +125,7 @@ class StepProbe:
         return {
             "window_s": round(seconds, 1),
             "server": {k: _quantiles_ms(h) for k, h in sorted(by_route.items()) if h.count},
-            "upvote_phases": {phase: _quantiles_ms(h) for phase, h in sorted(phases.items()) if h.count},
+            "upvote_phases": {phase: _quantiles_ms(h) for (phase,), h in sorted(phases.items()) if h.count},
             "event_loop_lag": _quantiles_ms(lag),
             "gc": {**_quantiles_ms(gc), "over_25ms": _over(gc, 0.025)},
             "postgres": {
@@ -174,7 +172,7 @@ PHASES = "denorm_api_upvote_phase_seconds"
 
 def _total(text: str, metric: str) -> histogram.Histogram:
     """Every series of a histogram added into one, whatever its labels (the GC's generations)."""
-    return histogram.by_label(text, metric, None).get("", histogram.Histogram(()))
+    return histogram.parse(text, metric, ()).get((), histogram.Histogram(()))
 
 
 def _over(hist: histogram.Histogram, bound: float) -> float | None:

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from prometheus_client.parser import text_string_to_metric_families
 
 METRIC = "denorm_api_request_duration_seconds"
-# (method, route template, status)
-SeriesKey = tuple[str, str, str]
+# The values of the labels a series is grouped by: (method, route template, status) for METRIC
+SeriesKey = tuple[str, ...]
+ROUTE_LABELS = ("method", "route", "status")
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,9 @@ class Histogram:
         return 1.0, False
 
 
-def parse(text: str, metric: str = METRIC) -> dict[SeriesKey, Histogram]:
-    """Every series of one histogram in a Prometheus text exposition."""
+def parse(text: str, metric: str = METRIC, labels: tuple[str, ...] = ROUTE_LABELS) -> dict[SeriesKey, Histogram]:
+    """One histogram's series in a Prometheus text exposition, added up by the values of `labels`
+    (each series of its own with the request histogram's labels; all into one with no labels)."""
     found: dict[SeriesKey, dict[float, float]] = {}
     for family in text_string_to_metric_families(text):
         if family.name != metric:
@@ -97,22 +99,9 @@ def parse(text: str, metric: str = METRIC) -> dict[SeriesKey, Histogram]:
         for sample in family.samples:
             if sample.name != f"{metric}_bucket":
                 continue
-            labels = sample.labels
-            key = (labels.get("method", ""), labels.get("route", ""), labels.get("status", ""))
-            found.setdefault(key, {})[float(labels["le"])] = float(sample.value)
-    return {key: Histogram(tuple(sorted(b.items()))) for key, b in found.items()}
-
-
-def by_label(text: str, metric: str, label: str | None) -> dict[str, Histogram]:
-    """A histogram's series added up by one label's value (all into "" when label is None)."""
-    found: dict[str, dict[float, float]] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name == metric:
-            for sample in family.samples:
-                if sample.name == f"{metric}_bucket":
-                    buckets = found.setdefault(sample.labels.get(label, "") if label else "", {})
-                    le = float(sample.labels["le"])
-                    buckets[le] = buckets.get(le, 0.0) + float(sample.value)
+            buckets = found.setdefault(tuple(sample.labels.get(label, "") for label in labels), {})
+            le = float(sample.labels["le"])
+            buckets[le] = buckets.get(le, 0.0) + float(sample.value)
     return {key: Histogram(tuple(sorted(b.items()))) for key, b in found.items()}
 
 

@@ -23,7 +23,7 @@ _poll: Any = monkey.get_original("select", "poll") if monkey.is_module_patched("
 _READABLE_OR_GONE = _select.POLLIN | _select.POLLPRI | _select.POLLERR | _select.POLLHUP | _select.POLLNVAL
 
 
-def socket_is_idle(sock: Any) -> bool:
+def _is_socket_alive(self: ConnectionPool, sock: Any) -> bool:
     """True when a pooled connection can carry the next request."""
     if sock is None:
         return False
@@ -36,10 +36,6 @@ def socket_is_idle(sock: Any) -> bool:
         return not poller.poll(0)
     except (OSError, ValueError):
         return False
-
-
-def _is_socket_alive(self: ConnectionPool, sock: Any) -> bool:
-    return socket_is_idle(sock)
 
 
 def install() -> None:

@@ -17,7 +17,7 @@ import redis
 
 from loadtest import gates, histogram
 from loadtest.catalog import Catalog, parse_id_ranges
-from loadtest.histogram import Histogram
+from loadtest.histogram import Histogram, SeriesKey
 from loadtest.report import StepResult
 from loadtest.run import _positive_ints, _seconds, largest_passing
 from tests.conftest import TEST_REDIS_URL, AdminConnection, delete_keys_with_prefix, scratch_database
@@ -171,7 +171,8 @@ def test_server_verdicts_are_exact_at_a_bucket_bound() -> None:
 def test_a_server_target_that_cannot_be_checked_fails() -> None:
     (nothing,) = gates.server_verdicts(targets(), {})
     assert not nothing.passed and "not checked" in nothing.note
-    broken = {("PUT", "/api/projects/{project_id}/upvote", "200"): Histogram(((0.005, 3), (INF, 1)))}
+    key: SeriesKey = ("PUT", "/api/projects/{project_id}/upvote", "200")
+    broken = {key: Histogram(((0.005, 3), (INF, 1)))}
     (inconsistent,) = gates.server_verdicts(targets(), broken)
     assert not inconsistent.passed and "inconsistent" in inconsistent.note
 

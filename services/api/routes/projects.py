@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -76,43 +77,32 @@ async def feed(
     return RawJSON(await feed_body(svc, user, sort, page, limit, cursor))
 
 
-async def _upvote(svc: Services, user: int, project_id: int, want: bool | None) -> bytes:
+async def upvote_body(svc: Services, user: int, project_id: int, want: bool | None) -> bytes:
+    """The upvote's answer (want: None toggles, true sets, false clears): its FastAPI routes and the
+    direct path (services/api/fastpath.py, each route's `want` bound) share it."""
     upvoted, count = await set_upvote(svc, user, project_id, want)
     return dumps({"upvoted": upvoted, "upvote_count": count})
 
 
-# The upvote's body builders: its FastAPI routes and the direct path (services/api/fastpath.py) share them.
-async def toggle_body(svc: Services, user: int, project_id: int) -> bytes:
-    return await _upvote(svc, user, project_id, None)
-
-
-async def set_body(svc: Services, user: int, project_id: int) -> bytes:
-    return await _upvote(svc, user, project_id, True)
-
-
-async def clear_body(svc: Services, user: int, project_id: int) -> bytes:
-    return await _upvote(svc, user, project_id, False)
-
-
 @router.post("/{project_id}/upvote", response_model=UpvoteState, response_class=JSONBytes)
-@direct(toggle_body)
+@direct(partial(upvote_body, want=None))
 async def toggle_upvote(svc: ServicesDep, user: UserDep, project_id: IdPath) -> RawJSON:
     """Toggle the caller's upvote; answers the new state and the project's exact count."""
-    return RawJSON(await toggle_body(svc, user, project_id))
+    return RawJSON(await upvote_body(svc, user, project_id, None))
 
 
 @router.put("/{project_id}/upvote", response_model=UpvoteState, response_class=JSONBytes)
-@direct(set_body)
+@direct(partial(upvote_body, want=True))
 async def add_upvote(svc: ServicesDep, user: UserDep, project_id: IdPath) -> RawJSON:
     """Upvote (idempotent)."""
-    return RawJSON(await set_body(svc, user, project_id))
+    return RawJSON(await upvote_body(svc, user, project_id, True))
 
 
 @router.delete("/{project_id}/upvote", response_model=UpvoteState, response_class=JSONBytes)
-@direct(clear_body)
+@direct(partial(upvote_body, want=False))
 async def remove_upvote(svc: ServicesDep, user: UserDep, project_id: IdPath) -> RawJSON:
     """Withdraw the upvote (idempotent)."""
-    return RawJSON(await clear_body(svc, user, project_id))
+    return RawJSON(await upvote_body(svc, user, project_id, False))
 
 
 @router.post("", status_code=201, response_model=Created, response_class=JSONBytes)
