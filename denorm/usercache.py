@@ -27,10 +27,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import redis
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from denorm.cache import Batcher
+from denorm.cache import Batcher, TimedRedis
 from denorm.logs import get_logger
 
 log = get_logger("denorm.usercache")
@@ -169,7 +168,7 @@ class CacheStats:
 
 @dataclass
 class UserCache:
-    client: aioredis.Redis
+    client: TimedRedis
     prefix: str
     ttl_seconds: int = 3600
     breaker: Breaker = field(default_factory=Breaker)
