@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
 from typing import Any
 
 import pytest
@@ -23,9 +22,9 @@ def test_a_command_starts_no_task_of_its_own(private_redis: PrivateRedis) -> Non
         loop = asyncio.get_running_loop()
         started: list[str] = []
 
-        def factory(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kw: Any) -> asyncio.Task[Any]:
+        def factory(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[Any]:
             started.append(getattr(coro, "__qualname__", repr(coro)))
-            return asyncio.Task(coro, loop=loop, **kw)
+            return asyncio.Task(coro, loop=loop)
 
         client = open_redis(private_redis.url, 1.0)
         try:
@@ -62,7 +61,7 @@ def test_a_stalled_redis_times_out_within_the_bound_and_no_late_reply_is_misread
             await asyncio.to_thread(sleeper.wait)
             # The replies to the cancelled GETs of "a" arrive now; none may answer a later command.
             assert await client.get("b") == b"2"
-            assert await asyncio.gather(batcher.execute("GET", "b"), batcher.execute("GET", "a")) == [b"2", b"1"]
+            assert list(await asyncio.gather(batcher.execute("GET", "b"), batcher.execute("GET", "a"))) == [b"2", b"1"]
             assert await client.get("b") == b"2"
         finally:
             await client.aclose()
