@@ -20,11 +20,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import redis.asyncio as aioredis
 import uvloop
 
 from bench.api_throughput import backends, cpu_ticks
 from bench.scratch import add_dataset_arguments, seeded_database
-from denorm.cache import Batcher, TimedRedis, open_redis
+from denorm.cache import Batcher, open_redis
 from denorm.logs import configure_logging
 from denorm.pg import open_pipeline, open_pool
 from services.api.db import pipelined_queries
@@ -101,7 +102,7 @@ async def run(url: str, redis_url: str, seconds: float, tasks: int) -> None:
         await pipe.close()
         await pool.close()
 
-    client: TimedRedis = open_redis(redis_url, 1.0)
+    client: aioredis.Redis = open_redis(redis_url, 1.0)
     batcher = Batcher(client)
     key = f"bench-read-transport:{os.getpid()}"
     await client.sadd(key, b"-", *range(1000, 1040, 3))

@@ -27,9 +27,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import redis
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from denorm.cache import Batcher, TimedRedis
+from denorm.cache import Batcher
 from denorm.logs import get_logger
 
 log = get_logger("denorm.usercache")
@@ -168,7 +169,7 @@ class CacheStats:
 
 @dataclass
 class UserCache:
-    client: TimedRedis
+    client: aioredis.Redis
     prefix: str
     ttl_seconds: int = 3600
     breaker: Breaker = field(default_factory=Breaker)
