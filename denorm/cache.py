@@ -26,8 +26,8 @@ def open_redis(url: str, timeout_seconds: float = 0.05) -> aioredis.Redis:
     redis-py bounds each socket wait on its own (the send under asyncio.wait_for, a task of its
     own: two more turns of the event loop per command). A timeout scope around the whole command
     instead was tried and measured worse: it also counted the wait for a pooled connection and
-    the loop's lag over several turns against Redis, and at 5000 users turned none of a run's
-    calls into 242 to 994 timeouts (docs/performance.md)."""
+    the loop's lag over several turns against Redis, and at 5000 users a run's timeouts went from
+    none to 964-994 (docs/performance.md, "Fewer turns of the event loop")."""
     return aioredis.Redis.from_url(
         url,
         socket_timeout=timeout_seconds,

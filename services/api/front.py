@@ -121,11 +121,7 @@ class Front:
             await self.app(scope, receive, observed_send)
         else:
             try:
-                # A timeout scope, not wait_for: on Python 3.11 wait_for runs the coroutine as a
-                # task of its own, and its start and its result cost two turns of the event loop,
-                # which under load are milliseconds each (docs/performance.md).
-                async with asyncio.timeout(self.body_timeout_s):
-                    body, gone = await read_body(receive)
+                body, gone = await asyncio.wait_for(read_body(receive), self.body_timeout_s)
             except _TooLarge:
                 body, gone, status = b"", False, 413
             except TimeoutError:

@@ -107,8 +107,7 @@ class RateLimits:
         keys = [self.prefix + item.key_for(*names) for item, names in checks]
         expiries = [item.get_expiry() for item, _ in checks]
         try:
-            async with asyncio.timeout(self.wait_s):  # not wait_for: no task of its own (front.py)
-                counts = await self.hit_shared(keys=keys, args=expiries)
+            counts = await asyncio.wait_for(self.hit_shared(keys=keys, args=expiries), self.wait_s)
         except (RedisError, OSError, TimeoutError) as exc:
             self.breaker.failure()
             log.warning("rate limits counted per process: redis failed", error=type(exc).__name__)
