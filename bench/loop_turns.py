@@ -22,11 +22,13 @@ import os
 import random
 import statistics
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 from bench.scratch import add_dataset_arguments, seeded_database
+from bench.system import bench_settings
 from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET, get_settings
 from denorm.logs import configure_logging
@@ -62,18 +64,18 @@ def drive(port: int, routes: dict[str, Callable[[int], tuple[str, str]]], reques
     """One client, one request at a time: each route `requests` times after a warm-up."""
     client = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     rng = random.Random()
-    tokens = {u: mint_token(u, DEV_JWT_SECRET) for u in rng.sample(range(1, users + 1), min(users, 1000))}
+    tokens = [mint_token(u, DEV_JWT_SECRET) for u in rng.sample(range(1, users + 1), min(users, 1000))]
     for name, make in routes.items():
         for i in range(requests + requests // 4):
             method, path = make(i)
             done = len(turns)
-            client.request(method, path, headers={"Authorization": f"Bearer {rng.choice(list(tokens.values()))}"})
+            client.request(method, path, headers={"Authorization": f"Bearer {rng.choice(tokens)}"})
             answer = client.getresponse()
             answer.read()
             if answer.status != 200:
                 raise RuntimeError(f"{method} {path}: {answer.status}")
             while len(turns) == done:  # the request's task ends just after its answer leaves
-                threading.Event().wait(0.001)
+                time.sleep(0.001)
             if i >= requests // 4:  # past the warm-up (connections, prepared statements, caches)
                 results[name].append(turns[-1])
     client.close()
@@ -89,10 +91,7 @@ def main() -> None:
 
     with seeded_database("bench_turns", args.scale, args.database_url) as url:
         port, admin = free_port(), free_port()
-        os.environ.update(DATABASE_URL=url, JWT_SECRET=DEV_JWT_SECRET, ENVIRONMENT="development",
-                          API_ACCESS_LOG="false", LOG_LEVEL="WARNING", API_ADMIN_PORT=str(admin),
-                          REDIS_KEY_PREFIX=f"bench-turns-{port}:",
-                          API_RATE_WRITES_PER_ADDRESS="1000000/second")  # fmt: skip
+        os.environ.update(bench_settings(url, port), API_ADMIN_PORT=str(admin))
         get_settings.cache_clear()
         server = uvicorn.Server(uvicorn.Config("services.api.app:create_app", factory=True, port=port,
                                                log_config=None, access_log=False))  # fmt: skip
@@ -105,7 +104,7 @@ def main() -> None:
         def client() -> None:
             try:
                 while not server.started:
-                    threading.Event().wait(0.05)
+                    time.sleep(0.05)
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
                 conn.request("GET", "/api/projects?limit=20")
                 hot = [int(item["id"]) for item in json.loads(conn.getresponse().read())["items"]]

@@ -22,16 +22,21 @@ class System:
     refresher: subprocess.Popen[bytes]
 
 
+def bench_settings(url: str, port: int) -> dict[str, str]:
+    """The settings a benchmark's API (on `port`) and refresher run with: the development token
+    secret, no access log, rate limits out of the way, Redis keys of their own."""
+    return {"DATABASE_URL": url, "JWT_SECRET": DEV_JWT_SECRET, "ENVIRONMENT": "development",
+            "API_ACCESS_LOG": "false", "API_RATE_WRITES_PER_ADDRESS": "1000000/second",
+            "API_RATE_SEARCH_MISSES_PER_ADDRESS": "1000000/second",
+            "REFRESHER_METRICS_PORT": "0", "LOG_LEVEL": "WARNING", "REDIS_KEY_PREFIX": f"bench-{port}:"}  # fmt: skip
+
+
 @contextmanager
 def running_system(url: str, **env: str) -> Iterator[System]:
     """One API process and the refresher on `url`, ready once the refresher's first pass is done;
     `env` adds settings (API_UPVOTE_DURABLE="false", ...). Both are stopped on the way out."""
     port, admin_port = free_port(), free_port()
-    environment = {**os.environ, "DATABASE_URL": url, "JWT_SECRET": DEV_JWT_SECRET, "ENVIRONMENT": "development",
-                   "API_ACCESS_LOG": "false", "API_RATE_WRITES_PER_ADDRESS": "1000000/second",
-                   "API_RATE_SEARCH_MISSES_PER_ADDRESS": "1000000/second",
-                   "REFRESHER_METRICS_PORT": "0", "LOG_LEVEL": "WARNING", "REDIS_KEY_PREFIX": f"bench-{port}:",
-                   **env}  # fmt: skip
+    environment = {**os.environ, **bench_settings(url, port), **env}
     denorm = os.path.join(os.path.dirname(sys.executable), "denorm")
     refresher = subprocess.Popen([denorm, "refresher"], env=environment, stdout=subprocess.DEVNULL)
     api = subprocess.Popen(

@@ -1,17 +1,21 @@
-"""Redis commands batched across concurrent callers (denorm/cache.py Batcher), on a real Redis."""
+"""The API's Redis client (denorm/cache.py open_redis) and its commands batched across concurrent
+callers (Batcher), on a real Redis, and on a private one stalled for real."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from denorm.cache import Batcher, open_redis
 from loadtest.localproc import free_port
 from tests.conftest import TEST_REDIS_URL
+from tests.faults import PrivateRedis
 
 
 def test_concurrent_commands_share_batches_and_each_gets_its_own_reply(
@@ -88,6 +92,34 @@ def test_a_caller_that_goes_away_leaves_the_batch_to_the_others(redis_prefix: st
             assert await kept == [1, 0]
             with pytest.raises(asyncio.CancelledError):
                 await gone
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_stalled_redis_times_out_within_the_bound_and_no_late_reply_is_misread(
+    private_redis: PrivateRedis,
+) -> None:
+    async def scenario() -> None:
+        client = open_redis(private_redis.url, 0.1)
+        batcher = Batcher(client)
+        try:
+            await client.set("a", "1")
+            await client.set("b", "2")
+            sleeper = private_redis.stall(1.0)
+            began = time.perf_counter()
+            with pytest.raises(RedisTimeoutError):
+                await client.get("a")
+            with pytest.raises(RedisTimeoutError):
+                await batcher.execute("GET", "a")
+            await asyncio.gather(batcher.execute("GET", "a"), batcher.execute("GET", "b"), return_exceptions=True)
+            assert time.perf_counter() - began < 0.9  # the bound, not the stall, ended each wait
+            await asyncio.to_thread(sleeper.wait)
+            # The replies to the timed-out GETs of "a" arrive now; none may answer a later command.
+            assert await client.get("b") == b"2"
+            assert list(await asyncio.gather(batcher.execute("GET", "b"), batcher.execute("GET", "a"))) == [b"2", b"1"]
+            assert await client.get("b") == b"2"
         finally:
             await client.aclose()
 
