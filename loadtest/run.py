@@ -75,6 +75,9 @@ class Options:
     environment: str = "development"
     goal_users: int = 5000
     profile: bool = False
+    # The generator's CPU priority (nice(2)): on one machine it yields the cores to the system under
+    # test, as it would run elsewhere in production (docs/performance.md, "The generator yields").
+    generator_nice: int = 10
 
     def rate(self, users: int) -> float:
         # A ramp of about ten seconds; Locust itself warns above 100 users a second.
@@ -167,11 +170,13 @@ def _forget_redis_sets(opts: Options) -> None:
 # --- processes -------------------------------------------------------------------------------
 
 
-def start(name: str, cmd: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def start(name: str, cmd: list[str], env: dict[str, str], log_path: Path, nice: int = 0) -> subprocess.Popen[bytes]:
+    """`cmd` in the background, its output to `log_path`, `nice` added to its CPU niceness."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO)
-    log.info("started", process=name, pid=proc.pid, log=str(log_path))
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
+                                preexec_fn=(lambda: os.nice(nice)) if nice else None)  # fmt: skip
+    log.info("started", process=name, pid=proc.pid, log=str(log_path), nice=nice)
     return proc
 
 
@@ -241,8 +246,8 @@ def run_step(opts: Options, users: int, step_dir: Path, base_url: str, metrics_u
     origin = time.monotonic()
     probe = StepProbe(metrics_url, opts.database_url)
     probe.start_at(origin + ramp + 5)  # the steady window, as the CPU figures take it
-    master = start("locust master", master_cmd, env, step_dir / "locust-master.log")
-    workers = [start(f"locust worker {i}", worker_cmd, env, step_dir / f"locust-worker-{i}.log")
+    master = start("locust master", master_cmd, env, step_dir / "locust-master.log", opts.generator_nice)
+    workers = [start(f"locust worker {i}", worker_cmd, env, step_dir / f"locust-worker-{i}.log", opts.generator_nice)
                for i in range(opts.workers)]  # fmt: skip
     conn = psycopg.connect(opts.database_url, autocommit=True)
     backends = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
@@ -516,6 +521,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-prefix", help="Redis key prefix of the API under test (loadtest:<database>:)")
     p.add_argument("--goal-users", type=int, default=5000, help="the user count the summary sizes against (5000)")
     p.add_argument("--profile", action="store_true", help="py-spy the API during each step's steady load (SVG)")
+    p.add_argument(
+        "--generator-nice",
+        type=int,
+        default=10,
+        choices=range(20),
+        metavar="0-19",
+        help="the Locust processes' niceness: the system under test comes first for the CPU (10)",
+    )
     return p
 
 
@@ -552,6 +565,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         environment=os.environ.get("ENVIRONMENT", "development"),
         goal_users=args.goal_users,
         profile=args.profile,
+        generator_nice=args.generator_nice,
     )
 
 

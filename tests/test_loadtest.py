@@ -8,6 +8,8 @@ import csv
 import fnmatch
 import json
 import math
+import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from loadtest import gates, histogram
 from loadtest.catalog import Catalog, parse_id_ranges
 from loadtest.histogram import Histogram, SeriesKey
 from loadtest.report import StepResult
-from loadtest.run import _positive_ints, _seconds, largest_passing
+from loadtest.run import _positive_ints, _seconds, build_parser, largest_passing, start
 from tests.conftest import TEST_REDIS_URL, AdminConnection, delete_keys_with_prefix, scratch_database
 from tests.support import run_denorm
 
@@ -230,6 +232,16 @@ def test_command_line_values() -> None:
     for bad in ("0", "x", "5d"):
         with pytest.raises(Exception):  # noqa: B017 -- argparse's ArgumentTypeError
             _seconds(bad)
+    assert build_parser().parse_args([]).generator_nice == 10
+    assert build_parser().parse_args(["--generator-nice", "0"]).generator_nice == 0
+
+
+def test_the_generator_starts_at_a_lower_cpu_priority(tmp_path: Path) -> None:
+    """The runner's Locust processes yield the CPU to the system under test (docs/performance.md)."""
+    said = tmp_path / "nice.log"
+    proc = start("niceness", [sys.executable, "-c", "import os; print(os.nice(0))"], dict(os.environ), said, 7)
+    assert proc.wait(timeout=30) == 0
+    assert int(said.read_text()) == os.nice(0) + 7
 
 
 # --- short real runs ---------------------------------------------------------------------------
