@@ -153,10 +153,12 @@ def saturation(cpu_cores: dict[str, float], machine_cores: int, workers: int, ap
     """What ran out of CPU over the steady window, if anything: the first thing to read when a gate
     failed. A process is saturated at 85% of the cores it can use (one per process: the API's
     uvicorn workers and the Locust workers are single-threaded), the machine at 90% of its own."""
-    machine = cpu_cores.get("machine", 0.0)
-    if machine >= 0.9 * machine_cores:
-        top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu_cores.items(), key=lambda kv: -kv[1]) if k != "machine")
-        return (f"the machine: {machine:.2f} of its {machine_cores} cores busy, so every process waited for a core "
+    machine, stolen = cpu_cores.get("machine", 0.0), cpu_cores.get("stolen", 0.0)
+    if machine + stolen >= 0.9 * machine_cores:
+        top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu_cores.items(), key=lambda kv: -kv[1])
+                        if k not in ("machine", "stolen"))  # fmt: skip
+        busy = f"{machine:.2f}" + (f" (and {stolen:.2f} taken by the hypervisor)" if stolen >= 0.01 else "")
+        return (f"the machine: {busy} of its {machine_cores} cores busy, so every process waited for a core "
                 f"and every time above includes that wait ({top})")  # fmt: skip
     if cpu_cores.get("locust workers", 0.0) >= 0.85 * workers:
         return "the load generator: its client-side times include its own queueing"

@@ -2,7 +2,10 @@
 
 Sampled once a second from /proc through psutil: the API (its uvicorn workers are children), the
 refresher, the Locust master, the Locust workers, the Postgres backends serving the load test's
-database, and the whole machine (which includes anything else running on it).
+database, the whole machine (which includes anything else running on it), and the time the
+hypervisor gave this machine's virtual cores to others ("stolen"): on a shared host the same load
+can cost a different share of the cores from one run to the next, and steal is the part of that
+the guest can see.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import psutil
 
 # component -> the pids to count now (children are added when asked for)
 PidSource = Callable[[], list[int]]
+STOLEN = "stolen"  # not a component: cores the hypervisor ran something else on
 
 
 @dataclass
@@ -58,7 +62,7 @@ class CpuSampler:
 
     def _run(self) -> None:
         last: dict[int, float] = {}  # pid -> cpu seconds at the previous sample
-        last_system = _busy_seconds()
+        last_system, last_steal = _busy_seconds(), _steal_seconds()
         last_time = time.monotonic()
         while not self._stop.wait(self.interval):
             now = time.monotonic()
@@ -76,9 +80,10 @@ class CpuSampler:
                         used += max(0.0, spent - last[proc.pid])
                     seen[proc.pid] = spent
                 self.samples.append((now, name, used / elapsed))
-            system = _busy_seconds()
+            system, steal = _busy_seconds(), _steal_seconds()
             self.samples.append((now, "machine", (system - last_system) / elapsed))
-            last, last_system, last_time = seen, system, now
+            self.samples.append((now, STOLEN, (steal - last_steal) / elapsed))
+            last, last_system, last_steal, last_time = seen, system, steal, now
 
     def means(self, since: float) -> dict[str, float]:
         """Mean cores per component over the samples taken at or after `since` (time.monotonic())."""
@@ -100,3 +105,7 @@ def _busy_seconds() -> float:
     t = psutil.cpu_times()
     # Guest time is already inside user time on Linux; iowait and steal are not this machine's work.
     return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
+
+
+def _steal_seconds() -> float:
+    return float(getattr(psutil.cpu_times(), "steal", 0.0))

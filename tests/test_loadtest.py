@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -369,3 +370,17 @@ def test_the_step_says_what_ran_out_of_cpu() -> None:
     assert saturation({"machine": 2.0, "locust workers": 1.8}, 8, 2, 1).startswith("the load generator")
     assert saturation({"machine": 1.2, "api": 0.9}, 4, 2, 1).startswith("the API process")
     assert saturation({"machine": 1.2, "api": 0.9}, 4, 2, 2).startswith("nothing (1.20 of 4 cores)")
+    # Cores the hypervisor gave to others are not this machine's to use either.
+    stolen = saturation({"machine": 1.6, "stolen": 0.3, "api": 0.5}, 2, 2, 1)
+    assert stolen.startswith("the machine: 1.60 (and 0.30 taken by the hypervisor) of its 2 cores")
+    assert "stolen" not in stolen
+
+
+def test_the_cpu_sampler_reports_steal_beside_the_machine() -> None:
+    from loadtest.cpu import STOLEN, Component, CpuSampler
+
+    sampler = CpuSampler({"me": Component(lambda: [os.getpid()])}, interval=0.05).start()
+    time.sleep(0.3)
+    sampler.stop()
+    means = sampler.means(since=0)
+    assert set(means) == {"me", "machine", STOLEN} and all(v >= 0 for v in means.values())
