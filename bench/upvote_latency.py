@@ -4,8 +4,9 @@ One `denorm api` process and the refresher on a seeded database, once with API_U
 and once with true (the default). Each run sends --rate PUT upvotes a second for --seconds, from
 5000 random users who keep their tokens, on the twenty projects of the feed's first page (where the
 product's votes land), and reads the API's latency histogram before and after: the share of
-upvotes within 2.5 and 5 ms at the server (the seed's target is about 5 ms), and the client's p50
-and p95.
+upvotes within 2.5 and 5 ms at the server (the seed's target is about 5 ms), the client's p50
+and p95, and the API process's CPU per upvote (user and system time over the run: on a 2-core
+machine an upvote is bound by it as much as by its round trips, docs/performance.md).
 
     python -m bench.upvote_latency [--scale standard] [--database-url URL] [--rate 30] [--seconds 20]
 """
@@ -21,6 +22,7 @@ import time
 import urllib.request
 
 import httpx2 as httpx
+import psutil
 
 from bench.scratch import add_dataset_arguments, seeded_database
 from bench.system import running_system
@@ -89,16 +91,21 @@ def run(url: str, durable: bool, rate: float, seconds: float, users: int) -> str
         page = json.load(urllib.request.urlopen(f"{base}/api/projects?limit=20", timeout=5))
         hot = [int(item["id"]) for item in page["items"]]
         asyncio.run(drive(base, rate, 2, users, hot))  # warm the pool's connections and plans
+        api = psutil.Process(system.api.pid)
         before, text_before = buckets(system.admin)
+        cpu_before = api.cpu_times()
         client = asyncio.run(drive(base, rate, seconds, users, hot))
+        cpu_after = api.cpu_times()
         after, text_after = buckets(system.admin)
     n = after["count"] - before["count"]
     within = {le: (after.get(le, 0) - before.get(le, 0)) / n for le in ("0.0025", "0.005")}
     p50, p95 = client[len(client) // 2], client[int(len(client) * 0.95)]
+    cpu = cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system
     mode = "durable (the default)" if durable else "asynchronous commit"
     return (
         f"{mode:<32}{int(n):>8}{within['0.0025']:>12.1%}{within['0.005']:>10.1%}"
-        f"{p50:>12.1f}{p95:>10.1f}\n    server time by phase, p50 ms: {phases(text_before, text_after)}"
+        f"{p50:>12.1f}{p95:>10.1f}{cpu / n * 1000:>14.2f}\n"
+        f"    server time by phase, p50 ms: {phases(text_before, text_after)}"
     )
 
 
@@ -113,7 +120,8 @@ def main() -> None:
         users = SCALES[args.scale].users
         print(f"dataset={args.scale}; {args.rate:g} PUT upvotes/s for {args.seconds:g} s, random users, "
               "the feed's first twenty projects; one API process, refresher running")  # fmt: skip
-        print(f"{'upvote commit':<32}{'upvotes':>8}{'<= 2.5 ms':>12}{'<= 5 ms':>10}{'client p50':>12}{'p95 ms':>10}")
+        print(f"{'upvote commit':<32}{'upvotes':>8}{'<= 2.5 ms':>12}{'<= 5 ms':>10}{'client p50':>12}{'p95 ms':>10}"
+              f"{'API CPU ms':>14}")  # fmt: skip
         for durable in (False, True):
             print(run(url, durable, args.rate, args.seconds, users))
 
