@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 
 from loadtest import histogram
+from loadtest.cpu import STOLEN
 
 SAMPLE_S = 0.5
 
@@ -153,10 +154,10 @@ def saturation(cpu_cores: dict[str, float], machine_cores: int, workers: int, ap
     """What ran out of CPU over the steady window, if anything: the first thing to read when a gate
     failed. A process is saturated at 85% of the cores it can use (one per process: the API's
     uvicorn workers and the Locust workers are single-threaded), the machine at 90% of its own."""
-    machine, stolen = cpu_cores.get("machine", 0.0), cpu_cores.get("stolen", 0.0)
+    machine, stolen = cpu_cores.get("machine", 0.0), cpu_cores.get(STOLEN, 0.0)
     if machine + stolen >= 0.9 * machine_cores:
         top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu_cores.items(), key=lambda kv: -kv[1])
-                        if k not in ("machine", "stolen"))  # fmt: skip
+                        if k not in ("machine", STOLEN))  # fmt: skip
         busy = f"{machine:.2f}" + (f" (and {stolen:.2f} taken by the hypervisor)" if stolen >= 0.01 else "")
         return (f"the machine: {busy} of its {machine_cores} cores busy, so every process waited for a core "
                 f"and every time above includes that wait ({top})")  # fmt: skip

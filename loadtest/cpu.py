@@ -62,7 +62,7 @@ class CpuSampler:
 
     def _run(self) -> None:
         last: dict[int, float] = {}  # pid -> cpu seconds at the previous sample
-        last_system, last_steal = _busy_seconds(), _steal_seconds()
+        last_system, last_steal = _machine_seconds()
         last_time = time.monotonic()
         while not self._stop.wait(self.interval):
             now = time.monotonic()
@@ -80,7 +80,7 @@ class CpuSampler:
                         used += max(0.0, spent - last[proc.pid])
                     seen[proc.pid] = spent
                 self.samples.append((now, name, used / elapsed))
-            system, steal = _busy_seconds(), _steal_seconds()
+            system, steal = _machine_seconds()
             self.samples.append((now, "machine", (system - last_system) / elapsed))
             self.samples.append((now, STOLEN, (steal - last_steal) / elapsed))
             last, last_system, last_steal, last_time = seen, system, steal, now
@@ -101,11 +101,9 @@ class CpuSampler:
                 writer.writerow([f"{t - origin:.1f}", name, f"{cores:.3f}"])
 
 
-def _busy_seconds() -> float:
+def _machine_seconds() -> tuple[float, float]:
+    """The machine's busy seconds and the hypervisor's steal, from one read of /proc/stat."""
     t = psutil.cpu_times()
     # Guest time is already inside user time on Linux; iowait and steal are not this machine's work.
-    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
-
-
-def _steal_seconds() -> float:
-    return float(getattr(psutil.cpu_times(), "steal", 0.0))
+    busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    return float(busy), float(getattr(t, "steal", 0.0))
