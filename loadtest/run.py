@@ -171,11 +171,13 @@ def _forget_redis_sets(opts: Options) -> None:
 
 
 def start(name: str, cmd: list[str], env: dict[str, str], log_path: Path, nice: int = 0) -> subprocess.Popen[bytes]:
-    """`cmd` in the background, its output to `log_path`, `nice` added to its CPU niceness."""
+    """`cmd` in the background, its output to `log_path`, `nice` added to its CPU niceness (by
+    nice(1), which execs it under the same pid: not preexec_fn, unsafe while the runner's probe
+    threads run)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    argv = ["nice", "-n", str(nice), *cmd] if nice else cmd
     with log_path.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
-                                preexec_fn=(lambda: os.nice(nice)) if nice else None)  # fmt: skip
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO)
     log.info("started", process=name, pid=proc.pid, log=str(log_path), nice=nice)
     return proc
 
