@@ -158,10 +158,16 @@ SELECT user_id, project_ids FROM upvote_sets_truth WHERE user_id = ANY(%(users)s
 -- The drain's batch: the oldest marks, locked until the drain's transaction ends, but for those
 -- whose (user, project) advisory lock an API process holds: its write-through is in flight. The
 -- lock taken here in turn keeps a new API change of that upvote waiting until the drain's Redis
--- step is done.
-SELECT id, user_id, project_id FROM upvote_set_changes
+-- step is done. The advisory locks are tried on the batch alone: tried in the scan's filter, they
+-- were taken on every mark the scan met, and a backlog (plain SQL writing while no drain ran)
+-- held one per mark in one transaction, ran out Postgres's shared lock table, and failed this
+-- drain on every try and every upvote meanwhile ("out of shared memory").
+WITH oldest AS MATERIALIZED (
+    SELECT id, user_id, project_id FROM upvote_set_changes ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+)
+SELECT id, user_id, project_id FROM oldest
 WHERE project_id IS NULL OR pg_try_advisory_xact_lock(upvote_lock_key(user_id, project_id))
-ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+ORDER BY id
 
 -- name: upvote_changes_done
 DELETE FROM upvote_set_changes WHERE id = ANY(%(ids)s::bigint[])
