@@ -20,7 +20,7 @@ from denorm.logs import get_logger
 from denorm.pg import open_pipeline, open_pool
 from denorm.sql import query
 from denorm.usercache import Breaker, UserCache
-from services.api import errors
+from services.api import cpuslice, errors
 from services.api.answercache import AnswerCache
 from services.api.db import pipelined_queries
 from services.api.deps import Services
@@ -122,6 +122,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.api_cpu_slice_us:
+            try:
+                log.info(
+                    "cpu slice", asked_us=settings.api_cpu_slice_us, has_us=cpuslice.request(settings.api_cpu_slice_us)
+                )
+            except OSError as exc:  # a seccomp profile that refuses sched_setattr: serve with the default
+                log.warning("cpu slice refused", asked_us=settings.api_cpu_slice_us, error=str(exc))
         wait = settings.db_pool_timeout_ms / 1000
         write_pool = await open_pool(
             settings.database_url, "api", settings.db_pool_min_size, settings.db_pool_max_size, wait
