@@ -18,7 +18,6 @@ could not be prepared or started.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -172,33 +171,15 @@ def _forget_redis_sets(opts: Options) -> None:
 
 
 def start(name: str, cmd: list[str], env: dict[str, str], log_path: Path, nice: int = 0) -> subprocess.Popen[bytes]:
-    """`cmd` in the background, its output to `log_path`, in a session of its own, `nice` added to
-    its CPU niceness (by nice(1), which execs it under the same pid: not preexec_fn, unsafe while
-    the runner's probe threads run) and set as its session's.
-
-    Why a session: Linux's autogroup (on by default) shares the CPU fairly between sessions first,
-    and niceness counts only inside one. Each Postgres backend makes a session of its own; started
-    in the runner's, the API, the refresher and every Locust process shared one share among them,
-    the generator's niceness yielded only to its neighbours there, and the API got a backend's
-    share at most (docs/performance.md, "One CPU share for the API and the generator"). Each in its
-    own, the services are peers of the backends, as containers with their own CPU would be, and the
-    generator's sessions yield to all of them.
-    """
+    """`cmd` in the background, its output to `log_path`, `nice` added to its CPU niceness (by
+    nice(1), which execs it under the same pid: not preexec_fn, unsafe while the runner's probe
+    threads run)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     argv = ["nice", "-n", str(nice), *cmd] if nice else cmd
     with log_path.open("wb") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=REPO, start_new_session=True)  # fmt: skip
-    if nice:
-        set_autogroup_nice(proc.pid, nice)
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO)
     log.info("started", process=name, pid=proc.pid, log=str(log_path), nice=nice)
     return proc
-
-
-def set_autogroup_nice(pid: int, nice: int) -> None:
-    """The niceness of `pid`'s autogroup (its session's CPU share), where the kernel has them."""
-    with contextlib.suppress(OSError):  # no autogroups (CONFIG_SCHED_AUTOGROUP off), or the process is gone
-        Path(f"/proc/{pid}/autogroup").write_text(f"{nice}\n")
 
 
 def stop(name: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
