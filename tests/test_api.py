@@ -176,6 +176,21 @@ def test_concurrent_toggles_leave_postgres_redis_and_counters_equal(
     assert max(r.json()["upvote_count"] for r in many_users) == truth[0]
     # Twenty toggles: each answer is a distinct state change, so exactly half of them said "upvoted".
     assert sum(r.json()["upvoted"] for r in same_user) == 10
+    # Each lock is released after its answer (services/api/upvotes.py): soon, and every one of them.
+    deadline = time.monotonic() + 5
+    while held_upvote_locks(conn):
+        assert time.monotonic() < deadline, held_upvote_locks(conn)
+        time.sleep(0.01)
+
+
+def held_upvote_locks(conn: Connection) -> int:
+    """Advisory locks held by this database's sessions (an upvote's is the only kind the API takes)."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+        "WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def test_an_empty_or_flushed_redis_is_refilled_from_postgres(

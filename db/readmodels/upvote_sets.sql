@@ -44,10 +44,10 @@ CREATE FUNCTION upvote_lock_key(u bigint, p bigint) RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN hashtextextended('upvote:' || u || ':' || p, 0);
 
--- An upvote change in one round trip: take the (user, project) advisory lock and make the change.
--- The API then writes the change through to Redis, and reads the exact count and releases the
--- lock in one more (upvote_count_and_unlock), so that changes of one upvote reach Redis in the
--- order Postgres made them.
+-- An upvote change: take the (user, project) advisory lock and make the change. The API calls it
+-- through upvote_apply (below), which also commits and counts; it then writes the change through
+-- to Redis and releases the lock, so that changes of one upvote reach Redis in the order Postgres
+-- made them.
 --
 -- durable: false commits the change asynchronously (synchronous_commit off, for this call's
 -- transaction only). The answer then does not wait for the WAL to reach the disk; a Postgres
@@ -60,7 +60,7 @@ RETURN hashtextextended('upvote:' || u || ':' || p, 0);
 -- project (nothing changed). The lock is a session lock, so it outlives the call: when nothing
 -- changed there is nothing to write through, and the call releases it itself and returns the
 -- count. After a change the count is NULL: read inside this call it would miss changes of other
--- users that commit after it but before this one does, so the caller reads it after the commit.
+-- users that commit after it but before this one does, so upvote_apply reads it after the commit.
 -- A failing change (a user that does not exist) leaves the lock held: the caller releases it
 -- (session locks ignore rollbacks). Waiting for the lock is bounded (lock_timeout, for this call's
 -- transaction only): one change of one user's upvote takes milliseconds, so a long wait means a
@@ -107,6 +107,28 @@ BEGIN
     RETURN NEXT;
 END $$;
 
+-- The API's upvote in one round trip: the change (upvote_set, which takes the lock), its commit,
+-- and after a change the exact count, read in a transaction of its own after the commit, as a
+-- statement sent after it would (so it includes every change committed before it). A procedure,
+-- called with CALL on an autocommit connection, since only a procedure may commit part way. After
+-- a change the lock stays held for the write-through, and the caller releases it (upvote_unlock)
+-- once Redis has the change; the answer need not wait for that release. A failing change leaves
+-- the lock held, as upvote_set's does.
+CREATE PROCEDURE upvote_apply(u bigint, p bigint, want boolean, durable boolean,
+                              INOUT present boolean DEFAULT NULL, INOUT upvoted boolean DEFAULT NULL,
+                              INOUT changed boolean DEFAULT NULL, INOUT upvote_count bigint DEFAULT NULL,
+                              INOUT change_id bigint DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT s.present, s.upvoted, s.changed, s.upvote_count, s.change_id
+    INTO present, upvoted, changed, upvote_count, change_id
+    FROM upvote_set(u, p, want, durable) s;
+    IF changed THEN
+        COMMIT;
+        SELECT c.upvote_count INTO upvote_count FROM project_counters c WHERE c.project_id = p;
+    END IF;
+END $$;
+
 -- ---------------------------------------------------------------------------------------------
 -- Maintenance: the marks. One row per user per statement, with the project when there is one.
 
@@ -126,13 +148,7 @@ LANGUAGE sql AS $$
 $$;
 
 -- name: upvote_change
-SELECT present, upvoted, changed, upvote_count, change_id
-FROM upvote_set(%(u)s::bigint, %(p)s::bigint, %(want)s::boolean, %(durable)s::boolean)
-
--- name: upvote_count_and_unlock
--- After the write-through: the exact count, read after the change committed, and the lock released.
-SELECT (SELECT upvote_count FROM project_counters WHERE project_id = %(p)s::bigint),
-       pg_advisory_unlock(upvote_lock_key(%(u)s::bigint, %(p)s::bigint))
+CALL upvote_apply(%(u)s::bigint, %(p)s::bigint, %(want)s::boolean, %(durable)s::boolean, NULL, NULL, NULL, NULL, NULL)
 
 -- name: upvote_unlock
 SELECT pg_advisory_unlock(upvote_lock_key(%(u)s::bigint, %(p)s::bigint))
@@ -140,7 +156,7 @@ SELECT pg_advisory_unlock(upvote_lock_key(%(u)s::bigint, %(p)s::bigint))
 -- name: upvote_warm_up
 -- Run on every new API connection: a session compiles a PL/pgSQL function on its first call, and
 -- this call changes nothing (there is no project 0).
-SELECT * FROM upvote_set(0, 0, NULL, true)
+CALL upvote_apply(0, 0, NULL, true, NULL, NULL, NULL, NULL, NULL)
 
 -- name: upvoted_among
 -- Which of a page's projects the user upvoted (the Postgres answer when Redis cannot give it).

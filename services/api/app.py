@@ -163,6 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.services.background.wait()  # upvotes' lock releases, before the pools close
             await loop_lag.stop()
             gc_pauses.uninstall()
             if replica is not None:

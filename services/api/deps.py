@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -15,6 +15,7 @@ from denorm.config import Settings
 from denorm.pgpipe import PipelinedReads
 from denorm.usercache import UserCache
 from services.api.answercache import AnswerCache
+from services.api.background import Background
 from services.api.errors import ApiError
 from services.api.ratelimit import RateLimits
 from services.api.replica import ReplicaReads
@@ -34,6 +35,7 @@ class Services:
     limits: RateLimits
     replica: ReplicaReads | None = None  # with DATABASE_READ_URL: where each read goes
     upvote_phases: Histogram | None = None  # services/api/upvotes.py Laps
+    background: Background = field(default_factory=Background)  # work left to finish after an answer
 
 
 async def services(request: Request) -> Services:
