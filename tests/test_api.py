@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
 import re
 import time
 from collections.abc import Iterator
@@ -15,9 +17,13 @@ from fastapi.testclient import TestClient
 
 from denorm.auth import mint_token
 from denorm.config import Settings
+from denorm.pg import open_pool
 from denorm.readmodels import REGISTRY
 from loadtest.localproc import free_port
 from services.api.app import create_app
+from services.api.db import connection
+from services.api.errors import ApiError
+from services.api.upvotes import _unlock
 from tests.support import admin
 
 Connection = psycopg.Connection[Any]
@@ -181,6 +187,32 @@ def test_concurrent_toggles_leave_postgres_redis_and_counters_equal(
     while held_upvote_locks(conn):
         assert time.monotonic() < deadline, held_upvote_locks(conn)
         time.sleep(0.01)
+
+
+def test_a_lock_release_that_fails_closes_its_connection_and_so_frees_the_lock(
+    database_url: str, conn: Connection
+) -> None:
+    """The release after the answer (services/api/upvotes.py) cannot leave a lock behind on a pooled
+    connection: if its statement fails, the connection is closed, and the session's locks end."""
+
+    async def release_failing() -> bool:
+        pool = await open_pool(database_url, "test-release", 1, 1)
+        try:
+            lease = contextlib.AsyncExitStack()
+            held = await lease.enter_async_context(connection(pool))
+            await held.execute("SELECT pg_advisory_lock(upvote_lock_key(3, 5))")
+            with pytest.raises(ApiError):  # a value the unlock statement cannot cast: it fails
+                await _unlock(held, {"u": "not a number", "p": 5}, lease)
+            return held.closed
+        finally:
+            await pool.close()
+
+    assert asyncio.run(release_failing())
+    deadline = time.monotonic() + 5
+    while conn.execute("SELECT pg_try_advisory_lock(upvote_lock_key(3, 5))").fetchone() != (True,):
+        assert time.monotonic() < deadline, "the lock outlived its connection"
+        time.sleep(0.01)
+    conn.execute("SELECT pg_advisory_unlock(upvote_lock_key(3, 5))")
 
 
 def held_upvote_locks(conn: Connection) -> int:
