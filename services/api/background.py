@@ -29,6 +29,3 @@ class Background:
         """Until everything started has finished (the lifespan's end, before the pools close)."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def __len__(self) -> int:
-        return len(self._tasks)
