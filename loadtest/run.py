@@ -39,6 +39,7 @@ from denorm.config import get_settings
 from denorm.logs import get_logger
 from loadtest import gates, report
 from loadtest.attribution import StepProbe, saturation
+from loadtest.calibrate import machine_speed
 from loadtest.localproc import free_port, wait_ready
 from loadtest.plot import plot
 from loadtest.report import HistoryPoint, StepResult
@@ -120,7 +121,17 @@ def prepare_database(opts: Options) -> dict[str, Any]:
             conn.execute(comment.format(sql.Identifier(name), sql.Literal(_marker(opts))))
         refreshed = drain(conn, worker="loadtest")
         log.info("views refreshed", views=len(refreshed))
-        return steady_state(conn)
+        conditions = steady_state(conn)
+    conditions["machine"] = machine = machine_speed(opts.database_url)
+    log.info("machine speed before the load", **machine)
+    print(machine_line(machine), flush=True)
+    return conditions
+
+
+def machine_line(machine: dict[str, float]) -> str:
+    return (f"machine speed: fixed Python work {machine['python_ms']:.1f} ms, Postgres round trip "
+            f"{machine['round_trip_ms']:.3f} ms, durable commit {machine['commit_ms']:.3f} ms "
+            "(loadtest/calibrate.py)")  # fmt: skip
 
 
 def steady_state(conn: psycopg.Connection[Any]) -> dict[str, Any]:
@@ -384,7 +395,7 @@ def run(opts: Options) -> int:
     plot(results, points, targets.default_ms, opts.out / "plot.png", title)
     summary = summarize(opts, results) | {"before_the_load": conditions}
     (opts.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-    text = summary_table(results, opts.goal_users)
+    text = summary_table(results, opts.goal_users) + "\n" + machine_line(conditions["machine"])
     (opts.out / "summary.txt").write_text(text + "\n", encoding="utf-8")
     print(f"\n{text}\nresults: {opts.out}\n", flush=True)
     return 0 if results and all(r.passed for r in results) else 1

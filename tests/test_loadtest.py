@@ -15,10 +15,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis
 
-from loadtest import gates, histogram
+from loadtest import calibrate, gates, histogram
 from loadtest.catalog import Catalog, parse_id_ranges
 from loadtest.histogram import Histogram, SeriesKey
 from loadtest.report import StepResult
@@ -348,6 +349,27 @@ def test_a_short_run_drives_every_route_and_writes_every_result(loadtest_db: tup
     # The state the load started from (issue 20): vacuumed, checkpointed, every view fresh.
     before = summary["before_the_load"]
     assert before["checkpointed"] is True and before["views_pending"] == 0 and "before the load" in output
+    # And how fast the machine was, so that runs can be compared (loadtest/calibrate.py).
+    assert set(before["machine"]) == {"python_ms", "round_trip_ms", "commit_ms"}
+    assert "machine speed" in output and "machine speed" in text
+
+
+def test_the_commit_probe_waits_for_a_wal_flush_each_time(loadtest_db: tuple[str, str]) -> None:
+    """The probe's commits are durable ones: each flushes the WAL, as an upvote's does (a commit of a
+    transaction that wrote nothing, such as `SELECT txid_current()`, would not)."""
+    url, _ = loadtest_db
+    with psycopg.connect(url, autocommit=True) as conn:
+
+        def syncs() -> int:
+            row = conn.execute("SELECT wal_sync FROM pg_stat_wal").fetchone()
+            assert row is not None
+            return int(row[0])
+
+        before = syncs()
+        found = calibrate.postgres_ms(url, n=40)
+        assert syncs() - before >= 40
+    assert found["round_trip_ms"] > 0 and found["commit_ms"] > 0
+    assert calibrate.python_ms(tries=2) > 0
 
 
 @pytest.mark.slow

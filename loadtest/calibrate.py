@@ -1,0 +1,73 @@
+"""How fast this machine is at the moment of a run, so that two runs can be compared.
+
+The same 5000 users have cost one machine of this kind 1.02 cores in one hour and 1.68 in the
+next (docs/performance.md): a run's verdict says as much about the machine's speed at that moment
+as about the code. Before the load the runner measures, in a few seconds:
+
+- `python_ms`: a fixed piece of pure-Python work like a request's (a page of rows to JSON and
+  back, a dict per row), best of several tries: the speed the API and Locust get from a core;
+- `round_trip_ms`: the median of `SELECT 1` round trips to Postgres;
+- `commit_ms`: the median of durable commits of a transaction that wrote WAL (a transactional
+  `pg_logical_emit_message`, which touches no table), each waiting for the WAL flush as an
+  upvote's does: the disk's flush time plus a round trip. (A transaction that only takes an id,
+  `txid_current()`, commits without a flush.)
+
+The figures go into summary.json and the line printed before the load; compare runs by them, not
+only by the cores the load took.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from typing import Any
+
+import psycopg
+
+_ROWS = [
+    {"id": i, "title": f"project {i}", "tagline": "a tool " * 6, "upvote_count": i * 7, "comment_count": i % 13,
+     "score": i / 3.0, "created_at": "2026-12-01T00:00:00Z", "tags": ["python", "postgres", "redis"]}
+    for i in range(20)
+]  # fmt: skip
+
+
+def _python_once() -> None:
+    for _ in range(200):
+        page = json.loads(json.dumps({"items": _ROWS, "next_cursor": "after=123&id=456"}))
+        titles = {row["id"]: row["title"].upper() for row in page["items"]}
+        assert len(titles) == len(_ROWS)
+
+
+def python_ms(tries: int = 5) -> float:
+    """The fixed workload's best time over `tries`, in ms (the best: the least disturbed)."""
+    best = float("inf")
+    for _ in range(tries):
+        started = time.perf_counter()
+        _python_once()
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 2)
+
+
+_COMMIT = "SELECT pg_logical_emit_message(true, 'denorm-calibrate', '')"
+
+
+def _median_ms(conn: psycopg.Connection[Any], statement: str, n: int) -> float:
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        conn.execute(statement).fetchone()
+        times.append(time.perf_counter() - started)
+    return round(statistics.median(times) * 1000, 3)
+
+
+def postgres_ms(database_url: str, n: int = 200) -> dict[str, float]:
+    """The round trip and the durable commit, medians over `n` each, on a connection of their own:
+    autocommit (each statement its own commit) and synchronous_commit on, whatever the server's
+    default."""
+    with psycopg.connect(database_url, autocommit=True, options="-c synchronous_commit=on") as conn:
+        return {"round_trip_ms": _median_ms(conn, "SELECT 1", n), "commit_ms": _median_ms(conn, _COMMIT, n)}
+
+
+def machine_speed(database_url: str) -> dict[str, float]:
+    return {"python_ms": python_ms(), **postgres_ms(database_url)}
