@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+import orjson
 from locust import FastHttpUser, between, events, task
 from locust.env import Environment
 from locust.runners import WorkerRunner
@@ -56,6 +57,18 @@ MESSAGES = ("Hi! Saw your project on the feed.", "Can we sync next week?", "Than
 
 def think(low: float, high: float) -> Any:
     return between(low * THINK_SCALE, high * THINK_SCALE)
+
+
+def _json(r: Any) -> Any:
+    """The answer's JSON, or None (and a failure) when it is not JSON. orjson, on the bytes: the
+    generator parses nearly every answer, and a feed page costs the stdlib's json (after decoding
+    the text) about three times as much CPU (docs/performance.md); the generator's CPU is CPU the
+    system under test does not get on a shared machine."""
+    try:
+        return orjson.loads(r.content)
+    except orjson.JSONDecodeError:
+        r.failure("not JSON")
+        return None
 
 
 class Browsing(FastHttpUser):
@@ -84,11 +97,7 @@ class Browsing(FastHttpUser):
             if r.status_code != 200:
                 r.failure(f"status {r.status_code}: {(r.text or '')[:200]}")
                 return None
-            try:
-                return r.json()
-            except ValueError:
-                r.failure("not JSON")
-                return None
+            return _json(r)
 
     def feed(self, sort: str, cursor: str | None = None) -> None:
         query: dict[str, str] = {"sort": sort, "limit": "20"}
@@ -250,11 +259,7 @@ class Member(Browsing):
         """A write expecting `ok`; statuses in `expected` are business outcomes, not failures."""
         with self.client.request(method, path, name=name, json=body, headers=self.headers, catch_response=True) as r:
             if r.status_code == ok:
-                try:
-                    return r.json()
-                except ValueError:
-                    r.failure("not JSON")
-                    return None
+                return _json(r)
             if r.status_code in expected:
                 r.success()
                 return None
