@@ -95,7 +95,7 @@ def _marker(opts: Options) -> str:
     return f"denorm loadtest dataset: scale={opts.scale} seed={opts.seed}"
 
 
-def prepare_database(opts: Options) -> dict[str, Any]:
+def prepare_database(opts: Options) -> None:
     """Created, migrated, seeded (unless --reuse finds this very dataset), every view refreshed."""
     from denorm.maintenance import drain
     from denorm.migrate import ensure_database, migrate
@@ -121,11 +121,19 @@ def prepare_database(opts: Options) -> dict[str, Any]:
             conn.execute(comment.format(sql.Identifier(name), sql.Literal(_marker(opts))))
         refreshed = drain(conn, worker="loadtest")
         log.info("views refreshed", views=len(refreshed))
+
+
+def settle(opts: Options, users: int) -> dict[str, Any]:
+    """Before each step, the same starting point: the steady state below, and how fast the machine
+    is. Each step, not only the first: a step's writes leave dead rows and dirty pages, and with
+    autovacuum off (as on this project's CI machines' servers) a later step would otherwise start
+    from what the earlier ones left."""
+    with psycopg.connect(opts.database_url, autocommit=True) as conn:
         conditions = steady_state(conn)
     conditions["machine"] = machine = machine_speed(opts.database_url)
-    log.info("machine speed before the load", **machine)
+    log.info("machine speed before the load", users=users, **machine)
     print(machine_line(machine), flush=True)
-    return conditions
+    return conditions | {"users": users}
 
 
 def machine_line(machine: dict[str, float]) -> str:
@@ -361,15 +369,21 @@ def run(opts: Options) -> int:
         log.error("cannot read the targets", path=str(opts.targets or gates.TARGETS_FILE), error=str(exc))
         return 2
     try:
-        conditions = prepare_database(opts)
+        prepare_database(opts)
     except Exception as exc:
         log.exception("could not prepare the database", error=str(exc))
         return 2
     env = service_env(opts)
     results: list[StepResult] = []
+    befores: list[dict[str, Any]] = []
     refresher = start("refresher", [*DENORM, "refresher"], env, opts.out / "refresher.log")
     try:
         for users in opts.steps:
+            try:
+                befores.append(settle(opts, users))
+            except psycopg.Error as exc:
+                log.exception("could not settle the database before the step", users=users, error=str(exc))
+                return 2
             step_dir = opts.out / f"users-{users:05d}"
             port, admin_port = free_port(), free_port()
             base_url, metrics_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
@@ -393,9 +407,10 @@ def run(opts: Options) -> int:
     title = (f"denorm loadtest: {opts.scale} dataset, {opts.workers} Locust workers, {opts.api_workers} API "
              f"process(es), think time x{opts.think_scale:g}, {opts.run_time} s per step")  # fmt: skip
     plot(results, points, targets.default_ms, opts.out / "plot.png", title)
-    summary = summarize(opts, results) | {"before_the_load": conditions}
+    summary = summarize(opts, results) | {"before_each_step": befores}
     (opts.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-    text = summary_table(results, opts.goal_users) + "\n" + machine_line(conditions["machine"])
+    speeds = [f"before {b['users']} users: {machine_line(b['machine'])}" for b in befores]
+    text = "\n".join([summary_table(results, opts.goal_users), *speeds])
     (opts.out / "summary.txt").write_text(text + "\n", encoding="utf-8")
     print(f"\n{text}\nresults: {opts.out}\n", flush=True)
     return 0 if results and all(r.passed for r in results) else 1

@@ -347,11 +347,11 @@ def test_a_short_run_drives_every_route_and_writes_every_result(loadtest_db: tup
     text = (out / "summary.txt").read_text()
     assert "where the time went" in text and "event-loop lag" in text and "locust workers" in text
     # The state the load started from (issue 20): vacuumed, checkpointed, every view fresh.
-    before = summary["before_the_load"]
+    (before,) = summary["before_each_step"]
     assert before["checkpointed"] is True and before["views_pending"] == 0 and "before the load" in output
     # And how fast the machine was, so that runs can be compared (loadtest/calibrate.py).
     assert set(before["machine"]) == {"python_ms", "round_trip_ms", "commit_ms"}
-    assert "machine speed" in output and "machine speed" in text
+    assert "machine speed" in output and "before 120 users: machine speed" in text
 
 
 def test_the_commit_probe_waits_for_a_wal_flush_each_time(loadtest_db: tuple[str, str]) -> None:
@@ -376,14 +376,20 @@ def test_the_commit_probe_waits_for_a_wal_flush_each_time(loadtest_db: tuple[str
 def test_an_impossible_target_fails_the_run(loadtest_db: tuple[str, str], tmp_path: Path) -> None:
     impossible = 'default_ms = 0.001\n[server]\n"* /api/projects/{project_id}/upvote" = 0.001\n'
     out = tmp_path / "impossible"
-    code, output = loadtest(loadtest_db, out, impossible, "--reuse", "--users", "30", "--spawn-rate", "30",
+    code, output = loadtest(loadtest_db, out, impossible, "--reuse", "--steps", "20,30", "--spawn-rate", "30",
                             "--run-time", "6", "--workers", "1", "--think-scale", "0.1")  # fmt: skip
     assert code == 1, output[-5000:]
-    verdicts = json.loads((out / "users-00030" / "gates.json").read_text())
-    assert not verdicts["passed"]
-    judged = [v for v in verdicts["verdicts"] if v["check"] in ("client", "server")]
-    assert judged and not any(v["passed"] for v in judged)
+    for step in ("users-00020", "users-00030"):
+        verdicts = json.loads((out / step / "gates.json").read_text())
+        assert not verdicts["passed"]
+        judged = [v for v in verdicts["verdicts"] if v["check"] in ("client", "server")]
+        assert judged and not any(v["passed"] for v in judged)
     assert "gates FAILED" in output and "FAIL" in (out / "summary.txt").read_text()
+    # Each step starts from the same state, the second's after the first's writes (run.settle).
+    befores = json.loads((out / "summary.json").read_text())["before_each_step"]
+    assert [b["users"] for b in befores] == [20, 30]
+    assert all(b["checkpointed"] is True and b["views_pending"] == 0 and b["machine"]["commit_ms"] > 0
+               for b in befores)  # fmt: skip
 
 
 def test_the_step_says_what_ran_out_of_cpu() -> None:
