@@ -12,8 +12,9 @@ as about the code. Before the load the runner measures, in a few seconds:
   upvote's does: the disk's flush time plus a round trip. (A transaction that only takes an id,
   `txid_current()`, commits without a flush.)
 
-The figures go into summary.json and the line printed before the load; compare runs by them, not
-only by the cores the load took.
+The figures go into summary.json and the line printed before each step. Taken at rest, they catch
+a slower machine, not a host that grows busy during the load: compare runs by them and by the cores
+each load took (docs/performance.md).
 """
 
 from __future__ import annotations
