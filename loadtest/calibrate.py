@@ -72,3 +72,10 @@ def postgres_ms(database_url: str, n: int = 200) -> dict[str, float]:
 
 def machine_speed(database_url: str) -> dict[str, float]:
     return {"python_ms": python_ms(), **postgres_ms(database_url)}
+
+
+def describe(machine: dict[str, float]) -> str:
+    """The reading as the runner prints it, before each step and in summary.txt."""
+    return (f"machine speed: fixed Python work {machine['python_ms']:.1f} ms, Postgres round trip "
+            f"{machine['round_trip_ms']:.3f} ms, durable commit {machine['commit_ms']:.3f} ms "
+            "(loadtest/calibrate.py)")  # fmt: skip

@@ -39,7 +39,7 @@ from denorm.config import get_settings
 from denorm.logs import get_logger
 from loadtest import gates, report
 from loadtest.attribution import StepProbe, saturation
-from loadtest.calibrate import machine_speed
+from loadtest.calibrate import describe, machine_speed
 from loadtest.localproc import free_port, wait_ready
 from loadtest.plot import plot
 from loadtest.report import HistoryPoint, StepResult
@@ -132,14 +132,8 @@ def settle(opts: Options, users: int) -> dict[str, Any]:
         conditions = steady_state(conn)
     conditions["machine"] = machine = machine_speed(opts.database_url)
     log.info("machine speed before the load", users=users, **machine)
-    print(machine_line(machine), flush=True)
+    print(describe(machine), flush=True)
     return conditions | {"users": users}
-
-
-def machine_line(machine: dict[str, float]) -> str:
-    return (f"machine speed: fixed Python work {machine['python_ms']:.1f} ms, Postgres round trip "
-            f"{machine['round_trip_ms']:.3f} ms, durable commit {machine['commit_ms']:.3f} ms "
-            "(loadtest/calibrate.py)")  # fmt: skip
 
 
 def steady_state(conn: psycopg.Connection[Any]) -> dict[str, Any]:
@@ -409,7 +403,7 @@ def run(opts: Options) -> int:
     plot(results, points, targets.default_ms, opts.out / "plot.png", title)
     summary = summarize(opts, results) | {"before_each_step": befores}
     (opts.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-    speeds = [f"before {b['users']} users: {machine_line(b['machine'])}" for b in befores]
+    speeds = [f"before {b['users']} users: {describe(b['machine'])}" for b in befores]
     text = "\n".join([summary_table(results, opts.goal_users), *speeds])
     (opts.out / "summary.txt").write_text(text + "\n", encoding="utf-8")
     print(f"\n{text}\nresults: {opts.out}\n", flush=True)
