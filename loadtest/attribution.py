@@ -10,7 +10,8 @@ snapshots, and samples in between:
 - Postgres: the database's commits, autovacuum and autoanalyze runs and refreshes; the server's WAL
   (records, full-page images, bytes, and the time to flush it when `track_wal_io_timing` is on) and
   checkpoints, which are the whole server's, whatever else runs on it; and, every half second,
-  what the database's active sessions were waiting on.
+  what the database's active sessions were waiting on and which statement each was running (by its
+  name in db/, `statement_name`): the shares say which statements Postgres spends its time on.
 
 The Locust workers' CPU is the runner's (loadtest/cpu.py)."""
 
@@ -19,10 +20,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from functools import cache
 from typing import Any
 
 import psycopg
 
+from denorm.sql import positional, queries
 from loadtest import histogram
 from loadtest.cpu import STOLEN
 
@@ -38,7 +41,7 @@ SELECT (SELECT sum(xact_commit) FROM pg_stat_database WHERE datname = current_da
 FROM pg_stat_wal w, pg_stat_bgwriter b
 """
 _WAITS = """
-SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity
+SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU'), query FROM pg_stat_activity
 WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()
 """
 _REFRESHES = """
@@ -64,6 +67,7 @@ class StepProbe:
         self.metrics_url = metrics_url
         self.database_url = database_url
         self.waits: Counter[str] = Counter()
+        self.statements: Counter[str] = Counter()
         self.samples = 0
         self._stop = threading.Event()
         self._before: tuple[str, tuple[Any, ...]] | None = None
@@ -81,7 +85,9 @@ class StepProbe:
             self._before = (histogram.scrape(self.metrics_url), self._postgres(conn))
             while not self._stop.wait(SAMPLE_S):
                 self.samples += 1
-                self.waits.update(str(r[0]) for r in conn.execute(_WAITS))
+                for wait, text in conn.execute(_WAITS):
+                    self.waits[str(wait)] += 1
+                    self.statements[statement_name(str(text or ""))] += 1
 
     @staticmethod
     def _postgres(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
@@ -146,8 +152,36 @@ class StepProbe:
                 "waits": {event: round(n / total_waits, 3) for event, n in self.waits.most_common(6)}
                 if total_waits
                 else {},
+                "statements": {name: round(n / total_waits, 3) for name, n in self.statements.most_common(8)}
+                if total_waits
+                else {},
             },
         }
+
+
+def _squeeze(text: str) -> str:
+    return " ".join(text.split())
+
+
+@cache
+def _statements() -> dict[str, str]:
+    """Each named statement of db/ as the server shows it (placeholders numbered), to its name."""
+    return {_squeeze(positional(body)[0]): name for name, body in queries().items()}
+
+
+def statement_name(text: str) -> str:
+    """The name in db/ of a statement pg_stat_activity shows, or its first words when it has none
+    (a refresh the refresher builds, a statement of another client). The server shows at most
+    `track_activity_query_size` bytes of it, so a long one is matched by its beginning."""
+    seen = _squeeze(text)
+    known = _statements()
+    if seen in known:
+        return known[seen]
+    if len(text.encode()) >= 1000:  # cut short by the server
+        for statement, name in known.items():
+            if statement.startswith(seen):
+                return name
+    return seen[:48] or "(no text)"
 
 
 def saturation(cpu_cores: dict[str, float], machine_cores: int, workers: int, api_workers: int) -> str:

@@ -476,6 +476,7 @@ def where_the_time_went(r: StepResult) -> list[str]:
     pg, lag = a["postgres"], a["event_loop_lag"]
     waits = ", ".join(f"{event} {share:.0%}" for event, share in pg["waits"].items()) or "none sampled"
     refreshes = ", ".join(f"{v} x{x['runs']} ({x['ms']} ms)" for v, x in pg["refreshes"].items()) or "none"
+    statements = ", ".join(f"{name} {share:.0%}" for name, share in pg.get("statements", {}).items()) or "none"
     upvote = a.get("upvote_phases", {})
     phases = "; ".join(f"{p} p50 {ms(q, 'p50_ms')} p95 {ms(q, 'p95_ms')} p99 {ms(q)}" for p, q in upvote.items())
     return [
@@ -490,6 +491,7 @@ def where_the_time_went(r: StepResult) -> list[str]:
         f"{pg['checkpoints']} checkpoints, autovacuum {pg['autovacuum_runs']}, autoanalyze {pg['autoanalyze_runs']}; "
         f"refreshes {refreshes}",
         f"         postgres active sessions {pg['active_sessions_mean']} on average, waiting on: {waits}",
+        f"         postgres active sessions were running: {statements}",
         f"         generator: locust workers {r.cpu_cores.get('locust workers', 0):.2f} cores",
         f"         out of CPU: {a.get('cpu_saturated', 'not judged')}",
     ]  # fmt: skip

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -344,6 +345,7 @@ def test_a_short_run_drives_every_route_and_writes_every_result(loadtest_db: tup
     assert where["server"]["GET /api/projects"]["p95_ms"] is not None
     assert where["event_loop_lag"]["count"] > 0 and where["gc"]["over_25ms"] is not None
     assert where["postgres"]["commits_per_s"] > 0 and isinstance(where["postgres"]["autovacuum_runs"], int)
+    assert sum(where["postgres"]["statements"].values()) <= 1.0
     text = (out / "summary.txt").read_text()
     assert "where the time went" in text and "event-loop lag" in text and "locust workers" in text
     # The state the load started from (issue 20): vacuumed, checkpointed, every view fresh.
@@ -390,6 +392,41 @@ def test_an_impossible_target_fails_the_run(loadtest_db: tuple[str, str], tmp_pa
     assert [b["users"] for b in befores] == [20, 30]
     assert all(b["checkpointed"] is True and b["views_pending"] == 0 and b["machine"]["commit_ms"] > 0
                for b in befores)  # fmt: skip
+
+
+def test_the_probe_names_the_statement_a_session_runs(loadtest_db: tuple[str, str]) -> None:
+    """The statement shares name what the API sends, as pg_stat_activity shows it: here an upvote's
+    change, kept waiting on its advisory lock so that it is seen running."""
+    from denorm.sql import positional, queries, query
+    from loadtest.attribution import statement_name
+
+    url, _ = loadtest_db
+    with psycopg.connect(url, autocommit=True) as holder, psycopg.connect(url, autocommit=True) as waiter:
+        holder.execute("SELECT pg_advisory_lock(upvote_lock_key(1, 1))")
+        pid = waiter.info.backend_pid
+        done = threading.Thread(
+            target=waiter.execute, args=(query("upvote_change"), {"u": 1, "p": 1, "want": True, "durable": True})
+        )
+        done.start()
+        try:
+            for _ in range(100):
+                row = holder.execute(
+                    "SELECT query FROM pg_stat_activity WHERE pid = %s AND wait_event = 'advisory'", (pid,)
+                ).fetchone()
+                if row:
+                    break
+                time.sleep(0.05)
+            assert row is not None
+        finally:
+            holder.execute("SELECT pg_advisory_unlock(upvote_lock_key(1, 1))")
+            done.join(timeout=10)
+    assert statement_name(row[0]) == "upvote_change"
+    # A statement longer than the server shows (track_activity_query_size) is known by its beginning.
+    name, body = max(queries().items(), key=lambda kv: len(kv[1]))
+    shown = positional(body)[0].encode()[:1023].decode(errors="ignore")
+    assert len(body) > 1100 and statement_name(shown) == name
+    # Anything else by its first words.
+    assert statement_name("REFRESH MATERIALIZED VIEW  mv_x") == "REFRESH MATERIALIZED VIEW mv_x"
 
 
 def test_the_step_says_what_ran_out_of_cpu() -> None:
