@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import psycopg
@@ -67,7 +67,7 @@ class StepProbe:
         self.metrics_url = metrics_url
         self.database_url = database_url
         self.waits: Counter[str] = Counter()
-        self.statements: Counter[str] = Counter()
+        self.statements: Counter[tuple[str, str]] = Counter()  # (statement, wait)
         self.samples = 0
         self._stop = threading.Event()
         self._before: tuple[str, tuple[Any, ...]] | None = None
@@ -87,7 +87,7 @@ class StepProbe:
                 self.samples += 1
                 for wait, text in conn.execute(_WAITS):
                     self.waits[str(wait)] += 1
-                    self.statements[statement_name(str(text or ""))] += 1
+                    self.statements[statement_name(str(text or "")), str(wait)] += 1
 
     @staticmethod
     def _postgres(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
@@ -152,11 +152,23 @@ class StepProbe:
                 "waits": {event: round(n / total_waits, 3) for event, n in self.waits.most_common(6)}
                 if total_waits
                 else {},
-                "statements": {name: round(n / total_waits, 3) for name, n in self.statements.most_common(8)}
-                if total_waits
-                else {},
+                "statements": _by_statement(self.statements, total_waits),
             },
         }
+
+
+def _by_statement(samples: Counter[tuple[str, str]], total: int, top: int = 8) -> dict[str, Any]:
+    """The statements seen most, each with its share of all samples and what it waited on."""
+    shares: Counter[str] = Counter()
+    for (name, _), n in samples.items():
+        shares[name] += n
+    return {
+        name: {
+            "share": round(n / total, 3),
+            "waits": {w: round(m / n, 2) for (s, w), m in samples.most_common() if s == name and m / n >= 0.05},
+        }
+        for name, n in shares.most_common(top)
+    }
 
 
 def _squeeze(text: str) -> str:
@@ -169,19 +181,27 @@ def _statements() -> dict[str, str]:
     return {_squeeze(positional(body)[0]): name for name, body in queries().items()}
 
 
+@lru_cache(maxsize=4096)
 def statement_name(text: str) -> str:
     """The name in db/ of a statement pg_stat_activity shows, or its first words when it has none
-    (a refresh the refresher builds, a statement of another client). The server shows at most
-    `track_activity_query_size` bytes of it, so a long one is matched by its beginning."""
+    (a statement of another client, or one the refresher builds). A statement is known by its
+    beginning, at least `_KNOWN_BY` characters of it: the server shows at most
+    `track_activity_query_size` bytes, and a template (the feed's `{key}`) differs after its slot."""
     seen = _squeeze(text)
     known = _statements()
     if seen in known:
         return known[seen]
-    if len(text.encode()) >= 1000:  # cut short by the server
-        for statement, name in known.items():
-            if statement.startswith(seen):
-                return name
-    return seen[:48] or "(no text)"
+    best, name = max((_common_prefix(seen, statement), name) for statement, name in known.items())
+    if best >= min(len(seen), _KNOWN_BY):
+        return name
+    return seen[:80] or "(no text)"
+
+
+_KNOWN_BY = 120
+
+
+def _common_prefix(a: str, b: str) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def saturation(cpu_cores: dict[str, float], machine_cores: int, workers: int, api_workers: int) -> str:

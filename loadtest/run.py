@@ -476,7 +476,13 @@ def where_the_time_went(r: StepResult) -> list[str]:
     pg, lag = a["postgres"], a["event_loop_lag"]
     waits = ", ".join(f"{event} {share:.0%}" for event, share in pg["waits"].items()) or "none sampled"
     refreshes = ", ".join(f"{v} x{x['runs']} ({x['ms']} ms)" for v, x in pg["refreshes"].items()) or "none"
-    statements = ", ".join(f"{name} {share:.0%}" for name, share in pg.get("statements", {}).items()) or "none"
+    statements = (
+        "; ".join(
+            f"{name} {x['share']:.0%} (" + ", ".join(f"{w} {f:.0%}" for w, f in x["waits"].items()) + ")"
+            for name, x in pg.get("statements", {}).items()
+        )
+        or "none"
+    )
     upvote = a.get("upvote_phases", {})
     phases = "; ".join(f"{p} p50 {ms(q, 'p50_ms')} p95 {ms(q, 'p95_ms')} p99 {ms(q)}" for p, q in upvote.items())
     return [

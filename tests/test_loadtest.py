@@ -345,7 +345,7 @@ def test_a_short_run_drives_every_route_and_writes_every_result(loadtest_db: tup
     assert where["server"]["GET /api/projects"]["p95_ms"] is not None
     assert where["event_loop_lag"]["count"] > 0 and where["gc"]["over_25ms"] is not None
     assert where["postgres"]["commits_per_s"] > 0 and isinstance(where["postgres"]["autovacuum_runs"], int)
-    assert sum(where["postgres"]["statements"].values()) <= 1.0
+    assert sum(x["share"] for x in where["postgres"]["statements"].values()) <= 1.0
     text = (out / "summary.txt").read_text()
     assert "where the time went" in text and "event-loop lag" in text and "locust workers" in text
     # The state the load started from (issue 20): vacuumed, checkpointed, every view fresh.
@@ -425,8 +425,24 @@ def test_the_probe_names_the_statement_a_session_runs(loadtest_db: tuple[str, st
     name, body = max(queries().items(), key=lambda kv: len(kv[1]))
     shown = positional(body)[0].encode()[:1023].decode(errors="ignore")
     assert len(body) > 1100 and statement_name(shown) == name
+    # A template by what it has before its slot: the feed's, with a sort's column in it.
+    from services.api import feed
+
+    assert {statement_name(positional(text)[0]) for text in feed.statements().values()} == {"feed_page"}
     # Anything else by its first words.
     assert statement_name("REFRESH MATERIALIZED VIEW  mv_x") == "REFRESH MATERIALIZED VIEW mv_x"
+
+
+def test_the_statement_shares_say_what_each_statement_waited_on() -> None:
+    from collections import Counter
+
+    from loadtest.attribution import _by_statement
+
+    samples = Counter({("upvote_change", "CPU"): 6, ("upvote_change", "IO:WALSync"): 4, ("search", "CPU"): 30})
+    samples[("search", "IO:DataFileRead")] = 1  # under the 5% shown
+    assert list(_by_statement(samples, 41, top=1)) == ["search"]
+    assert _by_statement(samples, 41)["upvote_change"] == {"share": 0.244, "waits": {"CPU": 0.6, "IO:WALSync": 0.4}}
+    assert _by_statement(samples, 41)["search"]["waits"] == {"CPU": 0.97}
 
 
 def test_the_step_says_what_ran_out_of_cpu() -> None:
