@@ -11,7 +11,10 @@ snapshots, and samples in between:
   (records, full-page images, bytes, and the time to flush it when `track_wal_io_timing` is on) and
   checkpoints, which are the whole server's, whatever else runs on it; and, every half second,
   what the database's active sessions were waiting on and which statement each was running (by its
-  name in db/, `statement_name`): the shares say which statements Postgres spends its time on.
+  name in db/, `statement_name`): the shares say which statements Postgres spends its time on;
+- the WAL the window wrote, by relation, with the part that was full-page images (pg_walinspect,
+  when the runner could create it): which tables and indexes the WAL, and so each commit's flush,
+  comes from.
 
 The Locust workers' CPU is the runner's (loadtest/cpu.py)."""
 
@@ -44,6 +47,18 @@ _WAITS = """
 SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU'), query FROM pg_stat_activity
 WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()
 """
+_LSN = "SELECT pg_current_wal_insert_lsn()"
+# Each WAL record by the relation of its first block (a record without one: commits and the like).
+_WAL_BY_RELATION = """
+SELECT CASE WHEN r.rel IS NULL THEN '(no relation)'
+            WHEN r.db <> (SELECT oid FROM pg_database WHERE datname = current_database()) THEN '(other databases)'
+            ELSE coalesce(pg_filenode_relation(r.spc, r.rel)::regclass::text, '(dropped)') END,
+       count(*), sum(r.record_length), sum(r.fpi_length)
+FROM (SELECT x.record_length, x.fpi_length, m[1]::oid AS spc, m[2]::oid AS db, m[3]::oid AS rel
+      FROM pg_get_wal_records_info(%s, pg_current_wal_flush_lsn()) x
+      LEFT JOIN LATERAL regexp_match(x.block_ref, 'rel (\\d+)/(\\d+)/(\\d+)') AS m ON true) r
+GROUP BY 1 ORDER BY sum(r.record_length) DESC
+"""
 _REFRESHES = """
 SELECT view_name, count(*), sum(duration_ms) FROM mv_refresh_log
 WHERE refresh_started_at >= %s GROUP BY 1 ORDER BY 1
@@ -71,6 +86,7 @@ class StepProbe:
         self.samples = 0
         self._stop = threading.Event()
         self._before: tuple[str, tuple[Any, ...]] | None = None
+        self._lsn: str | None = None
         self._thread: threading.Thread | None = None
 
     def start_at(self, at: float) -> None:
@@ -83,6 +99,7 @@ class StepProbe:
             return
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             self._before = (histogram.scrape(self.metrics_url), self._postgres(conn))
+            self._lsn = str(conn.execute(_LSN).fetchone()[0])  # type: ignore[index]
             while not self._stop.wait(SAMPLE_S):
                 self.samples += 1
                 for wait, text in conn.execute(_WAITS):
@@ -112,6 +129,7 @@ class StepProbe:
             refreshes = {
                 str(v): {"runs": int(n), "ms": int(ms or 0)} for v, n, ms in conn.execute(_REFRESHES, (started,))
             }
+            wal = wal_by_relation(conn, self._lsn)
         seconds = (pg_after[-1] - started).total_seconds()
         routes = histogram.subtract(histogram.parse(text_after), histogram.parse(text_before))
         by_route: dict[str, histogram.Histogram] = {}
@@ -139,6 +157,7 @@ class StepProbe:
                 "commits_per_s": round(float(deltas["commits"] or 0) / seconds, 1) if seconds else None,
                 "wal_mib": round(float(deltas["wal_bytes"] or 0) / 2**20, 1),
                 "wal_fpi": deltas["wal_fpi"],
+                "wal_by_relation": wal,
                 "wal_sync_ms_each": (
                     round(float(deltas["wal_sync_ms"]) / deltas["wal_sync"], 3)
                     if deltas["wal_sync"] and deltas["wal_sync_ms"]
@@ -155,6 +174,23 @@ class StepProbe:
                 "statements": _by_statement(self.statements, total_waits),
             },
         }
+
+
+def wal_by_relation(conn: psycopg.Connection[Any], since: str | None, top: int = 8) -> dict[str, Any]:
+    """The WAL written since `since`, by relation, largest first: MiB, and MiB of full-page images.
+    Empty when pg_walinspect is not there (the runner creates it in its database when it may)."""
+    if since is None:
+        return {}
+    try:
+        with conn.transaction():
+            conn.execute("SET LOCAL statement_timeout = '60s'")
+            rows = conn.execute(_WAL_BY_RELATION, (since,)).fetchall()
+    except psycopg.Error as exc:  # no pg_walinspect, no right to read the WAL, or a segment recycled
+        return {"note": f"not read: {type(exc).__name__}"}
+    return {
+        str(name): {"records": int(n), "mib": round(float(size) / 2**20, 1), "fpi_mib": round(float(fpi) / 2**20, 1)}
+        for name, n, size, fpi in rows[:top]
+    }
 
 
 def _by_statement(samples: Counter[tuple[str, str]], total: int, top: int = 8) -> dict[str, Any]:

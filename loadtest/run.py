@@ -121,6 +121,10 @@ def prepare_database(opts: Options) -> None:
             conn.execute(comment.format(sql.Identifier(name), sql.Literal(_marker(opts))))
         refreshed = drain(conn, worker="loadtest")
         log.info("views refreshed", views=len(refreshed))
+        try:  # for each step's WAL by relation (loadtest/attribution.py); it needs a superuser
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        except psycopg.Error as exc:
+            log.info("no WAL by relation", reason=str(exc).strip())
 
 
 def settle(opts: Options, users: int) -> dict[str, Any]:
@@ -152,12 +156,12 @@ def steady_state(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     row = conn.execute(
         "SELECT (SELECT coalesce(sum(n_dead_tup), 0)::bigint FROM pg_stat_user_tables), "
         "current_setting('autovacuum'), current_setting('synchronous_commit'), current_setting('shared_buffers'), "
-        "current_setting('max_wal_size'), current_setting('track_wal_io_timing'), "
+        "current_setting('max_wal_size'), current_setting('wal_compression'), current_setting('track_wal_io_timing'), "
         "(SELECT count(*) FROM mv_refresh_queue WHERE status <> 'idle')"
     ).fetchone()
     assert row is not None
     conditions = dict(zip(("dead_rows", "autovacuum", "synchronous_commit", "shared_buffers", "max_wal_size",
-                           "track_wal_io_timing", "views_pending"), row, strict=True))  # fmt: skip
+                           "wal_compression", "track_wal_io_timing", "views_pending"), row, strict=True))  # fmt: skip
     conditions["checkpointed"] = checkpointed
     log.info("steady state before the load", **conditions)
     print("before the load: vacuumed and analyzed, " + ("checkpointed, " if checkpointed else "NOT checkpointed, ")
@@ -483,6 +487,8 @@ def where_the_time_went(r: StepResult) -> list[str]:
         )
         or "none"
     )
+    wal = pg.get("wal_by_relation", {})
+    wal_text = wal.get("note") or ", ".join(f"{n} {x['mib']:g} ({x['fpi_mib']:g})" for n, x in wal.items()) or "none"
     upvote = a.get("upvote_phases", {})
     phases = "; ".join(f"{p} p50 {ms(q, 'p50_ms')} p95 {ms(q, 'p95_ms')} p99 {ms(q)}" for p, q in upvote.items())
     return [
@@ -496,6 +502,7 @@ def where_the_time_went(r: StepResult) -> list[str]:
         f"flush {pg['wal_sync_ms_each'] if pg['wal_sync_ms_each'] is not None else 'untimed'} ms each, "
         f"{pg['checkpoints']} checkpoints, autovacuum {pg['autovacuum_runs']}, autoanalyze {pg['autoanalyze_runs']}; "
         f"refreshes {refreshes}",
+        f"         postgres WAL by relation, MiB (of which full-page images): {wal_text}",
         f"         postgres active sessions {pg['active_sessions_mean']} on average, waiting on: {waits}",
         f"         postgres active sessions were running: {statements}",
         f"         generator: locust workers {r.cpu_cores.get('locust workers', 0):.2f} cores",

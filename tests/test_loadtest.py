@@ -346,6 +346,8 @@ def test_a_short_run_drives_every_route_and_writes_every_result(loadtest_db: tup
     assert where["event_loop_lag"]["count"] > 0 and where["gc"]["over_25ms"] is not None
     assert where["postgres"]["commits_per_s"] > 0 and isinstance(where["postgres"]["autovacuum_runs"], int)
     assert sum(x["share"] for x in where["postgres"]["statements"].values()) <= 1.0
+    wal = where["postgres"]["wal_by_relation"]
+    assert wal and "note" not in wal and all(x["mib"] >= x["fpi_mib"] for x in wal.values())
     text = (out / "summary.txt").read_text()
     assert "where the time went" in text and "event-loop lag" in text and "locust workers" in text
     # The state the load started from (issue 20): vacuumed, checkpointed, every view fresh.
@@ -431,6 +433,27 @@ def test_the_probe_names_the_statement_a_session_runs(loadtest_db: tuple[str, st
     assert {statement_name(positional(text)[0]) for text in feed.statements().values()} == {"feed_page"}
     # Anything else by its first words.
     assert statement_name("REFRESH MATERIALIZED VIEW  mv_x") == "REFRESH MATERIALIZED VIEW mv_x"
+
+
+def test_the_probe_says_which_relations_the_wal_came_from(loadtest_db: tuple[str, str]) -> None:
+    """WAL by relation (pg_walinspect): what a window wrote lands on the tables and indexes it
+    touched, full-page images counted apart; and a window from before any WAL still on disk says
+    it was not read rather than failing the run."""
+    from loadtest.attribution import wal_by_relation
+
+    url, _ = loadtest_db
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        conn.execute("CREATE TABLE wal_probe (id int PRIMARY KEY, pad text)")
+        conn.execute("INSERT INTO wal_probe SELECT i, repeat('x', 500) FROM generate_series(1, 5000) i")
+        conn.execute("CHECKPOINT")  # the first change of each page after it writes the whole page
+        since = str(conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0])  # type: ignore[index]
+        conn.execute("UPDATE wal_probe SET pad = 'y' WHERE id % 100 = 0")  # 50 rows, 50 pages
+        by_relation = wal_by_relation(conn, since, top=50)
+        assert next(iter(by_relation)) == "wal_probe"  # largest first
+        assert by_relation["wal_probe"]["fpi_mib"] >= 0.3 and by_relation["wal_probe"]["records"] >= 50
+        assert "(no relation)" in by_relation  # the commits
+        assert "note" in wal_by_relation(conn, "0/1000")
 
 
 def test_the_statement_shares_say_what_each_statement_waited_on() -> None:
