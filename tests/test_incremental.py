@@ -148,3 +148,32 @@ def test_each_step_reports_the_wal_it_wrote(folded: Connection) -> None:
     wal = {s.step: s.wal_bytes for s in steps}
     assert wal["conversations_fold"] > 0
     assert wal["feed_fold"] == wal["chain_projects_fold"] == wal["search_documents_fold"] == 0
+
+
+def hot_updates_by_the_fold(conn: Connection, table: str) -> tuple[int, int]:
+    """One fold, in a transaction of this test's own: the rows of `table` it updated, and how many
+    of those updates were HOT (the new version on the same page, no index entry written)."""
+    with conn.transaction():
+        assert fold(conn) is not None
+        row = conn.execute(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables WHERE relname = %s", (table,)
+        ).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+def test_a_conversation_is_updated_in_place_and_goes_when_emptied(folded: Connection) -> None:
+    """A conversation's base rows: each new message updates both directions HOT (their page has
+    room, and no index covers what changes), and the fold deletes the rows its deletions emptied."""
+    sender, recipient = one(folded, "SELECT min(id) FROM users"), one(folded, "SELECT max(id) FROM users")
+    send = "INSERT INTO messages (sender_id, recipient_id, body) VALUES (%s, %s, %s) RETURNING id"
+    first = one(folded, send, sender, recipient, "hello")
+    fold(folded)
+    second = one(folded, send, recipient, sender, "hi back")
+    assert hot_updates_by_the_fold(folded, "conversation_base") == (2, 2)
+    exact(folded)
+    folded.execute("DELETE FROM messages WHERE id IN (%s, %s)", (first, second))
+    fold(folded)
+    pair = "SELECT count(*) FROM conversation_base WHERE (user_id, other_user_id) IN ((%s, %s), (%s, %s))"
+    assert one(folded, pair, sender, recipient, recipient, sender) == 0
+    assert one(folded, "SELECT count(*) FROM conversation_base WHERE message_count <= 0") == 0
+    exact(folded)
