@@ -178,7 +178,8 @@ class StepProbe:
 
 def wal_by_relation(conn: psycopg.Connection[Any], since: str | None, top: int = 8) -> dict[str, Any]:
     """The WAL written since `since`, by relation, largest first: MiB, and MiB of full-page images.
-    Empty when pg_walinspect is not there (the runner creates it in its database when it may)."""
+    A note instead when it cannot be read: no pg_walinspect (the runner creates it in its database
+    when its role may), no right to read the WAL, or a segment already recycled."""
     if since is None:
         return {}
     try:
