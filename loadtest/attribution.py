@@ -81,8 +81,7 @@ class StepProbe:
     def __init__(self, metrics_url: str, database_url: str) -> None:
         self.metrics_url = metrics_url
         self.database_url = database_url
-        self.waits: Counter[str] = Counter()
-        self.statements: Counter[tuple[str, str]] = Counter()  # (statement, wait)
+        self.seen: Counter[tuple[str, str]] = Counter()  # (statement, wait): one per active session sampled
         self.samples = 0
         self._stop = threading.Event()
         self._before: tuple[str, tuple[Any, ...]] | None = None
@@ -103,8 +102,7 @@ class StepProbe:
             while not self._stop.wait(SAMPLE_S):
                 self.samples += 1
                 for wait, text in conn.execute(_WAITS):
-                    self.waits[str(wait)] += 1
-                    self.statements[statement_name(str(text or "")), str(wait)] += 1
+                    self.seen[statement_name(str(text or "")), str(wait)] += 1
 
     @staticmethod
     def _postgres(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
@@ -146,7 +144,8 @@ class StepProbe:
         gc = _total(text_after, GC) - _total(text_before, GC)
         deltas = {name: (a - b if a is not None and b is not None else None)
                   for name, a, b in zip(_NAMES, pg_after[:-1], pg_before[:-1], strict=True)}  # fmt: skip
-        total_waits = sum(self.waits.values())
+        waits = _summed(self.seen, 1)
+        total_waits = waits.total()
         return {
             "window_s": round(seconds, 1),
             "server": {k: _quantiles_ms(h) for k, h in sorted(by_route.items()) if h.count},
@@ -168,10 +167,8 @@ class StepProbe:
                 "autoanalyze_runs": deltas["autoanalyze_runs"],
                 "refreshes": refreshes,
                 "active_sessions_mean": round(total_waits / self.samples, 2) if self.samples else None,
-                "waits": {event: round(n / total_waits, 3) for event, n in self.waits.most_common(6)}
-                if total_waits
-                else {},
-                "statements": _by_statement(self.statements, total_waits),
+                "waits": {event: round(n / total_waits, 3) for event, n in waits.most_common(6)} if total_waits else {},
+                "statements": _by_statement(self.seen, total_waits),
             },
         }
 
@@ -194,11 +191,17 @@ def wal_by_relation(conn: psycopg.Connection[Any], since: str | None, top: int =
     }
 
 
+def _summed(samples: Counter[tuple[str, str]], part: int) -> Counter[str]:
+    """The samples counted by one part of their key alone (0: the statement, 1: the wait)."""
+    out: Counter[str] = Counter()
+    for key, n in samples.items():
+        out[key[part]] += n
+    return out
+
+
 def _by_statement(samples: Counter[tuple[str, str]], total: int, top: int = 8) -> dict[str, Any]:
     """The statements seen most, each with its share of all samples and what it waited on."""
-    shares: Counter[str] = Counter()
-    for (name, _), n in samples.items():
-        shares[name] += n
+    shares = _summed(samples, 0)
     return {
         name: {
             "share": round(n / total, 3),
@@ -218,6 +221,9 @@ def _statements() -> dict[str, str]:
     return {_squeeze(positional(body)[0]): name for name, body in queries().items()}
 
 
+_KNOWN_BY = 120
+
+
 @lru_cache(maxsize=4096)
 def statement_name(text: str) -> str:
     """The name in db/ of a statement pg_stat_activity shows, or its first words when it has none
@@ -232,9 +238,6 @@ def statement_name(text: str) -> str:
     if best >= min(len(seen), _KNOWN_BY):
         return name
     return seen[:80] or "(no text)"
-
-
-_KNOWN_BY = 120
 
 
 def _common_prefix(a: str, b: str) -> int:
