@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     # A request waits at most this long for a pooled connection, then answers 503: a dead or
     # saturated Postgres gets a quick, honest answer rather than a request that hangs.
     db_pool_timeout_ms: int = Field(default=1000, ge=1, description="wait for a pooled connection, then 503")
+    # The reads that take a pooled connection (search, a chain's slug, the freshness page) have a
+    # pool of their own, on the replica when one is set and else on the primary: writers stalled on
+    # the WAL or on a lock then cannot take every connection and turn those reads into 503s.
+    db_read_pool_max_size: int = Field(default=4, ge=1, description="the API's pooled connections for reads")
 
     # The API (services/api).
     redis_timeout_ms: int = Field(default=50, ge=1, description="a slower Redis counts as down")

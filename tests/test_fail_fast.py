@@ -311,9 +311,12 @@ def test_a_stopped_postgres_is_a_quick_503_on_every_route_and_every_route_recove
             stop.set()  # the loader stops, whatever failed
 
 
-def test_an_exhausted_pool_is_a_quick_503(seeded_url: str, settings: Settings, conn: Connection) -> None:
-    """Both pooled connections held by upvotes waiting on a lock: a third request that needs the
-    pool answers 503 after DB_POOL_TIMEOUT_MS, not after the pool's default 30 s."""
+def test_an_exhausted_writers_pool_is_a_quick_503_and_leaves_the_searches_answering(
+    seeded_url: str, settings: Settings, conn: Connection
+) -> None:
+    """Both of the writers' pooled connections held by upvotes waiting on a lock: a further write
+    answers 503 after DB_POOL_TIMEOUT_MS, not after the pool's default 30 s; a search, which has
+    connections of its own even with no replica, still answers."""
     token = mint_token(3, settings.jwt_secret)
     pool_of_two = {"DB_POOL_MIN_SIZE": "2", "DB_POOL_MAX_SIZE": "2", "DB_POOL_TIMEOUT_MS": "1000"}
     with api_process(seeded_url, settings, **pool_of_two) as base, conn.transaction():
@@ -322,7 +325,11 @@ def test_an_exhausted_pool_is_a_quick_503(seeded_url: str, settings: Settings, c
             held = [pool.submit(probe, requests.Session(), base, token, ("PUT", f"/api/projects/{p}/upvote"))
                     for p in (5, 6)]  # fmt: skip
             time.sleep(0.3)  # both are waiting for the lock, each on a pooled connection
-            status, seconds, retry_after = probe(requests.Session(), base, token, ("GET", "/api/search?q=zzqx"))
+            for q in ("zzqx", "postgress", "tracker"):  # distinct: the answer cache cannot serve them
+                assert probe(requests.Session(), base, token, ("GET", f"/api/search?q={q}"))[0] == 200
+            # and the writers' connections were held all along:
+            message = ("POST", "/api/messages", {"recipient_id": 4, "body": "hello"})
+            status, seconds, retry_after = probe(requests.Session(), base, token, message)
             assert (status, retry_after) == (503, "1")
             assert seconds < 1.5
             assert [f.result()[0] for f in held] == [503, 503]  # the lock wait is bounded too

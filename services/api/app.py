@@ -133,10 +133,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         write_pool = await open_pool(
             settings.database_url, "api", settings.db_pool_min_size, settings.db_pool_max_size, wait
         )
-        read_pool = (
-            await open_pool(settings.read_url, "api-read", settings.db_pool_min_size, settings.db_pool_max_size, wait)
-            if settings.database_read_url
-            else write_pool
+        read_pool = await open_pool(
+            settings.read_url,
+            "api-read",
+            min(settings.db_pool_min_size, settings.db_read_pool_max_size),
+            settings.db_read_pool_max_size,
+            wait,
         )
         reads = await open_pipeline(
             settings.read_url, "api-pipe", pipelined_queries(), settings.api_read_lanes, settings.api_read_timeout_ms
@@ -170,8 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await replica.stop()
             await client.aclose()
             await reads.close()
-            if read_pool is not write_pool:
-                await read_pool.close()
+            await read_pool.close()
             await write_pool.close()
 
     app = Api(
