@@ -14,7 +14,11 @@ snapshots, and samples in between:
   name in db/, `statement_name`): the shares say which statements Postgres spends its time on;
 - the WAL the window wrote, by relation, with the part that was full-page images (pg_walinspect,
   when the runner could create it): which tables and indexes the WAL, and so each commit's flush,
-  comes from.
+  comes from;
+- the CPU of the database's backends by the client that opened them (their application_name: the
+  API's writers' pool, its pooled reads, its pipelined reads, the refresher): which part of the
+  system Postgres's cores go to. Read from /proc at both ends of the window, so the runner must be
+  on Postgres's machine (it is: it starts the server's load there) or the reading is left out.
 
 The Locust workers' CPU is the runner's (loadtest/cpu.py)."""
 
@@ -26,6 +30,7 @@ from collections import Counter
 from functools import cache, lru_cache
 from typing import Any
 
+import psutil
 import psycopg
 
 from denorm.sql import positional, queries
@@ -48,6 +53,10 @@ SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU'), query FROM pg_stat
 WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()
 """
 _LSN = "SELECT pg_current_wal_insert_lsn()"
+_BACKENDS = """
+SELECT pid, coalesce(nullif(application_name, ''), backend_type) FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+"""
 # Each WAL record by the relation of its first block (a record without one: commits and the like).
 _WAL_BY_RELATION = """
 SELECT CASE WHEN r.rel IS NULL THEN '(no relation)'
@@ -86,6 +95,7 @@ class StepProbe:
         self._stop = threading.Event()
         self._before: tuple[str, tuple[Any, ...]] | None = None
         self._lsn: str | None = None
+        self._cpu: dict[int, tuple[str, float]] | None = None
         self._thread: threading.Thread | None = None
 
     def start_at(self, at: float) -> None:
@@ -99,6 +109,7 @@ class StepProbe:
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             self._before = (histogram.scrape(self.metrics_url), self._postgres(conn))
             self._lsn = str(conn.execute(_LSN).fetchone()[0])  # type: ignore[index]
+            self._cpu = backend_cpu(conn)
             while not self._stop.wait(SAMPLE_S):
                 self.samples += 1
                 for wait, text in conn.execute(_WAITS):
@@ -128,6 +139,7 @@ class StepProbe:
                 str(v): {"runs": int(n), "ms": int(ms or 0)} for v, n, ms in conn.execute(_REFRESHES, (started,))
             }
             wal = wal_by_relation(conn, self._lsn)
+            cpu_after = backend_cpu(conn)
         seconds = (pg_after[-1] - started).total_seconds()
         routes = histogram.subtract(histogram.parse(text_after), histogram.parse(text_before))
         by_route: dict[str, histogram.Histogram] = {}
@@ -169,6 +181,7 @@ class StepProbe:
                 "active_sessions_mean": round(total_waits / self.samples, 2) if self.samples else None,
                 "waits": {event: round(n / total_waits, 3) for event, n in waits.most_common(6)} if total_waits else {},
                 "statements": _by_statement(self.seen, total_waits),
+                "cpu_by_client": cores_by_client(self._cpu, cpu_after, seconds),
             },
         }
 
@@ -189,6 +202,33 @@ def wal_by_relation(conn: psycopg.Connection[Any], since: str | None, top: int =
         str(name): {"records": int(n), "mib": round(float(size) / 2**20, 1), "fpi_mib": round(float(fpi) / 2**20, 1)}
         for name, n, size, fpi in rows[:top]
     }
+
+
+def backend_cpu(conn: psycopg.Connection[Any]) -> dict[int, tuple[str, float]]:
+    """Each of the database's backends: its client (application_name) and the CPU seconds it used."""
+    out = {}
+    for pid, client in conn.execute(_BACKENDS):
+        try:
+            times = psutil.Process(int(pid)).cpu_times()
+        except psutil.Error:  # gone, or not on this machine's /proc
+            continue
+        out[int(pid)] = (str(client), times.user + times.system)
+    return out
+
+
+def cores_by_client(
+    before: dict[int, tuple[str, float]] | None, after: dict[int, tuple[str, float]], seconds: float
+) -> dict[str, float]:
+    """Cores used over the window by the backends of each client, most first. A backend that ended
+    within the window is not counted; one that began within it counts whole (it began after
+    `before`). Empty when the backends could not be read."""
+    if before is None or not after or seconds <= 0:
+        return {}
+    used: dict[str, float] = {}
+    for pid, (client, spent) in after.items():
+        was = before.get(pid)
+        used[client] = used.get(client, 0.0) + spent - (was[1] if was is not None and was[0] == client else 0.0)
+    return {c: round(s / seconds, 3) for c, s in sorted(used.items(), key=lambda x: -x[1]) if s > 0}
 
 
 def _summed(samples: Counter[tuple[str, str]], part: int) -> Counter[str]:

@@ -489,6 +489,7 @@ def where_the_time_went(r: StepResult) -> list[str]:
     )
     wal = pg.get("wal_by_relation", {})
     wal_text = wal.get("note") or ", ".join(f"{n} {x['mib']:g} ({x['fpi_mib']:g})" for n, x in wal.items()) or "none"
+    clients = ", ".join(f"{c} {cores:g}" for c, cores in pg.get("cpu_by_client", {}).items()) or "not read"
     upvote = a.get("upvote_phases", {})
     phases = "; ".join(f"{p} p50 {ms(q, 'p50_ms')} p95 {ms(q, 'p95_ms')} p99 {ms(q)}" for p, q in upvote.items())
     return [
@@ -505,6 +506,7 @@ def where_the_time_went(r: StepResult) -> list[str]:
         f"         postgres WAL by relation, MiB (of which full-page images): {wal_text}",
         f"         postgres active sessions {pg['active_sessions_mean']} on average, waiting on: {waits}",
         f"         postgres active sessions were running: {statements}",
+        f"         postgres CPU by client (cores): {clients}",
         f"         generator: locust workers {r.cpu_cores.get('locust workers', 0):.2f} cores",
         f"         out of CPU: {a.get('cpu_saturated', 'not judged')}",
     ]  # fmt: skip

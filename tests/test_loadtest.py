@@ -346,6 +346,8 @@ def test_a_short_run_drives_every_route_and_writes_every_result(loadtest_db: tup
     assert where["event_loop_lag"]["count"] > 0 and where["gc"]["over_25ms"] is not None
     assert where["postgres"]["commits_per_s"] > 0 and isinstance(where["postgres"]["autovacuum_runs"], int)
     assert sum(x["share"] for x in where["postgres"]["statements"].values()) <= 1.0
+    clients = where["postgres"]["cpu_by_client"]
+    assert clients["denorm-api-pipe"] > 0 and "postgres CPU by client" in (out / "summary.txt").read_text()
     wal = where["postgres"]["wal_by_relation"]
     assert wal and "note" not in wal and all(x["mib"] >= x["fpi_mib"] for x in wal.values())
     text = (out / "summary.txt").read_text()
@@ -354,7 +356,9 @@ def test_a_short_run_drives_every_route_and_writes_every_result(loadtest_db: tup
     (before,) = summary["before_each_step"]
     assert before["checkpointed"] is True and before["views_pending"] == 0 and "before the load" in output
     # And how fast the machine was, so that runs can be compared (loadtest/calibrate.py).
-    assert set(before["machine"]) == {"python_ms", "round_trip_ms", "commit_ms"}
+    assert set(before["machine"]) == {
+        "python_ms", "round_trip_ms", "commit_ms", "paced_round_trip_ms", "paced_commit_ms"
+    }  # fmt: skip
     assert "machine speed" in output and "before 120 users: machine speed" in text
 
 
@@ -370,9 +374,9 @@ def test_the_commit_probe_waits_for_a_wal_flush_each_time(loadtest_db: tuple[str
             return int(row[0])
 
         before = syncs()
-        found = calibrate.postgres_ms(url, n=40)
-        assert syncs() - before >= 40
-    assert found["round_trip_ms"] > 0 and found["commit_ms"] > 0
+        found = calibrate.postgres_ms(url, n=40, paced=10)
+        assert syncs() - before >= 40 + 10
+    assert all(found[k] > 0 for k in ("round_trip_ms", "commit_ms", "paced_round_trip_ms", "paced_commit_ms"))
     assert calibrate.python_ms(tries=2) > 0
 
 
@@ -454,6 +458,31 @@ def test_the_probe_says_which_relations_the_wal_came_from(loadtest_db: tuple[str
         assert by_relation["wal_probe"]["fpi_mib"] >= 0.3 and by_relation["wal_probe"]["records"] >= 50
         assert "(no relation)" in by_relation  # the commits
         assert "note" in wal_by_relation(conn, "0/1000")
+
+
+def test_the_probe_gives_postgres_cpu_to_the_client_whose_backend_used_it(loadtest_db: tuple[str, str]) -> None:
+    """Postgres's CPU by client: a backend that computes for a while is counted to its
+    application_name, one that stays idle is not, and one opened within the window counts whole."""
+    from loadtest.attribution import backend_cpu, cores_by_client
+
+    url, _ = loadtest_db
+    with (
+        psycopg.connect(url, autocommit=True, application_name="probe-burner") as burner,
+        psycopg.connect(url, autocommit=True, application_name="probe-idler"),
+        psycopg.connect(url, autocommit=True) as probe,
+    ):
+        before = backend_cpu(probe)
+        started = time.monotonic()
+        burner.execute("SELECT count(*) FROM generate_series(1, 3000000)")
+        with psycopg.connect(url, autocommit=True, application_name="probe-late") as late:
+            late.execute("SELECT count(*) FROM generate_series(1, 1000000)")
+            after = backend_cpu(probe)
+        seconds = time.monotonic() - started
+    clients = cores_by_client(before, after, seconds)
+    assert next(iter(clients)) == "probe-burner"
+    assert clients["probe-burner"] * seconds >= 0.1  # CPU seconds, not a share of some other total
+    assert clients["probe-late"] > 0 and "probe-idler" not in clients
+    assert cores_by_client(None, after, seconds) == {}
 
 
 def test_the_statement_shares_say_what_each_statement_waited_on() -> None:
