@@ -1,9 +1,11 @@
-"""The load test's picture: latency percentiles and throughput against the number of users (PNG, Agg).
+"""The load test's picture: latency percentiles, throughput and CPU against the number of users (PNG, Agg).
 
 Large markers joined by lines are the steps (the steady load after spawning); small faint dots are
 Locust's 10-second windows, ramps included, which fill in the curve between and within steps.
 Dotted squares are measured inside the API process (the slowest route's server p95, the event
-loop's lag): a client-side tail well above them went in the generator or the network.
+loop's lag): a client-side tail well above them went in the generator or the network. The bottom
+panel is each step's CPU by component, with the machine's cores as a ceiling: a machine near it
+puts every request behind others in its run queue, whatever the code.
 """
 
 from __future__ import annotations
@@ -12,14 +14,25 @@ from pathlib import Path
 
 from loadtest.report import HistoryPoint, StepResult
 
+# The bottom panel's components (loadtest/run.py's CPU sampler names), in drawing order.
+CPU_LINES = {"machine": "black", "postgres (this database)": "tab:blue", "api": "tab:red",
+             "locust workers": "tab:grey", "refresher": "tab:olive"}  # fmt: skip
 
-def plot(steps: list[StepResult], points: list[HistoryPoint], default_target_ms: float, path: Path, title: str) -> None:
+
+def plot(
+    steps: list[StepResult],
+    points: list[HistoryPoint],
+    default_target_ms: float,
+    path: Path,
+    title: str,
+    cores: int | None = None,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # no display: the runner may run anywhere
     import matplotlib.pyplot as plt
 
-    fig, (latency, throughput) = plt.subplots(2, 1, sharex=True, figsize=(9, 7.5), height_ratios=[3, 2])
+    fig, (latency, throughput, cpu) = plt.subplots(3, 1, sharex=True, figsize=(9, 10), height_ratios=[3, 2, 2])
     colors = {"p50": "tab:green", "p95": "tab:orange", "p99": "tab:red"}
     for label, attr in (("p50", "p50_ms"), ("p95", "p95_ms"), ("p99", "p99_ms")):
         dots = [(p.users, getattr(p, attr)) for p in points if getattr(p, attr)]
@@ -54,8 +67,19 @@ def plot(steps: list[StepResult], points: list[HistoryPoint], default_target_ms:
         throughput.legend(loc="upper left", fontsize="small")
     throughput.set_ylim(bottom=0)
     throughput.set_ylabel("requests/s")
-    throughput.set_xlabel("users")
     throughput.grid(True, alpha=0.3)
+
+    for name, color in CPU_LINES.items():
+        used = [(s.users, s.cpu_cores[name]) for s in steps if name in s.cpu_cores]
+        if used:
+            cpu.plot(*zip(*used, strict=True), marker="o", color=color, label=name)
+    if cores:
+        cpu.axhline(cores, linestyle="--", color="grey", label=f"{cores} cores")
+    cpu.set_ylim(bottom=0)
+    cpu.set_ylabel("CPU, cores")
+    cpu.set_xlabel("users")
+    cpu.legend(loc="upper left", fontsize="small")
+    cpu.grid(True, alpha=0.3)
     fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -404,7 +404,7 @@ def run(opts: Options) -> int:
     points = [p for users in opts.steps for p in _history(opts.out / f"users-{users:05d}")]
     title = (f"denorm loadtest: {opts.scale} dataset, {opts.workers} Locust workers, {opts.api_workers} API "
              f"process(es), think time x{opts.think_scale:g}, {opts.run_time} s per step")  # fmt: skip
-    plot(results, points, targets.default_ms, opts.out / "plot.png", title)
+    plot(results, points, targets.default_ms, opts.out / "plot.png", title, psutil.cpu_count())
     summary = summarize(opts, results) | {"before_each_step": befores}
     (opts.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     speeds = [f"before {b['users']} users: {describe(b['machine'])}" for b in befores]

@@ -345,7 +345,8 @@ def test_a_short_run_drives_every_route_and_writes_every_result(loadtest_db: tup
     assert where["server"]["GET /api/projects"]["p95_ms"] is not None
     assert where["event_loop_lag"]["count"] > 0 and where["gc"]["over_25ms"] is not None
     assert where["postgres"]["commits_per_s"] > 0 and isinstance(where["postgres"]["autovacuum_runs"], int)
-    assert sum(x["share"] for x in where["postgres"]["statements"].values()) <= 1.0
+    shares = [x["share"] for x in where["postgres"]["statements"].values()]
+    assert sum(shares) <= 1.0 + 0.0005 * len(shares)  # each rounded to 0.001
     clients = where["postgres"]["cpu_by_client"]
     assert clients["denorm-api-pipe"] > 0 and "postgres CPU by client" in (out / "summary.txt").read_text()
     wal = where["postgres"]["wal_by_relation"]
