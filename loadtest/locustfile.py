@@ -16,6 +16,8 @@ Environment:
     LOADTEST_METRICS_URL    the API's admin port, where its /metrics answers (--host's address, port 9100)
     LOADTEST_SERVER_GATES   "off" skips the server-side gates: behind a Service with several API
                             replicas a scrape cannot tell them apart; judge those in Prometheus
+    LOADTEST_WARM_UP_S      with --reset-stats: restart the stats (and the server-side window)
+                            this many seconds after spawning completes instead of at once (0)
 
 Gates: when Locust quits, the master judges every request name's p95 against targets.toml, the
 upvote's server time from the API's /metrics histogram, and fails the run (exit code 1) on any
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+import gevent
 import orjson
 from locust import FastHttpUser, between, events, task
 from locust.env import Environment
@@ -435,15 +438,37 @@ def _take_baseline(environment: Environment, **_kwargs: Any) -> None:
         _baseline = _server_snapshot(environment)
 
 
-def _rebase_after_spawning(**_kwargs: Any) -> None:
-    """Locust's stats restart when every user runs (--reset-stats); so does the server-side window.
+def _warm_up_s() -> float:
+    return float(os.environ.get("LOADTEST_WARM_UP_S", "0"))
 
-    Only with one API process: with several, a snapshot taken under load cannot tell them apart
-    (histogram.py), so the baseline stays the one from before the ramp.
-    """
-    global _baseline
+
+def _after_spawning(**_kwargs: Any) -> None:
+    """Locust's stats restart when every user runs (--reset-stats); so does the server-side window.
+    With a warm-up they restart again that long after, on the master and on each worker (each
+    holds the requests it has not reported yet): the backlog a fast ramp leaves behind drains
+    before the measured window, as a system in its steady state has none."""
     env = _environment
-    if env is not None and _judges(env) and env.host and env.reset_stats and _api_processes() == 1:
+    if env is None or not env.reset_stats:
+        return
+    if (warm_up := _warm_up_s()) > 0:
+        gevent.spawn_later(warm_up, _restart_window, env)
+    else:
+        _rebase(env)
+
+
+def _restart_window(env: Environment) -> None:
+    if env.runner is not None:
+        log.info("warm-up over: the stats restart")
+        env.runner.stats.reset_all()
+    _rebase(env)
+
+
+def _rebase(env: Environment) -> None:
+    """The server-side window restarts with the stats. Only with one API process: with several, a
+    snapshot taken under load cannot tell them apart (histogram.py), so the baseline stays the one
+    from before the ramp."""
+    global _baseline
+    if _judges(env) and env.host and _api_processes() == 1:
         _baseline = _server_snapshot(env)
 
 
@@ -477,5 +502,5 @@ def _check_gates(environment: Environment, **_kwargs: Any) -> None:
 
 # EventHook.add_listener has no annotations; as a decorator it would make the listeners untyped.
 events.test_start.add_listener(_take_baseline)  # type: ignore[no-untyped-call]
-events.spawning_complete.add_listener(_rebase_after_spawning)  # type: ignore[no-untyped-call]
+events.spawning_complete.add_listener(_after_spawning)  # type: ignore[no-untyped-call]
 events.quitting.add_listener(_check_gates)  # type: ignore[no-untyped-call]

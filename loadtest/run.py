@@ -1,10 +1,11 @@
 """`denorm loadtest`: the system on a seeded dataset, the Locust suite headless, the gates, the plot.
 
     denorm loadtest [--scale small] [--users 300 | --steps 500,1000,2000,5000] [--run-time 60]
-                    [--workers N] [--api-workers 1] [--reuse] [--out DIR]
+                    [--warm-up 30] [--workers N] [--api-workers 1] [--reuse] [--out DIR]
 
 Each step (a number of users) is one Locust run: a master and --workers workers spawn the users at
---spawn-rate, then --run-time seconds of steady load follow, and only those count (--reset-stats).
+--spawn-rate, the load goes on --warm-up seconds unmeasured, then --run-time seconds of steady load
+follow, and only those count (the stats restart after the warm-up).
 The API restarts before each step, so that its /metrics histogram (the upvote's server time) holds
 that step alone; the refresher runs throughout. Results go to --out (loadtest/results/<UTC time>/):
 per step the Locust CSVs, its HTML report, the gates' verdicts, CPU by component (cpu.csv), every
@@ -66,6 +67,9 @@ class Options:
     steps: tuple[int, ...] = (300,)
     spawn_rate: float | None = None
     run_time: int = 60
+    # Load after spawning, before the measured window: a ramp at 100 users a second outruns this
+    # machine, and the backlog it leaves took about 20 s to drain at 5000 users (docs/performance.md).
+    warm_up: int = 30
     workers: int = 2
     api_workers: int = 1
     think_scale: float = 1.0
@@ -137,7 +141,8 @@ def settle(opts: Options, users: int) -> dict[str, Any]:
     conditions["machine"] = machine = machine_speed(opts.database_url)
     log.info("machine speed before the load", users=users, **machine)
     print(describe(machine), flush=True)
-    return conditions | {"users": users}
+    print(f"warm-up: {opts.warm_up} s of load after spawning, before the measured window", flush=True)
+    return conditions | {"users": users, "warm_up_s": opts.warm_up}
 
 
 def steady_state(conn: psycopg.Connection[Any]) -> dict[str, Any]:
@@ -248,6 +253,7 @@ def run_step(opts: Options, users: int, step_dir: Path, base_url: str, metrics_u
         "LOADTEST_GATES_JSON": str(step_dir / "gates.json"),
         "LOADTEST_API_PROCESSES": str(opts.api_workers),
         "LOADTEST_METRICS_URL": metrics_url,
+        "LOADTEST_WARM_UP_S": str(opts.warm_up),
     }
     if opts.targets is not None:
         env["LOADTEST_TARGETS"] = str(opts.targets.resolve())
@@ -256,15 +262,16 @@ def run_step(opts: Options, users: int, step_dir: Path, base_url: str, metrics_u
         *LOCUST, *common, "--master", "--headless", "--only-summary",
         "--master-bind-host=127.0.0.1", f"--master-bind-port={port}",
         f"--expect-workers={opts.workers}", "--expect-workers-max-wait=60",
-        f"--users={users}", f"--spawn-rate={opts.rate(users):g}", f"--run-time={ramp + opts.run_time}s",
+        f"--users={users}", f"--spawn-rate={opts.rate(users):g}", f"--run-time={ramp + opts.warm_up + opts.run_time}s",
         "--stop-timeout=10", f"--host={base_url}",
         f"--csv={step_dir / 'locust'}", "--csv-full-history", f"--html={step_dir / 'report.html'}",
     ]  # fmt: skip
     worker_cmd = [*LOCUST, *common, "--worker", "--master-host=127.0.0.1", f"--master-port={port}"]
 
     origin = time.monotonic()
+    steady_from = origin + ramp + opts.warm_up + 5  # after spawning, the warm-up and Locust's start-up
     probe = StepProbe(metrics_url, opts.database_url)
-    probe.start_at(origin + ramp + 5)  # the steady window, as the CPU figures take it
+    probe.start_at(steady_from)  # the measured window, as the CPU figures take it
     master = start("locust master", master_cmd, env, step_dir / "locust-master.log", opts.generator_nice)
     workers = [start(f"locust worker {i}", worker_cmd, env, step_dir / f"locust-worker-{i}.log", opts.generator_nice)
                for i in range(opts.workers)]  # fmt: skip
@@ -282,9 +289,9 @@ def run_step(opts: Options, users: int, step_dir: Path, base_url: str, metrics_u
     profiler = None
     try:
         if opts.profile:
-            profiler = _profile_api(api, master, step_dir / "api-profile.svg", origin + ramp + 5, opts.run_time - 10)
+            profiler = _profile_api(api, master, step_dir / "api-profile.svg", steady_from, opts.run_time - 10)
         try:
-            code = master.wait(timeout=ramp + opts.run_time + 120)
+            code = master.wait(timeout=ramp + opts.warm_up + opts.run_time + 120)
         except subprocess.TimeoutExpired:
             log.error("the Locust master did not finish in time", users=users)
             code = stop("locust master", master)
@@ -303,7 +310,7 @@ def run_step(opts: Options, users: int, step_dir: Path, base_url: str, metrics_u
         probe.stop()
         conn.close()
     sampler.write_csv(step_dir / "cpu.csv", origin)
-    steady = sampler.means(since=origin + ramp + 5)  # after spawning and Locust's start-up
+    steady = sampler.means(since=steady_from)
 
     verdicts = _read_gates(step_dir / "gates.json")
     if verdicts is not None:
@@ -525,15 +532,19 @@ def _positive_ints(text: str) -> tuple[int, ...]:
     return tuple(sorted(set(values)))
 
 
-def _seconds(text: str) -> int:
+def _seconds(text: str, least: int = 1) -> int:
     units = {"s": 1, "m": 60, "h": 3600}
     try:
         value = int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
     except (ValueError, IndexError) as exc:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (60, 90s, 2m)") from exc
-    if value <= 0:
-        raise argparse.ArgumentTypeError("the run time must be positive")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"the duration must be at least {least} s")
     return value
+
+
+def _seconds_or_none(text: str) -> int:
+    return _seconds(text, least=0)
 
 
 HELP = "run the Locust suite against a seeded system; gates, CSV, HTML, plot"
@@ -551,7 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     users.add_argument("--users", type=int, default=300, help="simulated users (300)")
     users.add_argument("--steps", type=_positive_ints, help="several user counts, one run each: 500,1000,2000,5000")
     p.add_argument("--spawn-rate", type=float, help="users started per second (users/10, at most 100)")
-    p.add_argument("--run-time", type=_seconds, default=60, help="steady load per step, after spawning (60, 90s, 2m)")
+    p.add_argument("--run-time", type=_seconds, default=60, help="measured load per step (60, 90s, 2m)")
+    p.add_argument("--warm-up", type=_seconds_or_none, default=30, help="load after spawning, not measured (30)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="Locust workers (one per core)")
     p.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes of the API (1)")
     p.add_argument("--think-scale", type=float, default=1.0, help="multiply the suite's think times (1)")
@@ -592,6 +604,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         steps=args.steps or (args.users,),
         spawn_rate=args.spawn_rate,
         run_time=args.run_time,
+        warm_up=args.warm_up,
         workers=args.workers,
         api_workers=args.api_workers,
         think_scale=args.think_scale,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import itertools
 import json
 import math
 import os
@@ -304,6 +305,15 @@ def loadtest(db: tuple[str, str], out: Path, targets_toml: str, *args: str) -> t
     return result.returncode, result.stdout + result.stderr
 
 
+def late_restarts(step_dir: Path, users: int, after_s: int = 3) -> int:
+    """How often Locust's running total fell (its stats restarted) `after_s` or more after every
+    user ran: not the restart at the end of spawning, which may fall just after the first row."""
+    with (step_dir / "locust_stats_history.csv").open(newline="") as f:
+        rows = [(int(r["Timestamp"]), int(r["Total Request Count"])) for r in csv.DictReader(f)
+                if r["Name"] == "Aggregated" and int(r["User Count"]) == users]  # fmt: skip
+    return sum(1 for (_, a), (t, b) in itertools.pairwise(rows) if b < a and t >= rows[0][0] + after_s)
+
+
 def stats_rows(step_dir: Path) -> list[dict[str, str]]:
     with (step_dir / "locust_stats.csv").open(newline="") as f:
         return [r for r in csv.DictReader(f) if r["Name"] != "Aggregated"]
@@ -315,8 +325,10 @@ def test_a_short_run_drives_every_route_and_writes_every_result(loadtest_db: tup
     lenient = 'default_ms = 10000\n[server]\n"* /api/projects/{project_id}/upvote" = 2500\n'
     out = tmp_path / "run"
     code, output = loadtest(loadtest_db, out, lenient, "--users", "120", "--spawn-rate", "60", "--run-time", "20",
-                            "--workers", "2", "--think-scale", "0.1")  # fmt: skip
+                            "--warm-up", "6", "--workers", "2", "--think-scale", "0.1")  # fmt: skip
     assert code == 0, output[-5000:]
+    # The warm-up: with every user running, the stats restarted once more, 6 s after spawning.
+    assert late_restarts(out / "users-00120", 120) >= 1
 
     step_dir = out / "users-00120"
     rows = stats_rows(step_dir)
@@ -386,8 +398,9 @@ def test_an_impossible_target_fails_the_run(loadtest_db: tuple[str, str], tmp_pa
     impossible = 'default_ms = 0.001\n[server]\n"* /api/projects/{project_id}/upvote" = 0.001\n'
     out = tmp_path / "impossible"
     code, output = loadtest(loadtest_db, out, impossible, "--reuse", "--steps", "20,30", "--spawn-rate", "30",
-                            "--run-time", "6", "--workers", "1", "--think-scale", "0.1")  # fmt: skip
+                            "--run-time", "6", "--warm-up", "0", "--workers", "1", "--think-scale", "0.1")  # fmt: skip
     assert code == 1, output[-5000:]
+    assert late_restarts(out / "users-00030", 30) == 0  # no warm-up: measured from spawning's end
     for step in ("users-00020", "users-00030"):
         verdicts = json.loads((out / step / "gates.json").read_text())
         assert not verdicts["passed"]
