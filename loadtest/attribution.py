@@ -53,7 +53,9 @@ SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU'), query FROM pg_stat
 WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()
 """
 _LSN = "SELECT pg_current_wal_insert_lsn()"
-_BACKENDS = """
+# This database's backends but the asker's, each with its client: the runner's CPU sampler sums
+# them each second ("postgres (this database)"), the probe splits them by client.
+BACKENDS = """
 SELECT pid, coalesce(nullif(application_name, ''), backend_type) FROM pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_backend_pid()
 """
@@ -207,7 +209,7 @@ def wal_by_relation(conn: psycopg.Connection[Any], since: str | None, top: int =
 def backend_cpu(conn: psycopg.Connection[Any]) -> dict[int, tuple[str, float]]:
     """Each of the database's backends: its client (application_name) and the CPU seconds it used."""
     out = {}
-    for pid, client in conn.execute(_BACKENDS):
+    for pid, client in conn.execute(BACKENDS):
         try:
             times = psutil.Process(int(pid)).cpu_times()
         except psutil.Error:  # gone, or not on this machine's /proc

@@ -39,7 +39,7 @@ from psycopg import sql
 from denorm.config import get_settings
 from denorm.logs import get_logger
 from loadtest import gates, report
-from loadtest.attribution import StepProbe, saturation
+from loadtest.attribution import BACKENDS, StepProbe, saturation
 from loadtest.calibrate import describe, machine_speed
 from loadtest.localproc import free_port, wait_ready
 from loadtest.plot import plot
@@ -276,13 +276,12 @@ def run_step(opts: Options, users: int, step_dir: Path, base_url: str, metrics_u
     workers = [start(f"locust worker {i}", worker_cmd, env, step_dir / f"locust-worker-{i}.log", opts.generator_nice)
                for i in range(opts.workers)]  # fmt: skip
     conn = psycopg.connect(opts.database_url, autocommit=True)
-    backends = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
     sampler = CpuSampler({
         "api": Component(lambda: [api.pid]),
         "refresher": Component(lambda: [refresher.pid]),
         "locust master": Component(lambda: [master.pid], children=False),
         "locust workers": Component(lambda: [w.pid for w in workers], children=False),
-        "postgres (this database)": Component(lambda: [int(r[0]) for r in conn.execute(backends)], children=False),
+        "postgres (this database)": Component(lambda: [int(r[0]) for r in conn.execute(BACKENDS)], children=False),
     }).start()  # fmt: skip
     log.info("step started", users=users, spawn_rate=opts.rate(users), ramp_s=ramp, run_time_s=opts.run_time,
              workers=opts.workers)  # fmt: skip
@@ -543,7 +542,7 @@ def _seconds(text: str, least: int = 1) -> int:
     return value
 
 
-def _seconds_or_none(text: str) -> int:
+def _seconds_or_zero(text: str) -> int:
     return _seconds(text, least=0)
 
 
@@ -563,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     users.add_argument("--steps", type=_positive_ints, help="several user counts, one run each: 500,1000,2000,5000")
     p.add_argument("--spawn-rate", type=float, help="users started per second (users/10, at most 100)")
     p.add_argument("--run-time", type=_seconds, default=60, help="measured load per step (60, 90s, 2m)")
-    p.add_argument("--warm-up", type=_seconds_or_none, default=30, help="load after spawning, not measured (30)")
+    p.add_argument("--warm-up", type=_seconds_or_zero, default=30, help="load after spawning, not measured (30)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="Locust workers (one per core)")
     p.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes of the API (1)")
     p.add_argument("--think-scale", type=float, default=1.0, help="multiply the suite's think times (1)")
