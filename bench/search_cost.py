@@ -24,6 +24,7 @@ from denorm.logs import configure_logging
 from denorm.maintenance import drain
 from denorm.pg import OLTP_SETTINGS, session_options
 from denorm.sql import queries
+from loadtest.catalog import SEARCH_TYPES, SEARCHES
 from services.api.params import SEARCH_START
 
 # Common words of every size (a tech, a thing, a first name), misspelt ones, two words, a rarer one.
@@ -32,9 +33,28 @@ QUERIES = ["redis", "dashboard", "lovelace", "postgress", "reddis cache", "kuber
 RANKED = NAIVE_SEARCH["search, ILIKE ranked"]
 
 
-def params(q: str) -> dict[str, Any]:
-    """The route's parameters for a first page (those a statement does not name are ignored)."""
-    return {"q": q, "doc_type": None, "limit": 20, **SEARCH_START}
+def params(q: str, kind: str = "all") -> dict[str, Any]:
+    """The route's parameters for a first page of type `kind` (as services/api/routes/reads.py
+    passes them; those a statement does not name are ignored)."""
+    return {"q": q, "doc_type": None if kind == "all" else kind.removesuffix("s"), "limit": 20, **SEARCH_START}
+
+
+def suite_mix(api_conn: psycopg.Connection[Any], search: str, runs: int) -> dict[tuple[str, str], float]:
+    """The median server ms of each of the load test's searches, by (query, type)."""
+    out = {}
+    for q in SEARCHES:
+        for kind in SEARCH_TYPES:
+
+            def draw(_rng: random.Random, q: str = q, kind: str = kind) -> dict[str, Any]:
+                return params(q, kind)
+
+            out[(q, kind)] = medians(api_conn, search, draw, runs, prepared=True, seed=q)[0]
+    return out
+
+
+def weighted_mean(costs: dict[tuple[str, str], float]) -> float:
+    weights = {key: SEARCH_TYPES[key[1]] for key in costs}
+    return sum(costs[k] * w for k, w in weights.items()) / sum(weights.values())
 
 
 def main() -> None:
@@ -45,6 +65,7 @@ def main() -> None:
     configure_logging("WARNING")
     search = queries()["search"]
     results: dict[float, dict[str, tuple[float, float]]] = {}
+    mixes: dict[float, dict[tuple[str, str], float]] = {}
     for i, factor in enumerate(args.factors):
         with (
             sized_database(args, i, "bench_search") as url,
@@ -62,6 +83,7 @@ def main() -> None:
                 model = medians(api_conn, search, draw, args.runs, prepared=True, seed=q)[0]
                 naive = medians(conn, RANKED, draw, max(3, args.runs // 10), prepared=False, seed=q)[0]
                 results[factor][q] = (model, naive)
+            mixes[factor] = suite_mix(api_conn, search, max(3, args.runs // 5))
         print(f"measured {factor:g}x", flush=True)
     first, last = args.factors[0], args.factors[-1]
     print(f"a search's server ms (median), type all, 20 results; datasets "
@@ -71,6 +93,15 @@ def main() -> None:
     for q in QUERIES:
         cells = "".join(f"{results[f][q][0]:>12.3f}{results[f][q][1]:>12.1f}" for f in args.factors)
         print(f"{q:<22}{cells}{results[last][q][0] / results[first][q][0]:>16.2f}")
+    print(f"the load test's {len(SEARCHES)} searches in each type, server ms (median of each), mean weighted "
+          f"by type ({', '.join(f'{k} {w}' for k, w in SEARCH_TYPES.items())}), and the costliest three")  # fmt: skip
+    for factor, costs in mixes.items():
+        worst = sorted(costs.items(), key=lambda kv: kv[1], reverse=True)[:3]
+        plain = sum(costs.values()) / len(costs)
+        print(
+            f"{factor:g}x: weighted mean {weighted_mean(costs):.2f}, plain mean {plain:.2f}; "
+            + ", ".join(f"{q} ({kind}) {ms:.2f}" for (q, kind), ms in worst)
+        )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ SEARCHES = (
     "prometheus monitr", "golang proxy", "typescrpit", "builders guild", "sqlite notebook",
     "realtime feed", "distributed queue", "open source maintainers", "data enginers", "django",
 )  # fmt: skip
+# The search's type, as the suite asks for it (weights): mostly everything at once.
+SEARCH_TYPES = {"all": 70, "projects": 20, "users": 5, "chains": 5}
 
 
 def parse_id_ranges(text: str) -> list[range]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import parse_qs
 
 import psycopg
 import pytest
 
+from denorm.pg import OLTP_SETTINGS, session_options
 from denorm.seed import SCALES, seed
 from denorm.sql import queries
 from services.api.params import SEARCH_START
@@ -134,3 +136,27 @@ def test_the_pages_follow_on_and_hold_every_match_in_order(searchable: Connectio
     want = [tuple(r) for r in searchable.execute(EVERY_MATCH.encode(), {"w": word, "t": doc_type})]
     for limit in (29, 100):
         assert every_page(searchable, word, doc_type, limit) == want, limit
+
+
+@pytest.mark.parametrize("doc_type", ["project", "chain", "user"])
+@pytest.mark.parametrize(("tier", "index"), [(2, "head"), (1, "fts")])
+def test_a_rare_words_matches_are_read_from_the_index_of_its_type_and_tier(
+    searchable: Connection, doc_type: str, tier: int, index: str
+) -> None:
+    """search_rare() runs, as the API runs it (a generic plan), on the partial index of its type and
+    tier: not on another type's, and not on an index that holds every type."""
+    plans: list[str] = []
+    with psycopg.connect(searchable.info.dsn, autocommit=True, options=session_options(OLTP_SETTINGS)) as conn:
+        conn.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
+        conn.execute("LOAD 'auto_explain'")
+        for setting in ("log_min_duration = 0", "log_nested_statements = on", "log_level = notice", "log_analyze = on"):
+            conn.execute(f"SET auto_explain.{setting}")
+        conn.execute(
+            "SELECT * FROM search_rare(plainto_tsquery('english', 'redis cache'), %s, %s, 2147483647, "
+            "9223372036854775807, 20, -1)",
+            (doc_type, tier),
+        ).fetchall()
+    # The plan holds both tiers' halves; the one of the other tier is "never executed".
+    scans = {found.group(1) for plan in plans for line in plan.splitlines() if "never executed" not in line
+             for found in [re.search(r"Bitmap Index Scan on (\w+)", line)] if found}  # fmt: skip
+    assert scans == {f"mv_search_documents_{doc_type}_{index}_idx"}
