@@ -42,7 +42,7 @@ typecheck: install
 pytest: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-BENCHES ?= seed_speed hot_rows trigger_cost bulk backfill freshness maintenance_cost search_cost api_queries api_throughput upvote_latency upvote_invalidation replica_replay
+BENCHES ?= seed_speed hot_rows trigger_cost bulk backfill freshness maintenance_cost search_cost search_load api_queries api_throughput upvote_latency upvote_invalidation replica_replay
 
 bench: install  ## every benchmark, one after the other (BENCHES="hot_rows bulk" for some); figures in docs/
 	@for b in $(BENCHES); do echo "== python -m bench.$$b"; $(BIN)/python -m bench.$$b || exit 1; done
