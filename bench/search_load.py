@@ -25,7 +25,7 @@ import httpx2 as httpx
 import psycopg
 
 from bench.scratch import add_dataset_arguments, seeded_database
-from bench.system import running_system
+from bench.system import paced, running_system
 from denorm.logs import configure_logging
 from loadtest.attribution import backend_cpu, cores_by_client
 from loadtest.catalog import SEARCH_TYPES, SEARCHES
@@ -53,13 +53,7 @@ async def drive(base: str, rate: float, seconds: float) -> int:
             query = urlencode({"q": rng.choice(SEARCHES), "type": kind, "limit": "20"})
             (await client.get(f"/api/search?{query}")).raise_for_status()
 
-        tasks = []
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            tasks.append(asyncio.ensure_future(one()))
-            await asyncio.sleep(1 / rate)
-        await asyncio.gather(*tasks)
-    return len(tasks)
+        return await paced(one, rate, seconds)
 
 
 def main() -> None:

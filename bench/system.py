@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -54,3 +55,15 @@ def running_system(url: str, **env: str) -> Iterator[System]:
         refresher.terminate()
         api.wait(timeout=30)
         refresher.wait(timeout=90)  # its current fold first: after a write burst, a backlog
+
+
+async def paced(one: Callable[[], Awaitable[None]], rate: float, seconds: float) -> int:
+    """`one()` started `rate` times a second for `seconds`, each on its own (an open loop: a slow
+    answer does not hold back the next request); returns how many, once all have finished."""
+    tasks = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        tasks.append(asyncio.ensure_future(one()))
+        await asyncio.sleep(1 / rate)
+    await asyncio.gather(*tasks)
+    return len(tasks)

@@ -25,7 +25,7 @@ import httpx2 as httpx
 import psutil
 
 from bench.scratch import add_dataset_arguments, seeded_database
-from bench.system import running_system
+from bench.system import paced, running_system
 from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET
 from denorm.logs import configure_logging
@@ -76,12 +76,7 @@ async def drive(base: str, rate: float, seconds: float, users: int, hot: list[in
             answer.raise_for_status()
             latencies.append((time.perf_counter() - started) * 1000)
 
-        tasks = []
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            tasks.append(asyncio.ensure_future(one()))
-            await asyncio.sleep(1 / rate)
-        await asyncio.gather(*tasks)
+        await paced(one, rate, seconds)
     return sorted(latencies)
 
 
