@@ -46,7 +46,7 @@ BEGIN
         WHERE d.doc_type = 'chain' AND tier = 1 AND d.document @@ q AND NOT d.head @@ q
           AND (d.popularity, d.doc_id) < (after_popularity, after_id) AND d.popularity > above
         ORDER BY 2 DESC, 1 DESC LIMIT n;
-    ELSE
+    ELSIF wanted = 'user' THEN
         RETURN QUERY
         SELECT d.doc_id, d.popularity FROM mv_search_documents d
         WHERE d.doc_type = 'user' AND tier = 2 AND d.head @@ q
