@@ -1,9 +1,9 @@
 -- migrate:no-transaction
 -- Search's rare-word indexes per type (db/readmodels/mv_search_documents.sql): the two GIN indexes
--- with the type as a btree_gin column become one partial index per type and tier, and
--- search_rare() names its type so that its plans use them; search_stream()'s walk no longer hands
--- a common word to the index after one short stretch without a match. Built without blocking the
--- fold's writes; the functions are replaced once the indexes exist.
+-- with the type as a btree_gin column become one partial index per type and tier (btree_gin goes
+-- with them), and search_rare() names its type so that its plans use them; search_stream()'s walk
+-- no longer hands a common word to the index after one short stretch without a match. Built
+-- without blocking the fold's writes; the functions are replaced once the indexes exist.
 CREATE INDEX CONCURRENTLY IF NOT EXISTS mv_search_documents_project_head_idx ON mv_search_documents USING gin (head)
     WITH (gin_pending_list_limit = 256) WHERE doc_type = 'project';
 CREATE INDEX CONCURRENTLY IF NOT EXISTS mv_search_documents_chain_head_idx ON mv_search_documents USING gin (head)
@@ -18,6 +18,7 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS mv_search_documents_user_fts_idx ON mv_s
     WITH (gin_pending_list_limit = 256) WHERE doc_type = 'user';
 DROP INDEX CONCURRENTLY IF EXISTS mv_search_documents_head_idx;
 DROP INDEX CONCURRENTLY IF EXISTS mv_search_documents_fts_idx;
+DROP EXTENSION IF EXISTS btree_gin;  -- those two were its only use
 
 CREATE OR REPLACE FUNCTION search_rare(q tsquery, wanted text, tier integer, after_popularity integer, after_id bigint,
                             n integer, above integer)

@@ -17,7 +17,6 @@
 -- the 200 most popular matches of each type cost 5.6 ms at `standard`).
 
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
-CREATE EXTENSION IF NOT EXISTS btree_gin;
 
 -- A count as a popularity: the natural log of 1 + n, in quarters. It moves at n = 1, 2, 3, 4, 5, 7,
 -- 10, 13, ... and then every 28% or so: a popular project's document is rewritten once in many
