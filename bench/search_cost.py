@@ -26,6 +26,7 @@ from denorm.pg import OLTP_SETTINGS, session_options
 from denorm.sql import queries
 from loadtest.catalog import SEARCH_TYPES, SEARCHES
 from services.api.params import SEARCH_START
+from services.api.routes.reads import doc_type_of
 
 # Common words of every size (a tech, a thing, a first name), misspelt ones, two words, a rarer one.
 QUERIES = ["redis", "dashboard", "lovelace", "postgress", "reddis cache", "kubernetis dashbord", "elasticsearh",
@@ -34,9 +35,9 @@ RANKED = NAIVE_SEARCH["search, ILIKE ranked"]
 
 
 def params(q: str, kind: str = "all") -> dict[str, Any]:
-    """The route's parameters for a first page of type `kind` (as services/api/routes/reads.py
-    passes them; those a statement does not name are ignored)."""
-    return {"q": q, "doc_type": None if kind == "all" else kind.removesuffix("s"), "limit": 20, **SEARCH_START}
+    """The route's parameters for a first page of type `kind` (those a statement does not name are
+    ignored)."""
+    return {"q": q, "doc_type": doc_type_of(kind), "limit": 20, **SEARCH_START}
 
 
 def suite_mix(api_conn: psycopg.Connection[Any], search: str, runs: int) -> dict[tuple[str, str], float]:

@@ -351,6 +351,24 @@ def commits_per_second(conn: Connection, dbname: str, seconds: float) -> float:
     return (commits() - before) / seconds
 
 
+REFRESHER_CLIENTS = ("folder", "invalidator", "listener", "refresh")  # a connection each (services/refresher)
+
+
+def wait_for_refreshers(conn: Connection, dbname: str, count: int) -> None:
+    """Until `count` refreshers have each opened all their connections: on a busy machine a
+    process's start (its imports) can take longer than a fixed sleep allowed."""
+    deadline = time.monotonic() + 60
+    while True:
+        rows = conn.execute(
+            "SELECT application_name, count(*) FROM pg_stat_activity WHERE datname = %s GROUP BY 1", (dbname,)
+        ).fetchall()
+        opened = {str(name): int(n) for name, n in rows}
+        if all(opened.get(f"denorm-refresher-{client}", 0) >= count for client in REFRESHER_CLIENTS):
+            return
+        assert time.monotonic() < deadline, opened
+        time.sleep(0.1)
+
+
 def test_refreshers_waiting_on_a_claimed_view_do_not_spin(seeded_url: str, settings: Settings) -> None:
     """A due view whose claim another holds: each refresher waits a poll interval between looks, so
     two cost at most about twice one (they woke every 10 ms: 122 transactions a second became 1,302)."""
@@ -369,7 +387,8 @@ def test_refreshers_waiting_on_a_claimed_view_do_not_spin(seeded_url: str, setti
             procs = [subprocess.Popen([*DENORM, "refresher"], env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL) for _ in range(count)]  # fmt: skip
             try:
-                time.sleep(3)  # started, and waiting
+                wait_for_refreshers(watcher, str(dbname), count)
+                time.sleep(2)  # past their first looks, and waiting
                 rates.append(commits_per_second(watcher, str(dbname), 4))
             finally:
                 for proc in procs:

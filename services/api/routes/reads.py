@@ -105,11 +105,16 @@ async def chain(svc: ServicesDep, slug: Slug) -> RawJSON:
 SearchType = Literal["all", "projects", "users", "chains"]
 
 
+def doc_type_of(kind: str) -> str | None:
+    """The search statement's doc_type for the route's `type`: none for all, else the singular."""
+    return None if kind == "all" else kind.removesuffix("s")
+
+
 async def search_body(
     svc: Services, q: str, type: SearchType, limit: int, after_tier: int, after_popularity: int,
     after_type: DocType, after_id: int,
 ) -> bytes:  # fmt: skip
-    doc_type = None if type == "all" else type.removesuffix("s")
+    doc_type = doc_type_of(type)
     cursor = {"after_tier": after_tier, "after_popularity": after_popularity, "after_type": after_type,
               "after_id": after_id}  # fmt: skip
     params = {"q": q, "doc_type": doc_type, "limit": limit, **cursor}
