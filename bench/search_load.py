@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
 import re
 import time
 import urllib.request
-from urllib.parse import urlencode
 
 import httpx2 as httpx
 import psycopg
@@ -28,7 +26,7 @@ from bench.scratch import add_dataset_arguments, seeded_database
 from bench.system import paced, running_system
 from denorm.logs import configure_logging
 from loadtest.attribution import backend_cpu, cores_by_client
-from loadtest.catalog import SEARCH_TYPES, SEARCHES
+from loadtest.catalog import search_query
 
 CLIENT = "denorm-api-read"
 
@@ -45,13 +43,10 @@ def cache_counts(admin: str) -> tuple[float, float]:
 
 async def drive(base: str, rate: float, seconds: float) -> int:
     """Searches at `rate` a second, as the suite's users ask them; how many were answered."""
-    rng = random.Random()
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
 
         async def one() -> None:
-            kind = rng.choices(list(SEARCH_TYPES), weights=list(SEARCH_TYPES.values()))[0]
-            query = urlencode({"q": rng.choice(SEARCHES), "type": kind, "limit": "20"})
-            (await client.get(f"/api/search?{query}")).raise_for_status()
+            (await client.get(f"/api/search?{search_query()}")).raise_for_status()
 
         return await paced(one, rate, seconds)
 

@@ -12,6 +12,7 @@ import random
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 from gevent.lock import Semaphore
 
@@ -25,6 +26,13 @@ SEARCHES = (
 )  # fmt: skip
 # The search's type, as the suite asks for it (weights): mostly everything at once.
 SEARCH_TYPES = {"all": 70, "projects": 20, "users": 5, "chains": 5}
+
+
+def search_query() -> str:
+    """A search as the suite's users ask it, as a query string: one of SEARCHES, a type drawn with
+    SEARCH_TYPES' weights, twenty results."""
+    kind = random.choices(list(SEARCH_TYPES), weights=list(SEARCH_TYPES.values()))[0]
+    return urlencode({"q": random.choice(SEARCHES), "type": kind, "limit": "20"})
 
 
 def parse_id_ranges(text: str) -> list[range]:

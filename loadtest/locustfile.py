@@ -42,7 +42,7 @@ from locust.runners import WorkerRunner
 from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET
 from loadtest import gates, histogram, keepalive
-from loadtest.catalog import SEARCH_TYPES, SEARCHES, Catalog
+from loadtest.catalog import Catalog, search_query
 
 log = logging.getLogger("denorm.loadtest")
 
@@ -167,9 +167,7 @@ class Browsing(FastHttpUser):
             self.get_json(f"/api/chains/{slug}/{kind}?{query}", f"/api/chains/[slug]/{kind}?cursor=[cursor]")
 
     def search(self) -> None:
-        kind = random.choices(list(SEARCH_TYPES), weights=list(SEARCH_TYPES.values()))[0]
-        query = urlencode({"q": random.choice(SEARCHES), "type": kind, "limit": "20"})
-        self.get_json(f"/api/search?{query}", "/api/search?q=[query]")
+        self.get_json(f"/api/search?{search_query()}", "/api/search?q=[query]")
 
 
 class Reader(Browsing):
