@@ -158,6 +158,7 @@ def steady_state(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     except psycopg.errors.InsufficientPrivilege:  # a role without pg_checkpoint: said, not fatal
         checkpointed = False
     drain(conn, worker="loadtest")  # anything requested meanwhile: every view fresh
+    memory = warm(conn)
     row = conn.execute(
         "SELECT (SELECT coalesce(sum(n_dead_tup), 0)::bigint FROM pg_stat_user_tables), "
         "current_setting('autovacuum'), current_setting('synchronous_commit'), current_setting('shared_buffers'), "
@@ -168,10 +169,47 @@ def steady_state(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     conditions = dict(zip(("dead_rows", "autovacuum", "synchronous_commit", "shared_buffers", "max_wal_size",
                            "wal_compression", "track_wal_io_timing", "views_pending"), row, strict=True))  # fmt: skip
     conditions["checkpointed"] = checkpointed
+    conditions |= memory
     log.info("steady state before the load", **conditions)
     print("before the load: vacuumed and analyzed, " + ("checkpointed, " if checkpointed else "NOT checkpointed, ")
           + ", ".join(f"{k} {v}" for k, v in conditions.items() if k != "checkpointed"), flush=True)  # fmt: skip
+    if memory["shared_buffers_hold_pct"] < 100:
+        held = memory["shared_buffers_hold_pct"]
+        print(f"warning: shared_buffers holds {held}% of the database: reads past it come from the OS cache, "
+              "which some machines page out within seconds (this project's: docs/performance.md, 'The host "
+              "pages out the OS cache'), and then wait on the disk", flush=True)  # fmt: skip
     return conditions
+
+
+# Every relation with storage of the database's own schemas: tables, their TOAST, indexes, views.
+_RELATIONS = """
+SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 't', 'i', 'm') AND c.relpersistence <> 't'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast_)?temp'
+"""
+
+
+def warm(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """The database's pages in memory, as on a server that has been serving it for a while. A
+    database just seeded, or a server just restarted, has them in the OS cache at best, and some
+    hosts page the OS cache out within seconds of a page's last use (this project's machines do:
+    docs/performance.md): reads then wait on the disk, and every WAL flush waits behind them. So
+    every relation is read into shared_buffers when the database fits there (pg_prewarm), else into
+    the OS cache, and the run says how much of the database shared_buffers can hold."""
+    row = conn.execute(
+        "SELECT pg_database_size(current_database()), pg_size_bytes(current_setting('shared_buffers'))"
+    ).fetchone()
+    assert row is not None
+    database, buffers = int(row[0]), int(row[1])
+    fits = database <= buffers
+    try:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        conn.execute(f"SELECT pg_prewarm(oid, %s) FROM ({_RELATIONS}) r", ("buffer" if fits else "read",))
+        prewarmed = "into shared_buffers" if fits else "into the OS cache only"
+    except psycopg.Error as exc:  # not installed, or not a superuser: said, not fatal
+        prewarmed = f"no ({str(exc).strip().splitlines()[0]})"
+    return {"database_mib": database >> 20, "shared_buffers_hold_pct": min(100, 100 * buffers // max(database, 1)),
+            "prewarmed": prewarmed}  # fmt: skip
 
 
 def _forget_redis_sets(opts: Options) -> None:

@@ -369,6 +369,7 @@ def test_a_short_run_drives_every_route_and_writes_every_result(loadtest_db: tup
     # The state the load started from (issue 20): vacuumed, checkpointed, every view fresh.
     (before,) = summary["before_each_step"]
     assert before["checkpointed"] is True and before["views_pending"] == 0 and "before the load" in output
+    assert before["prewarmed"] == "into shared_buffers" and before["shared_buffers_hold_pct"] == 100
     # And how fast the machine was, so that runs can be compared (loadtest/calibrate.py).
     assert set(before["machine"]) == {
         "python_ms", "round_trip_ms", "commit_ms", "paced_round_trip_ms", "paced_commit_ms"
@@ -473,6 +474,32 @@ def test_the_probe_says_which_relations_the_wal_came_from(loadtest_db: tuple[str
         assert by_relation["wal_probe"]["fpi_mib"] >= 0.3 and by_relation["wal_probe"]["records"] >= 50
         assert "(no relation)" in by_relation  # the commits
         assert "note" in wal_by_relation(conn, "0/1000")
+
+
+def test_the_database_is_read_into_shared_buffers_before_the_load(
+    admin_conn: AdminConnection, template_database: str
+) -> None:
+    """A steady state has the database in memory (issue 20: reads from a disk, on a host that pages
+    the OS cache out, were a tenth to a third of Postgres's waits): a table written in bulk, which
+    leaves most of its pages out of shared_buffers, is wholly there after warm(), and the run says
+    how much of the database shared_buffers holds."""
+    from loadtest.run import warm
+
+    with scratch_database(admin_conn, "warm", template_database) as url, psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION pg_buffercache")
+        # CREATE TABLE AS writes through a ring of 16 MB of buffers: 45 MB leaves most pages out.
+        conn.execute("CREATE TABLE cold AS SELECT i, repeat('x', 400) AS pad FROM generate_series(1, 100000) i")
+        pages = conn.execute("SELECT pg_relation_size('cold') / current_setting('block_size')::int").fetchone()[0]  # type: ignore[index]
+        cached = (
+            "SELECT count(*) FROM pg_buffercache WHERE relfilenode = pg_relation_filenode('cold') "
+            "AND reldatabase = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        before = conn.execute(cached).fetchone()[0]  # type: ignore[index]
+        assert before < pages / 2, (before, pages)
+        said = warm(conn)
+        assert conn.execute(cached).fetchone()[0] == pages  # type: ignore[index]
+        assert said["prewarmed"] == "into shared_buffers" and said["shared_buffers_hold_pct"] == 100
+        assert said["database_mib"] >= 45
 
 
 def test_the_probe_gives_postgres_cpu_to_the_client_whose_backend_used_it(loadtest_db: tuple[str, str]) -> None:
