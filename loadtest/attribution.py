@@ -15,6 +15,11 @@ snapshots, and samples in between:
 - the WAL the window wrote, by relation, with the part that was full-page images (pg_walinspect,
   when the runner could create it): which tables and indexes the WAL, and so each commit's flush,
   comes from;
+- memory and the disk: the blocks the database read past shared_buffers (from the OS cache or the
+  disk: pg_stat_database), and the machine's disk reads and writes, their time each, and the OS
+  cache's size at both ends (/proc/diskstats and /proc/meminfo, through psutil): on a host that
+  pages the OS cache out, reads past shared_buffers reach the disk and the WAL's flushes queue
+  behind them (docs/performance.md, "The host pages out the OS cache");
 - the CPU of the database's backends by the client that opened them (their application_name: the
   API's writers' pool, its pooled reads, its pipelined reads, the refresher): which part of the
   system Postgres's cores go to. Read from /proc at both ends of the window, so the runner must be
@@ -41,6 +46,8 @@ SAMPLE_S = 0.5
 
 _POSTGRES = """
 SELECT (SELECT sum(xact_commit) FROM pg_stat_database WHERE datname = current_database()),
+       (SELECT sum(blks_read)::bigint FROM pg_stat_database WHERE datname = current_database()),
+       (SELECT sum(blks_hit)::bigint FROM pg_stat_database WHERE datname = current_database()),
        w.wal_records, w.wal_fpi, w.wal_bytes, w.wal_write, w.wal_sync, w.wal_write_time, w.wal_sync_time,
        b.checkpoints_timed, b.checkpoints_req,
        (SELECT coalesce(sum(autovacuum_count), 0)::bigint FROM pg_stat_user_tables),
@@ -74,8 +81,9 @@ _REFRESHES = """
 SELECT view_name, count(*), sum(duration_ms) FROM mv_refresh_log
 WHERE refresh_started_at >= %s GROUP BY 1 ORDER BY 1
 """
-_NAMES = ("commits", "wal_records", "wal_fpi", "wal_bytes", "wal_write", "wal_sync", "wal_write_ms", "wal_sync_ms",
-          "checkpoints_timed", "checkpoints_req", "autovacuum_runs", "autoanalyze_runs")  # fmt: skip
+_NAMES = ("commits", "blocks_read", "blocks_hit", "wal_records", "wal_fpi", "wal_bytes", "wal_write", "wal_sync",
+          "wal_write_ms", "wal_sync_ms", "checkpoints_timed", "checkpoints_req", "autovacuum_runs",
+          "autoanalyze_runs")  # fmt: skip
 
 
 def _quantiles_ms(hist: histogram.Histogram) -> dict[str, float | None]:
@@ -98,6 +106,7 @@ class StepProbe:
         self._before: tuple[str, tuple[Any, ...]] | None = None
         self._lsn: str | None = None
         self._cpu: dict[int, tuple[str, float]] | None = None
+        self._disk: DiskSnapshot | None = None
         self._thread: threading.Thread | None = None
 
     def start_at(self, at: float) -> None:
@@ -112,6 +121,7 @@ class StepProbe:
             self._before = (histogram.scrape(self.metrics_url), self._postgres(conn))
             self._lsn = str(conn.execute(_LSN).fetchone()[0])  # type: ignore[index]
             self._cpu = backend_cpu(conn)
+            self._disk = disk_snapshot()
             while not self._stop.wait(SAMPLE_S):
                 self.samples += 1
                 for wait, text in conn.execute(_WAITS):
@@ -142,6 +152,7 @@ class StepProbe:
             }
             wal = wal_by_relation(conn, self._lsn)
             cpu_after = backend_cpu(conn)
+        disk_after = disk_snapshot()
         seconds = (pg_after[-1] - started).total_seconds()
         routes = histogram.subtract(histogram.parse(text_after), histogram.parse(text_before))
         by_route: dict[str, histogram.Histogram] = {}
@@ -168,6 +179,8 @@ class StepProbe:
             "gc": {**_quantiles_ms(gc), "over_25ms": _over(gc, 0.025)},
             "postgres": {
                 "commits_per_s": round(float(deltas["commits"] or 0) / seconds, 1) if seconds else None,
+                "blocks_read_per_s": round(float(deltas["blocks_read"] or 0) / seconds, 1) if seconds else None,
+                "shared_buffers_hit_pct": _share_pct(deltas["blocks_hit"], deltas["blocks_read"]),
                 "wal_mib": round(float(deltas["wal_bytes"] or 0) / 2**20, 1),
                 "wal_fpi": deltas["wal_fpi"],
                 "wal_by_relation": wal,
@@ -185,7 +198,45 @@ class StepProbe:
                 "statements": _by_statement(self.seen, total_waits),
                 "cpu_by_client": cores_by_client(self._cpu, cpu_after, seconds),
             },
+            "disk": disk_rates(self._disk, disk_after, seconds) if self._disk is not None and seconds else {},
         }
+
+
+def _share_pct(hits: Any, reads: Any) -> float | None:
+    total = (hits or 0) + (reads or 0)
+    return round(100 * float(hits or 0) / total, 2) if total else None
+
+
+# The machine's disks, summed (read and write counts, bytes, milliseconds), and the OS cache's bytes.
+DiskSnapshot = tuple[int, int, int, int, int, int, int]
+
+
+def disk_snapshot() -> DiskSnapshot:
+    io = psutil.disk_io_counters(perdisk=False)
+    memory = psutil.virtual_memory()
+    # Linux counts shared memory (shared_buffers among it) as cached; only the files' pages are meant.
+    cached = max(0, int(getattr(memory, "cached", 0)) - int(getattr(memory, "shared", 0)))
+    if io is None:  # no disk statistics on this machine
+        return (0, 0, 0, 0, 0, 0, cached)
+    return (io.read_count, io.read_bytes, io.read_time, io.write_count, io.write_bytes, io.write_time, cached)
+
+
+def disk_rates(before: DiskSnapshot, after: DiskSnapshot, seconds: float) -> dict[str, Any]:
+    """The machine's disk over a window: reads and writes a second, MiB, ms each (the device's time
+    from issue to completion, queueing included), and the OS cache's size at both ends, MiB."""
+    delta = [a - b for a, b in zip(after[:6], before[:6], strict=True)]
+    reads, read_bytes, read_ms, writes, write_bytes, write_ms = delta
+
+    def each(ms: int, n: int) -> float | None:
+        return round(ms / n, 2) if n else None
+
+    return {
+        "reads_per_s": round(reads / seconds, 1), "read_mib": round(read_bytes / 2**20, 1),
+        "read_ms_each": each(read_ms, reads),
+        "writes_per_s": round(writes / seconds, 1), "write_mib": round(write_bytes / 2**20, 1),
+        "write_ms_each": each(write_ms, writes),
+        "os_cache_mib": [before[6] >> 20, after[6] >> 20],
+    }  # fmt: skip
 
 
 def wal_by_relation(conn: psycopg.Connection[Any], since: str | None, top: int = 8) -> dict[str, Any]:

@@ -548,12 +548,23 @@ def where_the_time_went(r: StepResult) -> list[str]:
         f"{pg['checkpoints']} checkpoints, autovacuum {pg['autovacuum_runs']}, autoanalyze {pg['autoanalyze_runs']}; "
         f"refreshes {refreshes}",
         f"         postgres WAL by relation, MiB (of which full-page images): {wal_text}",
+        f"         memory: postgres read {pg.get('blocks_read_per_s')} blocks/s past shared_buffers "
+        f"(hits {pg.get('shared_buffers_hit_pct')}%); {_disk_text(a.get('disk', {}))}",
         f"         postgres active sessions {pg['active_sessions_mean']} on average, waiting on: {waits}",
         f"         postgres active sessions were running: {statements}",
         f"         postgres CPU by client (cores): {clients}",
         f"         generator: locust workers {r.cpu_cores.get('locust workers', 0):.2f} cores",
         f"         out of CPU: {a.get('cpu_saturated', 'not judged')}",
     ]  # fmt: skip
+
+
+def _disk_text(d: dict[str, Any]) -> str:
+    if not d:
+        return "machine disk not read"
+    cache = d["os_cache_mib"]
+    return (f"machine disk {d['reads_per_s']} reads/s ({d['read_ms_each']} ms each, {d['read_mib']} MiB), "
+            f"{d['writes_per_s']} writes/s ({d['write_ms_each']} ms each, {d['write_mib']} MiB); "
+            f"OS cache {cache[0]:,} -> {cache[1]:,} MiB")  # fmt: skip
 
 
 # --- the command line ------------------------------------------------------------------------

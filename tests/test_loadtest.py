@@ -366,6 +366,10 @@ def test_a_short_run_drives_every_route_and_writes_every_result(loadtest_db: tup
     assert wal and "note" not in wal and all(x["mib"] >= x["fpi_mib"] for x in wal.values())
     text = (out / "summary.txt").read_text()
     assert "where the time went" in text and "event-loop lag" in text and "locust workers" in text
+    # Memory and the disk: the database prewarmed, so (nearly) every block came from shared_buffers.
+    assert where["postgres"]["shared_buffers_hit_pct"] > 90 and where["postgres"]["blocks_read_per_s"] >= 0
+    assert where["disk"]["writes_per_s"] > 0 and len(where["disk"]["os_cache_mib"]) == 2
+    assert "blocks/s past shared_buffers" in text and "machine disk" in text
     # The state the load started from (issue 20): vacuumed, checkpointed, every view fresh.
     (before,) = summary["before_each_step"]
     assert before["checkpointed"] is True and before["views_pending"] == 0 and "before the load" in output
@@ -500,6 +504,30 @@ def test_the_database_is_read_into_shared_buffers_before_the_load(
         assert conn.execute(cached).fetchone()[0] == pages  # type: ignore[index]
         assert said["prewarmed"] == "into shared_buffers" and said["shared_buffers_hold_pct"] == 100
         assert said["database_mib"] >= 45
+
+
+def test_the_probe_counts_the_machines_disk_reads() -> None:
+    """The machine's disk over a window: a file dropped from the OS cache and read again shows as
+    reads from the disk, and the OS cache's size is read at both ends."""
+    from loadtest.attribution import disk_rates, disk_snapshot
+
+    path = Path(__file__).resolve().parent / f".disk-probe-{uuid.uuid4().hex}"  # on the disk, not a tmpfs
+    try:
+        path.write_bytes(os.urandom(16 << 20))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # written back first: only clean pages leave the cache when asked
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            before, started = disk_snapshot(), time.monotonic()
+            while os.read(fd, 1 << 20):
+                pass
+            rates = disk_rates(before, disk_snapshot(), time.monotonic() - started)
+        finally:
+            os.close(fd)
+    finally:
+        path.unlink(missing_ok=True)
+    assert rates["read_mib"] >= 15 and rates["reads_per_s"] > 0 and rates["read_ms_each"] is not None
+    assert all(mib > 0 for mib in rates["os_cache_mib"])
 
 
 def test_the_probe_gives_postgres_cpu_to_the_client_whose_backend_used_it(loadtest_db: tuple[str, str]) -> None:
