@@ -52,7 +52,7 @@ def phases(before: str, after: str) -> str:
     run = histogram.subtract(histogram.parse(after, PHASES, ("phase",)), histogram.parse(before, PHASES, ("phase",)))
     empty = histogram.Histogram(())
     out = [f"changed {run.get(('write_through',), empty).count:.0f} of {run.get(('change',), empty).count:.0f}"]
-    for phase in ("front", "connection", "change", "write_through"):
+    for phase in ("rate_limit", "front", "connection", "change", "write_through"):
         p50 = run.get((phase,), empty).quantile(0.5)
         out.append(f"{phase} {p50 * 1000:.2f}" if p50 is not None else f"{phase} -")
     return ", ".join(out)

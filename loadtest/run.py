@@ -202,6 +202,7 @@ def warm(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     assert row is not None
     database, buffers = int(row[0]), int(row[1])
     fits = database <= buffers
+    log.info("prewarming", database_mib=database >> 20, into="shared_buffers" if fits else "the OS cache")
     try:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
         conn.execute(f"SELECT pg_prewarm(oid, %s) FROM ({_RELATIONS}) r", ("buffer" if fits else "read",))

@@ -355,6 +355,8 @@ def test_a_short_run_drives_every_route_and_writes_every_result(loadtest_db: tup
     # Where the time went, beside the client's percentiles (loadtest/attribution.py).
     where = summary["steps"][0]["attribution"]
     assert where["server"]["PUT /api/projects/{project_id}/upvote"]["count"] > 0
+    # Every phase of an upvote's server time, the rate limit's round trip to Redis apart.
+    assert set(where["upvote_phases"]) == {"rate_limit", "front", "connection", "change", "write_through"}
     assert where["server"]["GET /api/projects"]["p95_ms"] is not None
     assert where["event_loop_lag"]["count"] > 0 and where["gc"]["over_25ms"] is not None
     assert where["postgres"]["commits_per_s"] > 0 and isinstance(where["postgres"]["autovacuum_runs"], int)

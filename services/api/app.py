@@ -197,7 +197,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     upvote_phases = Histogram(
         "denorm_api_upvote_phase_seconds",
-        "An upvote's server time by phase: front (rate limit, token, routing), connection (pool wait), "
+        "An upvote's server time by phase: rate_limit (its round trip to Redis), front (body, token, "
+        "routing), connection (pool wait), "
         "change (with its commit and the count after it), write_through",
         ["phase"],
         registry=registry,

@@ -30,6 +30,8 @@ _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS"})  # the reads: their body, if an
 # When the front door saw the request (time.perf_counter()): a handler's own timings can then say
 # how much went before it (services/api/upvotes.py Laps).
 STARTED: ContextVar[float | None] = ContextVar("request_started", default=None)
+# When a write's rate limit had been counted (its round trip to Redis): the upvote's first phase.
+LIMIT_COUNTED: ContextVar[float | None] = ContextVar("limit_counted", default=None)
 
 
 class _TooLarge(Exception):
@@ -111,6 +113,7 @@ class Front:
                 await limits.check("writes")
             except errors.ApiError as exc:
                 limited = exc
+            LIMIT_COUNTED.set(time.perf_counter())
         if limited is not None:
             await limited.response()(scope, receive, send)
             status = limited.status

@@ -15,7 +15,7 @@ from denorm.sql import query
 from services.api.db import connection, fetch_all, raise_mapped
 from services.api.deps import Services
 from services.api.errors import ApiError
-from services.api.front import STARTED
+from services.api.front import LIMIT_COUNTED, STARTED
 
 
 async def set_upvote(svc: Services, user: int, project: int, want: bool | None) -> tuple[bool, int]:
@@ -33,6 +33,8 @@ async def set_upvote(svc: Services, user: int, project: int, want: bool | None) 
     """
     params = {"u": user, "p": project, "want": want, "durable": svc.settings.api_upvote_durable}
     lap = Laps(svc.upvote_phases)
+    if (counted := LIMIT_COUNTED.get()) is not None:
+        lap("rate_limit", counted)
     lap("front")
     async with contextlib.AsyncExitStack() as lease:
         conn = await lease.enter_async_context(connection(svc.write_pool))
@@ -76,17 +78,19 @@ async def _unlock(conn: AsyncConnection[Any], params: dict[str, Any], lease: con
 
 class Laps:
     """Where an upvote's server time goes, phase by phase (denorm_api_upvote_phase_seconds): the
-    front door (from the request's arrival: the rate limit, the token, routing), the wait for a
-    pooled connection, the change with its commit and the count after it, the write-through to Redis.
-    The 5 ms gate is judged on the whole; this says which part missed it."""
+    rate limit (from the request's arrival until its counters in Redis answered), the front door
+    (then the body, the token, routing), the wait for a pooled connection, the change with its commit
+    and the count after it, the write-through to Redis. The 5 ms gate is judged on the whole; this
+    says which part missed it."""
 
     def __init__(self, histogram: Histogram | None) -> None:
         self.histogram = histogram
         self.at = STARTED.get() or time.perf_counter()
 
-    def __call__(self, phase: str) -> None:
+    def __call__(self, phase: str, at: float | None = None) -> None:
+        """The time since the last lap, as `phase`: until now, or until `at` (a moment already past)."""
         if self.histogram is not None:
-            now = time.perf_counter()
+            now = time.perf_counter() if at is None else at
             self.histogram.labels(phase).observe(now - self.at)
             self.at = now
 
