@@ -13,6 +13,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from denorm.maintenance import prewarm
 from denorm.migrate import migrate
 
 ADMIN_URL = os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -85,8 +86,4 @@ def warm(conn: psycopg.Connection[Any]) -> None:
     (pg_prewarm, 'read'), as a production server with the memory for its data has them. Without it
     the first touch of each page of a larger dataset reads the disk, and a comparison of sizes
     measures how much of each had been read before rather than the work per change."""
-    conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
-    conn.execute(
-        "SELECT pg_prewarm(c.oid, 'read') FROM pg_class c "
-        "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'i', 'm') AND c.relpersistence = 'p'"
-    )
+    prewarm(conn, "read")

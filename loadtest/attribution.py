@@ -45,15 +45,15 @@ from loadtest.cpu import STOLEN
 SAMPLE_S = 0.5
 
 _POSTGRES = """
-SELECT (SELECT sum(xact_commit) FROM pg_stat_database WHERE datname = current_database()),
-       (SELECT sum(blks_read)::bigint FROM pg_stat_database WHERE datname = current_database()),
-       (SELECT sum(blks_hit)::bigint FROM pg_stat_database WHERE datname = current_database()),
+SELECT d.commits, d.blocks_read, d.blocks_hit,
        w.wal_records, w.wal_fpi, w.wal_bytes, w.wal_write, w.wal_sync, w.wal_write_time, w.wal_sync_time,
        b.checkpoints_timed, b.checkpoints_req,
        (SELECT coalesce(sum(autovacuum_count), 0)::bigint FROM pg_stat_user_tables),
        (SELECT coalesce(sum(autoanalyze_count), 0)::bigint FROM pg_stat_user_tables),
        clock_timestamp()
-FROM pg_stat_wal w, pg_stat_bgwriter b
+FROM pg_stat_wal w, pg_stat_bgwriter b,
+     (SELECT sum(xact_commit) AS commits, sum(blks_read)::bigint AS blocks_read, sum(blks_hit)::bigint AS blocks_hit
+      FROM pg_stat_database WHERE datname = current_database()) d
 """
 _WAITS = """
 SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU'), query FROM pg_stat_activity

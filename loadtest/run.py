@@ -181,14 +181,6 @@ def steady_state(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     return conditions
 
 
-# Every relation with storage of the database's own schemas: tables, their TOAST, indexes, views.
-_RELATIONS = """
-SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 't', 'i', 'm') AND c.relpersistence <> 't'
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast_)?temp'
-"""
-
-
 def warm(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """The database's pages in memory, as on a server that has been serving it for a while. A
     database just seeded, or a server just restarted, has them in the OS cache at best, and some
@@ -196,6 +188,8 @@ def warm(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     docs/performance.md): reads then wait on the disk, and every WAL flush waits behind them. So
     every relation is read into shared_buffers when the database fits there (pg_prewarm), else into
     the OS cache, and the run says how much of the database shared_buffers can hold."""
+    from denorm.maintenance import prewarm
+
     row = conn.execute(
         "SELECT pg_database_size(current_database()), pg_size_bytes(current_setting('shared_buffers'))"
     ).fetchone()
@@ -204,8 +198,7 @@ def warm(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     fits = database <= buffers
     log.info("prewarming", database_mib=database >> 20, into="shared_buffers" if fits else "the OS cache")
     try:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
-        conn.execute(f"SELECT pg_prewarm(oid, %s) FROM ({_RELATIONS}) r", ("buffer" if fits else "read",))
+        prewarm(conn, "buffer" if fits else "read")
         prewarmed = "into shared_buffers" if fits else "into the OS cache only"
     except psycopg.Error as exc:  # not installed, or not a superuser: said, not fatal
         prewarmed = f"no ({str(exc).strip().splitlines()[0]})"
