@@ -371,7 +371,9 @@ def wait_for_refreshers(conn: Connection, dbname: str, count: int) -> None:
 
 def test_refreshers_waiting_on_a_claimed_view_do_not_spin(seeded_url: str, settings: Settings) -> None:
     """A due view whose claim another holds: each refresher waits a poll interval between looks, so
-    two cost at most about twice one (they woke every 10 ms: 122 transactions a second became 1,302)."""
+    two cost about twice one (they woke every 10 ms: 122 transactions a second became 1,302). The
+    bound is three times: each process's periodic work varies within the 4 s window, and two took
+    1.8 to 2.65 times one in runs on a 2-core machine; a busy loop is ten times."""
     dbname = psycopg.conninfo.conninfo_to_dict(seeded_url)["dbname"]
     env = cli_env(DATABASE_URL=seeded_url, REDIS_KEY_PREFIX=settings.redis_key_prefix, REFRESHER_METRICS_PORT="0",
                   LOG_LEVEL="ERROR")  # fmt: skip
@@ -397,7 +399,7 @@ def test_refreshers_waiting_on_a_claimed_view_do_not_spin(seeded_url: str, setti
                     proc.wait(timeout=30)
                 holder.rollback()
     one_rate, two_rate = rates
-    assert two_rate <= 2.5 * one_rate, rates
+    assert two_rate <= 3 * one_rate, rates
     assert one_rate < 60, rates  # the fold (2 a second), the drain (10), the loop's looks (5), the gauges
 
 
