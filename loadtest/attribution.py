@@ -33,7 +33,7 @@ import threading
 import time
 from collections import Counter
 from functools import cache, lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 import psycopg
@@ -207,8 +207,16 @@ def _share_pct(hits: Any, reads: Any) -> float | None:
     return round(100 * float(hits or 0) / total, 2) if total else None
 
 
-# The machine's disks, summed (read and write counts, bytes, milliseconds), and the OS cache's bytes.
-DiskSnapshot = tuple[int, int, int, int, int, int, int]
+class DiskSnapshot(NamedTuple):
+    """The machine's disks, summed (counts, bytes, milliseconds since boot), and the OS cache's bytes."""
+
+    reads: int
+    read_bytes: int
+    read_ms: int
+    writes: int
+    write_bytes: int
+    write_ms: int
+    os_cache: int
 
 
 def disk_snapshot() -> DiskSnapshot:
@@ -217,26 +225,28 @@ def disk_snapshot() -> DiskSnapshot:
     # Linux counts shared memory (shared_buffers among it) as cached; only the files' pages are meant.
     cached = max(0, int(getattr(memory, "cached", 0)) - int(getattr(memory, "shared", 0)))
     if io is None:  # no disk statistics on this machine
-        return (0, 0, 0, 0, 0, 0, cached)
-    return (io.read_count, io.read_bytes, io.read_time, io.write_count, io.write_bytes, io.write_time, cached)
+        return DiskSnapshot(0, 0, 0, 0, 0, 0, cached)
+    return DiskSnapshot(io.read_count, io.read_bytes, io.read_time, io.write_count, io.write_bytes, io.write_time,
+                        cached)  # fmt: skip
 
 
 def disk_rates(before: DiskSnapshot, after: DiskSnapshot, seconds: float) -> dict[str, Any]:
     """The machine's disk over a window: reads and writes a second, MiB, ms each (the device's time
     from issue to completion, queueing included), and the OS cache's size at both ends, MiB."""
-    delta = [a - b for a, b in zip(after[:6], before[:6], strict=True)]
-    reads, read_bytes, read_ms, writes, write_bytes, write_ms = delta
+    reads, writes = after.reads - before.reads, after.writes - before.writes
 
     def each(ms: int, n: int) -> float | None:
         return round(ms / n, 2) if n else None
 
     return {
-        "reads_per_s": round(reads / seconds, 1), "read_mib": round(read_bytes / 2**20, 1),
-        "read_ms_each": each(read_ms, reads),
-        "writes_per_s": round(writes / seconds, 1), "write_mib": round(write_bytes / 2**20, 1),
-        "write_ms_each": each(write_ms, writes),
-        "os_cache_mib": [before[6] >> 20, after[6] >> 20],
-    }  # fmt: skip
+        "reads_per_s": round(reads / seconds, 1),
+        "read_mib": round((after.read_bytes - before.read_bytes) / 2**20, 1),
+        "read_ms_each": each(after.read_ms - before.read_ms, reads),
+        "writes_per_s": round(writes / seconds, 1),
+        "write_mib": round((after.write_bytes - before.write_bytes) / 2**20, 1),
+        "write_ms_each": each(after.write_ms - before.write_ms, writes),
+        "os_cache_mib": [before.os_cache >> 20, after.os_cache >> 20],
+    }
 
 
 def wal_by_relation(conn: psycopg.Connection[Any], since: str | None, top: int = 8) -> dict[str, Any]:
