@@ -7,12 +7,17 @@ export REDIS_URL    ?= redis://127.0.0.1:6379/0
 # A developer machine: the development JWT secret is accepted (an unset ENVIRONMENT means production).
 export ENVIRONMENT  ?= development
 
-.PHONY: help install run test lint typecheck pytest bench loadtest manifests image image-loadgen fmt lock clean
+.PHONY: help install run test quick lint typecheck pytest bench loadtest manifests image image-loadgen fmt lock clean \
+	system-run system-test system-bench
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-$(BIN)/denorm: requirements.lock pyproject.toml
+# The system tools first (scripts/system-packages.txt): installed as root, else one line says how.
+system-run system-test system-bench: system-%:
+	@scripts/system-setup.sh $*
+
+$(BIN)/denorm: requirements.lock pyproject.toml | system-run
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
@@ -26,25 +31,30 @@ run: install  ## migrate, seed the tiny dataset, start the API and the refresher
 	$(BIN)/denorm seed --scale tiny
 	scripts/run-demo.sh
 
-test: lint typecheck pytest  ## ruff, mypy and pytest against the real Postgres and Redis
+test: system-test lint typecheck pytest  ## everything: ruff, mypy, hadolint, promtool and every test (about 20 min)
 
-lint: install
+# Day to day: the tests that need no image build, no private Postgres cluster and no load run.
+QUICK := not image and not cluster and not loadrun
+
+quick: system-test lint typecheck  ## lint, mypy and every test but the image, private-cluster and load-run ones (minutes)
+	$(BIN)/pytest -m "$(QUICK)" $(PYTEST_ARGS)
+
+lint: install | system-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint Dockerfile
-	@command -v promtool >/dev/null || { echo "promtool: apt-get install prometheus (Debian's)"; exit 1; }
 	promtool check rules deploy/monitoring/alerts.yaml
 	promtool test rules deploy/monitoring/alerts-test.yaml
 
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install
+pytest: install | system-test
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 BENCHES ?= seed_speed hot_rows trigger_cost bulk backfill freshness maintenance_cost search_cost search_load api_queries api_throughput upvote_latency upvote_invalidation replica_replay
 
-bench: install  ## every benchmark, one after the other (BENCHES="hot_rows bulk" for some); figures in docs/
+bench: install | system-bench  ## every benchmark, one after the other (BENCHES="hot_rows bulk" for some); figures in docs/
 	@for b in $(BENCHES); do echo "== python -m bench.$$b"; $(BIN)/python -m bench.$$b || exit 1; done
 
 LOADTEST_ARGS ?=

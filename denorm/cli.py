@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import psycopg
+
 from denorm.config import get_settings
 from denorm.logs import configure_logging
 
@@ -147,7 +149,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     handler: Handler = args.handler
-    return handler(args)
+    try:
+        return handler(args)
+    except psycopg.OperationalError as exc:  # a tool run against a database that is not there
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"denorm {args.command}: Postgres is not reachable ({reason}): start it, or set DATABASE_URL",
+              file=sys.stderr)  # fmt: skip
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
   exec docker build --target "$target" --tag "$tag" "${base_args[@]}" .
 fi
 command -v buildah >/dev/null || {
-  echo "no Docker engine and no buildah: install one (Debian: apt-get install buildah podman debootstrap runc)" >&2
+  echo "no Docker engine and no buildah: install one (as root, make test installs buildah: scripts/system-setup.sh test)" >&2
   exit 1
 }
 if [[ -z "${PYTHON_IMAGE:-}" ]]; then

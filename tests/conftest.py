@@ -79,6 +79,17 @@ def scratch_database(admin: AdminConnection, kind: str, template: str = "templat
         drop_database(admin, name)
 
 
+# The fixtures that start a Postgres cluster of the test's own: a test that uses one is marked
+# `cluster`, which `make quick` leaves out.
+PRIVATE_CLUSTER_FIXTURES = {"replicated", "private_postgres"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if PRIVATE_CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
+
 @pytest.fixture(scope="session")
 def services_available() -> None:
     """Stop the whole run, loudly, when Postgres or Redis cannot be reached: never skip."""

@@ -2,8 +2,8 @@
 run them: read-only root, uid 10001, every capability dropped, no privilege escalation, /tmp a
 tmpfs. Every workload of the services' image does its job against this test's Postgres and Redis
 (host network); the load generator's image loads the suite. Without a Docker engine this builds
-with buildah and runs with podman, which `.ci/run` installs (Debian's buildah, podman, runc and
-debootstrap): a missing tool fails the test, it is never skipped."""
+with buildah and runs with podman, which `make test` installs (scripts/system-packages.txt): a
+missing tool fails the test, it is never skipped."""
 
 from __future__ import annotations
 
@@ -40,13 +40,13 @@ cgroup_manager = "cgroupfs"
 events_logger = "file"
 """
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.image
 
 
 @pytest.fixture(scope="module")
 def container_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     missing = [tool for tool in ("buildah", "podman", "debootstrap", "runc") if shutil.which(tool) is None]
-    assert not missing, f"install {' '.join(missing)} (Debian packages; .ci/run does)"
+    assert not missing, f"missing {' '.join(missing)}: make test installs them (scripts/system-packages.txt)"
     conf = tmp_path_factory.mktemp("containers") / "containers.conf"
     conf.write_text(CONTAINERS_CONF)
     return {**os.environ, "CONTAINERS_CONF": str(conf)}

@@ -319,7 +319,7 @@ def stats_rows(step_dir: Path) -> list[dict[str, str]]:
         return [r for r in csv.DictReader(f) if r["Name"] != "Aggregated"]
 
 
-@pytest.mark.slow
+@pytest.mark.loadrun
 def test_a_short_run_drives_every_route_and_writes_every_result(loadtest_db: tuple[str, str], tmp_path: Path) -> None:
     # Targets no healthy run can miss: this run checks the suite and the runner, not this machine's speed.
     lenient = 'default_ms = 10000\n[server]\n"* /api/projects/{project_id}/upvote" = 2500\n'
@@ -401,7 +401,7 @@ def test_the_commit_probe_waits_for_a_wal_flush_each_time(loadtest_db: tuple[str
     assert calibrate.python_ms(tries=2) > 0
 
 
-@pytest.mark.slow
+@pytest.mark.loadrun
 def test_an_impossible_target_fails_the_run(loadtest_db: tuple[str, str], tmp_path: Path) -> None:
     impossible = 'default_ms = 0.001\n[server]\n"* /api/projects/{project_id}/upvote" = 0.001\n'
     out = tmp_path / "impossible"

@@ -21,7 +21,7 @@ from tests.conftest import TEST_REDIS_URL
 from tests.support import admin
 from tests.test_api import auth
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.cluster
 
 
 def client_for(pair: tuple[str, str], redis_prefix: str, **overrides: Any) -> TestClient:

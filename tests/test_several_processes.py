@@ -20,7 +20,6 @@ from denorm.config import DEV_JWT_SECRET
 from loadtest.localproc import free_port, wait_ready
 from tests.support import DENORM, cli_env, run_denorm
 
-pytestmark = pytest.mark.slow
 LOCUSTFILE = Path(__file__).resolve().parent.parent / "loadtest" / "locustfile.py"
 # Targets no healthy run misses: this checks correctness under concurrency, not this machine's speed.
 LENIENT = 'default_ms = 10000\n[server]\n"* /api/projects/{project_id}/upvote" = 2500\n'
