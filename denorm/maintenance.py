@@ -70,29 +70,34 @@ def _call(conn: Connection, function: str, *args: Any, wal: bool = False) -> psy
 def fold(conn: Connection, max_keys: int = 20_000) -> list[FoldStep] | None:
     """One fold, in one transaction: each step of the registry in its order, each given the projects,
     users and chains the steps before it touched (db/schema/ledgers.sql). None when another fold
-    holds the lock."""
+    holds the lock, or when a table the fold uses is taken (it gives way, never waits)."""
     started = time.perf_counter()
     steps: list[FoldStep] = []
-    with conn.transaction():
-        row = conn.execute(query("fold_begin")).fetchone()
-        if row is None or not row[0]:
-            return None
-        touched: dict[str, set[int]] = {"projects": set(), "users": set(), "chains": set()}
-        wal = wal_position(conn)
-        for step in fold_steps():
-            at = time.perf_counter()
-            given = [sorted(touched[kind]) for kind in ("projects", "users", "chains")]
-            row = _call(conn, step, max_keys, *given, wal=True).fetchone()
-            assert row is not None  # a step returns one row
-            keys, deltas, *touches, wal_after = row
-            for kind, ids in zip(("projects", "users", "chains"), touches, strict=True):
-                touched[kind].update(ids or ())
-            steps.append(
-                FoldStep(step, int(keys or 0), int(deltas or 0), time.perf_counter() - at, int(wal_after - wal))
-            )
-            wal = wal_after
-        conn.execute(_fold_done(), {"duration_ms": round((time.perf_counter() - started) * 1000)})
+    try:
+        with conn.transaction():
+            row = conn.execute(query("fold_begin")).fetchone()
+            if row is None or not row[0]:
+                return None
+            _fold_steps(conn, steps, started, max_keys)
+    except psycopg.errors.LockNotAvailable:  # a table of the fold's is taken (a TRUNCATE): give way
+        return None
     return steps
+
+
+def _fold_steps(conn: Connection, steps: list[FoldStep], started: float, max_keys: int) -> None:
+    touched: dict[str, set[int]] = {"projects": set(), "users": set(), "chains": set()}
+    wal = wal_position(conn)
+    for step in fold_steps():
+        at = time.perf_counter()
+        given = [sorted(touched[kind]) for kind in ("projects", "users", "chains")]
+        row = _call(conn, step, max_keys, *given, wal=True).fetchone()
+        assert row is not None  # a step returns one row
+        keys, deltas, *touches, wal_after = row
+        for kind, ids in zip(("projects", "users", "chains"), touches, strict=True):
+            touched[kind].update(ids or ())
+        steps.append(FoldStep(step, int(keys or 0), int(deltas or 0), time.perf_counter() - at, int(wal_after - wal)))
+        wal = wal_after
+    conn.execute(_fold_done(), {"duration_ms": round((time.perf_counter() - started) * 1000)})
 
 
 def wal_position(conn: Connection) -> int:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import select
 from typing import Any
 
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, pq
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool.base import AttemptWithBackoff
 
 from denorm.pgpipe import PipelinedReads
 from denorm.sql import query
@@ -49,6 +52,63 @@ OLTP_SETTINGS = {
 
 def session_options(settings: dict[str, str]) -> str:
     return " ".join(f"-c {name}={value}" for name, value in settings.items())
+
+
+# psycopg_pool waits 1 s before it tries a lost connection again, then 2, 4, 8 ... s: after an outage
+# of half a minute, the pool's next attempt could come 16 s after Postgres is back, and writes would
+# wait for it. A steady quarter second instead (each try a refused connect while Postgres is down,
+# a few a second per pool) makes a pool whole within that of Postgres's return, however long it was
+# away. The library has no setting for it; tests/test_recovery.py holds it to its word.
+AttemptWithBackoff.INITIAL_DELAY = 0.25
+AttemptWithBackoff.DELAY_BACKOFF = 1.0
+
+
+class OutageLog(logging.Filter):
+    """psycopg_pool logs every failed attempt to connect (four a second per pool during an outage):
+    the first of an outage passes, the rest are counted, and the first connection made after them
+    is logged with their number. Everything else of the library's at WARNING or above passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if message.startswith("error connecting"):
+            self.failed += 1
+            return self.failed == 1
+        if message.startswith("adding new connection") and self.failed:
+            record.msg, record.args, record.levelno, record.levelname = (
+                "connected to Postgres again after %d failed attempts",
+                (self.failed,),
+                logging.WARNING,
+                "WARNING",
+            )
+            self.failed = 0
+            return True
+        return record.levelno >= logging.WARNING
+
+
+_pool_log = logging.getLogger("psycopg.pool")
+_pool_log.setLevel(logging.INFO)  # the filter needs to see the library's "adding new connection"
+_pool_log.addFilter(OutageLog())
+
+
+def gone(conn: AsyncConnection[Any]) -> bool:
+    """Whether an idle connection's server has already closed it: a restarted or stopped Postgres
+    leaves every pooled connection dead, and each would fail the request it is handed to. A socket
+    that has something to read while idle holds the server's goodbye; reading it tells. One poll,
+    no round trip."""
+    pgconn = conn.pgconn
+    if pgconn.status != pq.ConnStatus.OK:
+        return True
+    try:
+        readable, _, _ = select.select([pgconn.socket], [], [], 0)
+        if readable:
+            pgconn.consume_input()  # raises once the server has hung up
+    except (OSError, psycopg.OperationalError):
+        return True
+    return pgconn.status != pq.ConnStatus.OK
 
 
 class GatedPool(AsyncConnectionPool[AsyncConnection[TupleRow]]):
@@ -122,15 +182,29 @@ async def _warm_up(conn: AsyncConnection[TupleRow]) -> None:
 
 async def open_pool(url: str, application: str, min_size: int, max_size: int, timeout_s: float = 30.0) -> GatedPool:
     """An autocommit pool for the API: OLTP session settings, statements prepared on first use; a
-    wait for a connection longer than `timeout_s` raises PoolTimeout."""
+    wait for a connection longer than `timeout_s` raises PoolTimeout. A connection is checked as it
+    is handed out (`gone`): a dead one is dropped, the pool checks every other idle one in the
+    background, and the request gets a live connection instead."""
+    checking: set[asyncio.Task[None]] = set()
+
+    async def check(conn: AsyncConnection[Any]) -> None:
+        if gone(conn):
+            if not checking:  # one sweep at a time: the others it finds are as dead
+                task = asyncio.get_running_loop().create_task(pool.check())
+                checking.add(task)
+                task.add_done_callback(checking.discard)
+            raise psycopg.OperationalError("the server closed this pooled connection")
+
     pool = GatedPool(
         conninfo(url, application, options=session_options(OLTP_SETTINGS)),
         min_size=min_size,
         max_size=max_size,
         timeout=timeout_s,
         open=False,
+        name=application,
         kwargs={"autocommit": True, "prepare_threshold": 0},
         configure=_warm_up,
+        check=check,
     )
     await pool.open(wait=False)
     return pool

@@ -40,6 +40,9 @@ from denorm.logs import get_logger
 from denorm.sql import positional
 
 log = get_logger("denorm.pgpipe")
+# A lost lane tries again this often: a refused connect while Postgres is down, and back within this
+# of its return.
+RECONNECT_S = 0.25
 
 Row = tuple[bytes | None, ...]
 _TUPLES_OK = pq.ExecStatus.TUPLES_OK
@@ -381,16 +384,20 @@ class PipelinedReads:
             self._spawn(self._reconnect(lane))
 
     async def _reconnect(self, lane: _Lane) -> None:
-        delay = 0.1
+        """Try again every RECONNECT_S until the lane is back: within that of Postgres's return,
+        however long it was away. The first failure is logged, the rest counted."""
+        failed = 0
         while not self._closed and lane.conn is None:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(RECONNECT_S)
             try:
                 await lane.connect()
                 self.stats.reconnects += 1
-                log.info("pipeline connection back", lane=lane.index)
+                log.info("pipeline connection back", lane=lane.index, failed_attempts=failed)
             except psycopg.Error as exc:
-                delay = min(delay * 2, 5.0)
-                log.warning("pipeline reconnect failed", lane=lane.index, error=str(exc)[:200], retry_s=delay)
+                failed += 1
+                if failed == 1:
+                    log.warning("pipeline reconnect failed; retrying", lane=lane.index, error=str(exc)[:200],
+                                retry_s=RECONNECT_S)  # fmt: skip
 
     async def _watch(self) -> None:
         """Fail a lane whose oldest read has waited past the timeout (a hung server or network)."""

@@ -187,7 +187,7 @@ def reset(url: str) -> None:
 DELETE_USER_LOCK_TIMEOUT = "200ms"  # far below deadlock_timeout (1 s), far above one statement's trigger work
 
 
-def _run_one(conn: psycopg.Connection[Any], op: Op) -> None:
+def run_op(conn: psycopg.Connection[Any], op: Op) -> None:
     if op.kind == FOLD:
         fold(conn, op.params["k"])
         return
@@ -209,7 +209,7 @@ def run_program(url: str, program: Sequence[Op], outcome: Outcome, start: thread
         start.wait()
         for op in program:
             try:
-                _run_one(conn, op)
+                run_op(conn, op)
                 outcome.done += 1
             except errors.DeadlockDetected as exc:
                 outcome.deadlocks += 1

@@ -139,11 +139,34 @@ CREATE TABLE fold_state (
 );
 INSERT INTO fold_state DEFAULT VALUES;
 
+-- Every table the fold reads or writes, locked at its start without waiting. A fold that cannot have
+-- them all at once (a TRUNCATE rebuilding its read models holds one, or a migration) gives way at
+-- once and the next one tries again. Once it has them it never waits for a table lock, so it can
+-- form no deadlock with the rebuild a TRUNCATE's triggers run, whatever order those take their
+-- locks in. The sources in ROW SHARE (the fold reads them, some FOR UPDATE SKIP LOCKED), its own
+-- tables in ROW EXCLUSIVE: neither mode stands in a writer's way. tests/test_read_models.py holds
+-- the list to what a fold locks.
+CREATE FUNCTION fold_lock_tables() RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    LOCK TABLE users, projects, project_upvotes, project_comments, chains, chain_projects, chain_members,
+               forum_threads, forum_posts, messages
+        IN ROW SHARE MODE NOWAIT;
+    LOCK TABLE fold_state, project_counter_deltas, project_counters_base, project_upvote_moves,
+               user_stat_deltas, user_stats_base, conversation_deltas, conversation_base,
+               chain_stat_deltas, mv_chain_directory, forum_thread_deltas, mv_forum_threads,
+               mv_feed_projects, mv_chain_projects, mv_leaderboard_users, search_document_changes,
+               mv_search_documents, mv_search_words, mv_refresh_requests
+        IN ROW EXCLUSIVE MODE NOWAIT;
+    RETURN true;
+END $$;
+
 -- name: fold_begin
--- One folder at a time: a second caller gets false at once and folds nothing. Row locks are never
--- waited for (SKIP LOCKED); a table lock (a TRUNCATE rebuilding a read model) is waited for
--- briefly, then the fold gives up and the next one tries again.
-SELECT pg_try_advisory_xact_lock(7305798357383151617), set_config('lock_timeout', '2s', true)
+-- One folder at a time: a second caller gets false at once and folds nothing. Then every table it
+-- uses, without waiting (fold_lock_tables: LockNotAvailable, and this fold gives way). Row locks
+-- are never waited for (SKIP LOCKED).
+SELECT CASE WHEN pg_try_advisory_xact_lock(7305798357383151617) THEN fold_lock_tables() ELSE false END,
+       set_config('lock_timeout', '2s', true)
 
 -- name: fold_lock
 -- The fold's lock, waited for: a repair of a fold-kept read model writes it as the fold would.

@@ -93,17 +93,33 @@ async def connection(pool: Pool) -> AsyncIterator[AsyncConnection[Any]]:
         raise_mapped(exc)
 
 
-async def fetch_all(pool: Pool, name: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-    """The rows of a named statement (denorm/sql.py), run on the pool."""
-    async with connection(pool) as conn:
-        cur = await conn.execute(query(name), params)
-        # The result status, not cur.description: that builds a Column object per column per call.
-        result = cur.pgresult
-        return await cur.fetchall() if result is not None and result.status == TUPLES_OK else []
+async def fetch_all(
+    pool: Pool, name: str, params: dict[str, Any] | None = None, *, read: bool = False
+) -> list[tuple[Any, ...]]:
+    """The rows of a named statement (denorm/sql.py), run on the pool. A `read` that loses its
+    connection (a server that went away since the pool last saw it) is run once more on a fresh
+    one; a write is not, since it may have committed before the connection was lost."""
+    for attempt in (1, 2):
+        conn: AsyncConnection[Any] | None = None
+        try:
+            async with pool.connection() as conn:
+                cur = await conn.execute(query(name), params)
+                # The result status, not cur.description: that builds a Column object per column per call.
+                result = cur.pgresult
+                return await cur.fetchall() if result is not None and result.status == TUPLES_OK else []
+        except PoolTimeout as exc:
+            raise ApiError(503, "unavailable", "no database connection is free or reachable; try again") from exc
+        except psycopg.Error as exc:
+            if read and attempt == 1 and conn is not None and conn.broken:
+                continue
+            raise_mapped(exc)
+    raise AssertionError("unreachable")
 
 
-async def fetch_one(pool: Pool, name: str, params: dict[str, Any] | None = None) -> tuple[Any, ...] | None:
-    rows = await fetch_all(pool, name, params)
+async def fetch_one(
+    pool: Pool, name: str, params: dict[str, Any] | None = None, *, read: bool = False
+) -> tuple[Any, ...] | None:
+    rows = await fetch_all(pool, name, params, read=read)
     return rows[0] if rows else None
 
 
@@ -161,4 +177,4 @@ async def json_of(reads: PipelinedReads, name: str, params: dict[str, Any], miss
 
 async def json_of_pool(pool: Pool, name: str, params: dict[str, Any], missing: str = "") -> bytes:
     """As json_of, for a read that stays on the pool (a slow one: see denorm/pgpipe.py)."""
-    return _document(await fetch_one(pool, name, params), missing)
+    return _document(await fetch_one(pool, name, params, read=True), missing)

@@ -11,11 +11,14 @@ import psycopg
 from prometheus_client import Histogram
 from psycopg import AsyncConnection
 
+from denorm.logs import get_logger
 from denorm.sql import query
 from services.api.db import connection, fetch_all, raise_mapped
 from services.api.deps import Services
 from services.api.errors import ApiError
 from services.api.front import LIMIT_COUNTED, STARTED
+
+log = get_logger("denorm.api")
 
 
 async def set_upvote(svc: Services, user: int, project: int, want: bool | None) -> tuple[bool, int]:
@@ -67,10 +70,17 @@ async def set_upvote(svc: Services, user: int, project: int, want: bool | None) 
 
 async def _unlock(conn: AsyncConnection[Any], params: dict[str, Any], lease: contextlib.AsyncExitStack) -> None:
     """Release an upvote's lock after its answer, then return the connection to the pool. If the
-    release fails, the connection is closed instead: its session ends, and the lock with it."""
+    release fails, the connection is closed instead: its session ends, and the lock with it. That
+    is what happens when Postgres went away meanwhile, an expected event: a warning, not an error."""
     async with lease:
         try:
             await conn.execute(query("upvote_unlock"), params)
+        except psycopg.OperationalError as exc:
+            await conn.close()
+            log.warning(
+                "upvote lock not released: the connection is gone, and the lock went with its session",
+                user=params["u"], project=params["p"], error=str(exc).strip().splitlines()[0] if str(exc) else "",
+            )  # fmt: skip
         except BaseException:
             await conn.close()
             raise
@@ -102,10 +112,12 @@ async def upvoted_among(svc: Services, user: int, project_ids: Sequence[int]) ->
         return mine
     generation = await svc.cache.generation(user)
     if generation is None:  # Redis unusable: answer this page from Postgres alone
-        rows = await fetch_all(svc.read_pool, "upvoted_among", {"user_id": user, "project_ids": list(project_ids)})
+        rows = await fetch_all(
+            svc.read_pool, "upvoted_among", {"user_id": user, "project_ids": list(project_ids)}, read=True
+        )
         return {int(r[0]) for r in rows}
     # Load the whole set lazily, from the primary: a lagging replica could install a stale set.
-    rows = await fetch_all(svc.write_pool, "user_upvotes", {"user_id": user})
+    rows = await fetch_all(svc.write_pool, "user_upvotes", {"user_id": user}, read=True)
     everything = {int(r[0]) for r in rows}
     await svc.cache.load(user, generation, everything)
     return everything.intersection(project_ids)

@@ -36,6 +36,7 @@ from services.refresher import metrics
 from services.refresher.invalidator import Invalidator
 
 log = get_logger("denorm.refresher")
+RECONNECT_S = 0.25  # a refused connect while Postgres is down costs nothing
 
 
 def worker_id() -> str:
@@ -103,17 +104,23 @@ class Refresher:
         return conn
 
     def _reconnecting(self, role: str, step: Any) -> None:
-        """Run step(conn) until stopped, reconnecting after a lost connection (backing off)."""
-        backoff = 0.5
+        """Run step(conn) until stopped, reconnecting after a lost connection every RECONNECT_S: the
+        read models move again within that of Postgres's return, however long it was away. The first
+        failure of an outage is logged, and the connection's return with how long it took."""
+        lost_at: float | None = None
         while not self.stopping.is_set():
             try:
                 with self._connect(role) as conn:
-                    backoff = 0.5
+                    if lost_at is not None:
+                        log.info("connection back", role=role, down_s=round(time.monotonic() - lost_at, 2))
+                        lost_at = None
                     step(conn)
             except psycopg.Error as exc:
-                log.warning("connection lost", role=role, error=str(exc), retry_in_s=backoff)
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                if lost_at is None:
+                    lost_at = time.monotonic()
+                    log.warning("connection lost; retrying", role=role, error=str(exc).strip()[:300],
+                                retry_s=RECONNECT_S)  # fmt: skip
+                self.stopping.wait(RECONNECT_S)
 
     # --- the folder -------------------------------------------------------------------------
 

@@ -148,9 +148,12 @@ async def search(
 async def refresh_status(svc: ServicesDep) -> JSONBytes:
     """Per read model of the registry: how it is kept, its staleness bound and staleness, and for a
     refreshed view its queue state and last refresh."""
-    clocks = {r[0]: (r[1], float(r[2])) for r in await fetch_all(svc.read_pool, "freshness")}
-    queue = {r[0]: dict(zip(QUEUE_STATE, r[1:8], strict=True)) for r in await fetch_all(svc.read_pool, "queue_state")}
-    fold = await fetch_one(svc.read_pool, "fold_state")
+    clocks = {r[0]: (r[1], float(r[2])) for r in await fetch_all(svc.read_pool, "freshness", read=True)}
+    queue = {
+        r[0]: dict(zip(QUEUE_STATE, r[1:8], strict=True))
+        for r in await fetch_all(svc.read_pool, "queue_state", read=True)
+    }
+    fold = await fetch_one(svc.read_pool, "fold_state", read=True)
     models: list[dict[str, Any]] = []
     for m in REGISTRY:
         as_of, staleness = clocks.get(m.clock, (None, 0.0)) if m.clock else (None, 0.0)

@@ -85,7 +85,7 @@ async def answer_intro(
 
 
 async def _chain_id(svc: ServicesDep, slug: str) -> int:
-    row = await fetch_one(svc.read_pool, "chain_id", {"slug": slug})
+    row = await fetch_one(svc.read_pool, "chain_id", {"slug": slug}, read=True)
     if row is None:
         raise ApiError(404, "not_found", "no such chain")
     return int(row[0])
