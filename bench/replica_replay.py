@@ -1,6 +1,6 @@
 """How fast a streaming replica replays what the system writes (docs/capacity.md).
 
-A private primary and a `pg_basebackup -R` replica of it (tests/faults.py), the `small` dataset.
+A private primary and a `pg_basebackup -R` replica of it (bench/faults.py), the `small` dataset.
 With the replica's replay paused, the primary takes --changes writes of the load test's mix (upvote
 toggles, comments, messages, chain joins and leaves; bench/freshness.py), folded every 500 as the
 refresher would; then replay resumes, timed until the replica has replayed all of it. Prints the
@@ -20,12 +20,12 @@ from typing import Any
 
 import psycopg
 
+from bench.faults import PrivatePostgres, PrivateReplica
 from bench.freshness import WRITES, Ids, word
 from denorm.logs import configure_logging
 from denorm.maintenance import drain, fold, wal_position
 from denorm.migrate import ensure_database, migrate
 from denorm.seed import SCALES, seed
-from tests.faults import PrivatePostgres, PrivateReplica
 
 
 def replayed(standby: psycopg.Connection[Any]) -> int:

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     # upvotes. Measured side by side (bench.upvote_latency, docs/api.md) it gained little here, so
     # upvotes are durable unless a deployment chooses otherwise.
     api_upvote_durable: bool = Field(default=True, description="upvotes wait for the WAL to reach the disk")
+    # A write sent with an Idempotency-Key answers a retry with the same key from its record for this
+    # long (services/api/idempotency.py); the refresher prunes older keys.
+    api_idempotency_ttl_seconds: int = Field(
+        default=86_400, ge=60, description="how long a write's Idempotency-Key is remembered"
+    )
     # Longer than a client's pause between clicks and than a load balancer's idle timeout (60 s on
     # most): a server that closes an idle connection first races the client's next request on it,
     # which then fails (seen in the load test with uvicorn's default of 5 s).

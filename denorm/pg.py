@@ -100,11 +100,14 @@ def gone(conn: AsyncConnection[Any]) -> bool:
     that has something to read while idle holds the server's goodbye; reading it tells. One poll,
     no round trip."""
     pgconn = conn.pgconn
-    if pgconn.status != pq.ConnStatus.OK:
-        return True
     try:
-        readable, _, _ = select.select([pgconn.socket], [], [], 0)
-        if readable:
+        # A server that goes away sends its last words (a FATAL error), then closes: the first read
+        # takes the words, the next one meets the end. A live connection has nothing more to read.
+        for _ in range(3):
+            if pgconn.status != pq.ConnStatus.OK:
+                return True
+            if not select.select([pgconn.socket], [], [], 0)[0]:
+                return False
             pgconn.consume_input()  # raises once the server has hung up
     except (OSError, psycopg.OperationalError):
         return True

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -257,8 +258,12 @@ class Member(Browsing):
 
     def send(self, method: str, path: str, name: str, body: dict[str, Any] | None, ok: int,
              expected: tuple[int, ...] = ()) -> Any:  # fmt: skip
-        """A write expecting `ok`; statuses in `expected` are business outcomes, not failures."""
-        with self.client.request(method, path, name=name, json=body, headers=self.headers, catch_response=True) as r:
+        """A write expecting `ok`; statuses in `expected` are business outcomes, not failures. A POST
+        other than the upvote's toggle carries an Idempotency-Key, as a client that may retry sends it."""
+        headers = self.headers
+        if method == "POST" and not path.endswith("/upvote"):
+            headers = {**headers, "Idempotency-Key": uuid.uuid4().hex}
+        with self.client.request(method, path, name=name, json=body, headers=headers, catch_response=True) as r:
             if r.status_code == ok:
                 return _json(r)
             if r.status_code in expected:

@@ -25,11 +25,11 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import TupleRow
 
+from bench.faults import PrivatePostgres, PrivateRedis, PrivateReplica
 from denorm.config import Settings
 from denorm.maintenance import drain
 from denorm.migrate import ensure_database, migrate
 from denorm.seed import SCALES, seed
-from tests.faults import PrivatePostgres, PrivateRedis, PrivateReplica
 
 # The processes the tests start (the CLI, the API, the refresher) inherit it: the development
 # secret is accepted only where ENVIRONMENT says development or test.
@@ -226,7 +226,7 @@ def seeded_url(database_url: str, conn: psycopg.Connection[TupleRow]) -> str:
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    """A redis-server of this test's own (tests/faults.py), stopped when the test ends."""
+    """A redis-server of this test's own (bench/faults.py), stopped when the test ends."""
     server = PrivateRedis(tmp_path)
     server.start()
     yield server

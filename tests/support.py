@@ -95,7 +95,15 @@ def one(conn: Connection, query: str, *args: object) -> Any:
 
 # The schema files that are not read models, in the order a fresh database runs them; the read
 # models' files follow, in the registry's order. (The baseline migration was made so.)
-INFRASTRUCTURE = ("source.sql", "items.sql", "pages.sql", "ledgers.sql", "refresh_queue.sql", "reconcile_runs.sql")
+INFRASTRUCTURE = (
+    "source.sql",
+    "items.sql",
+    "pages.sql",
+    "ledgers.sql",
+    "refresh_queue.sql",
+    "reconcile_runs.sql",
+    "idempotency.sql",
+)
 
 
 def schema_files() -> list[Path]:

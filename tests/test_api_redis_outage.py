@@ -9,11 +9,11 @@ import psycopg
 import redis
 from fastapi.testclient import TestClient
 
+from bench.faults import PrivateRedis
 from denorm.config import Settings
 from loadtest.localproc import free_port
 from services.api.app import create_app
 from services.refresher.invalidator import Invalidator
-from tests.faults import PrivateRedis
 from tests.support import admin
 from tests.test_api import auth, redis_set, upvote_rows
 

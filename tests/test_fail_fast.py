@@ -23,11 +23,11 @@ import redis
 import requests
 from fastapi.testclient import TestClient
 
+from bench.faults import PrivatePostgres, PrivateRedis
 from denorm.auth import mint_token
 from denorm.config import DEV_JWT_SECRET, Settings
 from loadtest.localproc import free_port, wait_ready
 from services.api.app import create_app
-from tests.faults import PrivatePostgres, PrivateRedis
 from tests.support import DENORM, admin, cli_env, drifted, drop_role, make_role, one, run_denorm
 from tests.test_api import auth
 

@@ -17,11 +17,11 @@ import pytest
 from fastapi.testclient import TestClient
 from psycopg import sql
 
+from bench.faults import PrivatePgBouncer
 from denorm.config import Settings
 from denorm.pg import OLTP_SETTINGS
 from services.api.app import create_app
 from tests.conftest import TEST_REDIS_URL, AdminConnection
-from tests.faults import PrivatePgBouncer
 from tests.support import cli_env, drifted, drop_role, make_role, run_denorm
 from tests.test_api import auth
 

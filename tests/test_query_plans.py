@@ -91,6 +91,9 @@ PARAMS: dict[str, dict[str, Any]] = {
     "new_post": {"me": 1, "body": "b", "thread": 1},
     "add_chain_project": {"me": 1, "slug": "chain-1-postgres", "project": 1},
     "remove_chain_project": {"me": 1, "slug": "chain-1-postgres", "project": 1},
+    "idempotency_claim": {"user": 1, "key": "k", "fingerprint": b"f", "ttl": 86400},
+    "idempotency_answer": {"user": 1, "key": "k"},
+    "idempotency_record": {"user": 1, "key": "k", "status": 201, "body": b"{}"},
     # The refresher's and the reconciler's.
     "fold_begin": {},
     "fold_lock": {},
@@ -112,6 +115,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "fail_refresh": {"retry_max_s": 60.0, "retry_base_s": 1.0, "error": "e", "view_name": "mv_leaderboard_projects"},
     "next_due_in": {"debounce_s": 1.0, "min_interval_s": 3.0},
     "prune_log": {"days": 7},
+    "idempotency_prune": {"ttl": 86400},
     "reconcile_lock": {},
     "reconcile_unlock": {},
     "record_start": {"mode": "dry-run"},
@@ -124,7 +128,8 @@ PARAMS: dict[str, dict[str, Any]] = {
 API = {name for name in PARAMS if name.split(":")[0] in QUERIES} - {
     "fold_begin", "fold_lock", "collect_requests", "claim_due_view", "claim_view", "view_idle",
     "refresh_timeout", "finish_refresh", "log_refresh", "fail_refresh", "next_due_in", "prune_log",
-    "reconcile_lock", "reconcile_unlock", "record_start", "record_finish", "recent_runs", "upvote_sets",
+    "idempotency_prune", "reconcile_lock", "reconcile_unlock", "record_start", "record_finish", "recent_runs",
+    "upvote_sets",
     "upvote_changes_claim", "upvote_changes_done",
 }  # fmt: skip
 
@@ -136,7 +141,11 @@ def test_every_statement_has_parameters_here() -> None:
 def test_every_statement_the_api_names_is_planned_as_the_api_runs_it() -> None:
     """The names the API's code passes to its database calls are all among the API's statements."""
     source = "\n".join(p.read_text() for p in (REPO / "services" / "api").rglob("*.py"))
-    named = set(re.findall(r"""(?:fetch_all|fetch_one|json_of|json_of_pool|read_row|query)\([^"')]*"(\w+)\"""", source))
+    named = set(
+        re.findall(
+            r"""(?:fetch_all|fetch_one|json_of|json_of_pool|read_row|row_on|rows_on|query)\([^"')]*"(\w+)\"""", source
+        )
+    )
     assert named and named <= API | set(feed.statements()), named - API
 
 

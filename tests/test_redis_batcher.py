@@ -12,10 +12,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bench.faults import PrivateRedis
 from denorm.cache import Batcher, open_redis
 from loadtest.localproc import free_port
 from tests.conftest import TEST_REDIS_URL
-from tests.faults import PrivateRedis
 
 
 def test_concurrent_commands_share_batches_and_each_gets_its_own_reply(

@@ -25,12 +25,12 @@ import psycopg
 import pytest
 import requests
 
+from bench.faults import FreezingProxy, PrivateRedis
 from denorm.auth import mint_token
 from denorm.config import Settings
 from denorm.usercache import Breaker
 from loadtest.localproc import free_port, wait_ready
 from services.reconciler.reconcile import Reconciler
-from tests.faults import FreezingProxy, PrivateRedis
 from tests.support import DENORM, cli_env, one
 
 Connection = psycopg.Connection[Any]

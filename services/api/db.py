@@ -123,6 +123,23 @@ async def fetch_one(
     return rows[0] if rows else None
 
 
+async def row_on(conn: AsyncConnection[Any], name: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The first row of a named statement on this connection (a write in the caller's transaction);
+    a database error as its 4xx or 503."""
+    try:
+        return await (await conn.execute(query(name), params)).fetchone()
+    except psycopg.Error as exc:
+        raise_mapped(exc)
+
+
+async def rows_on(conn: AsyncConnection[Any], name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Every row of a named statement on this connection; a database error as its 4xx or 503."""
+    try:
+        return await (await conn.execute(query(name), params)).fetchall()
+    except psycopg.Error as exc:
+        raise_mapped(exc)
+
+
 async def read_row(
     reads: PipelinedReads, name: str, params: dict[str, Any], min_replay_lsn: int | None = None
 ) -> tuple[bytes | None, ...] | None:

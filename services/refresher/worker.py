@@ -185,7 +185,8 @@ class Refresher:
         def step(conn: psycopg.Connection[Any]) -> None:
             conn.execute("LISTEN mv_refresh")
             while not self.stopping.is_set():
-                for _ in conn.notifies(timeout=1.0, stop_after=1):
+                # Short, so that a SIGTERM is seen at once: the process is gone within a second of it.
+                for _ in conn.notifies(timeout=0.25, stop_after=1):
                     self._wake.set()
 
         self._reconnecting("listener", step)
@@ -199,6 +200,7 @@ class Refresher:
             while not self.stopping.is_set():
                 if time.monotonic() - pruned_at > 600:
                     conn.execute(query("prune_log"), {"days": self.settings.refresher_log_retention_days})
+                    conn.execute(query("idempotency_prune"), {"ttl": self.settings.api_idempotency_ttl_seconds})
                     pruned_at = time.monotonic()
                 self.collect(conn)
                 while not self.stopping.is_set() and self.refresh_one(conn) is not None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from psycopg import AsyncConnection
+from starlette.responses import Response
 
-from services.api.db import fetch_one, read
+from services.api.db import read, row_on
 from services.api.deps import OptionalUserDep, Services, ServicesDep, UserDep
 from services.api.errors import ERROR_RESPONSES, ApiError
 from services.api.fastpath import direct
 from services.api.feed import SORTS, Sort, position
+from services.api.idempotency import IdempotencyKey
+from services.api.idempotency import write as idempotent
 from services.api.models import Created, FeedPage, NewComment, NewProject, UpvoteState
 from services.api.params import IdPath, Limit
 from services.api.responses import JSONBytes, RawJSON, dumps
@@ -106,17 +110,29 @@ async def remove_upvote(svc: ServicesDep, user: UserDep, project_id: IdPath) -> 
 
 
 @router.post("", status_code=201, response_model=Created, response_class=JSONBytes)
-async def create_project(svc: ServicesDep, user: UserDep, body: NewProject) -> JSONBytes:
+async def create_project(
+    svc: ServicesDep, user: UserDep, body: NewProject, request: Request, key: IdempotencyKey = None
+) -> Response:
     """Create a project owned by the caller."""
-    row = await fetch_one(svc.write_pool, "create_project", {"owner": user, **body.model_dump()})
-    assert row is not None
-    return JSONBytes({"id": row[0]}, status_code=201)
+
+    async def run(conn: AsyncConnection[Any]) -> JSONBytes:
+        row = await row_on(conn, "create_project", {"owner": user, **body.model_dump()})
+        assert row is not None
+        return JSONBytes({"id": row[0]}, status_code=201)
+
+    return await idempotent(svc, request, user, key, body, run)
 
 
 @router.post("/{project_id}/comments", status_code=201, response_model=Created, response_class=JSONBytes)
-async def comment(svc: ServicesDep, user: UserDep, project_id: IdPath, body: NewComment) -> JSONBytes:
+async def comment(
+    svc: ServicesDep, user: UserDep, project_id: IdPath, body: NewComment, request: Request, key: IdempotencyKey = None
+) -> Response:
     """Comment on a project."""
-    row = await fetch_one(svc.write_pool, "add_comment", {"user": user, "project": project_id, "body": body.body})
-    if row is None:
-        raise ApiError(404, "not_found", "no such project")
-    return JSONBytes({"id": row[0]}, status_code=201)
+
+    async def run(conn: AsyncConnection[Any]) -> JSONBytes:
+        row = await row_on(conn, "add_comment", {"user": user, "project": project_id, "body": body.body})
+        if row is None:
+            raise ApiError(404, "not_found", "no such project")
+        return JSONBytes({"id": row[0]}, status_code=201)
+
+    return await idempotent(svc, request, user, key, body, run)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from psycopg import AsyncConnection
+from starlette.responses import Response
 
-from services.api.db import fetch_all, fetch_one, read_json
+from services.api.db import fetch_one, read_json, row_on, rows_on
 from services.api.deps import Services, ServicesDep, UserDep
 from services.api.errors import ERROR_RESPONSES, ApiError
 from services.api.fastpath import direct
+from services.api.idempotency import IdempotencyKey
+from services.api.idempotency import write as idempotent
 from services.api.models import (
     Changed,
     Conversations,
@@ -38,92 +42,135 @@ async def conversations(svc: ServicesDep, user: UserDep, limit: Annotated[int, Q
 
 
 @router.post("/api/messages", status_code=201, tags=["messages"], response_model=Created, response_class=JSONBytes)
-async def send_message(svc: ServicesDep, user: UserDep, body: NewMessage) -> JSONBytes:
+async def send_message(
+    svc: ServicesDep, user: UserDep, body: NewMessage, request: Request, key: IdempotencyKey = None
+) -> Response:
     """Send a message to another user."""
     if body.recipient_id == user:
         raise ApiError(422, "invalid_input", "you cannot message yourself")
-    row = await fetch_one(
-        svc.write_pool, "send_message", {"sender": user, "recipient": body.recipient_id, "body": body.body}
-    )
-    assert row is not None
-    return JSONBytes({"id": row[0]}, status_code=201)
+
+    async def run(conn: AsyncConnection[Any]) -> JSONBytes:
+        row = await row_on(conn, "send_message", {"sender": user, "recipient": body.recipient_id, "body": body.body})
+        assert row is not None
+        return JSONBytes({"id": row[0]}, status_code=201)
+
+    return await idempotent(svc, request, user, key, body, run)
 
 
 @router.post("/api/messages/read", tags=["messages"], response_model=Changed, response_class=JSONBytes)
-async def mark_read(svc: ServicesDep, user: UserDep, body: MarkRead) -> JSONBytes:
+async def mark_read(
+    svc: ServicesDep, user: UserDep, body: MarkRead, request: Request, key: IdempotencyKey = None
+) -> Response:
     """Mark every unread message from one user to the caller as read."""
-    rows = await fetch_all(svc.write_pool, "mark_read", {"me": user, "other": body.other_user_id})
-    return JSONBytes({"changed": len(rows)})
+
+    async def run(conn: AsyncConnection[Any]) -> JSONBytes:
+        rows = await rows_on(conn, "mark_read", {"me": user, "other": body.other_user_id})
+        return JSONBytes({"changed": len(rows)})
+
+    return await idempotent(svc, request, user, key, body, run)
 
 
 @router.post("/api/intro-requests", status_code=201, tags=["intro requests"], response_model=Created,
              response_class=JSONBytes)  # fmt: skip
-async def create_intro(svc: ServicesDep, user: UserDep, body: NewIntroRequest) -> JSONBytes:
+async def create_intro(
+    svc: ServicesDep, user: UserDep, body: NewIntroRequest, request: Request, key: IdempotencyKey = None
+) -> Response:
     """Ask another user for an introduction, optionally about a project."""
     if body.target_id == user:
         raise ApiError(422, "invalid_input", "you cannot ask yourself for an intro")
-    row = await fetch_one(
-        svc.write_pool,
-        "create_intro",
-        {"me": user, "target": body.target_id, "project": body.project_id, "message": body.message},
-    )
-    assert row is not None
-    return JSONBytes({"id": row[0]}, status_code=201)
+    params = {"me": user, "target": body.target_id, "project": body.project_id, "message": body.message}
+
+    async def run(conn: AsyncConnection[Any]) -> JSONBytes:
+        row = await row_on(conn, "create_intro", params)
+        assert row is not None
+        return JSONBytes({"id": row[0]}, status_code=201)
+
+    return await idempotent(svc, request, user, key, body, run)
 
 
 @router.post("/api/intro-requests/{intro_id}/{decision}", tags=["intro requests"], response_model=Changed,
              response_class=JSONBytes)  # fmt: skip
 async def answer_intro(
-    svc: ServicesDep, user: UserDep, intro_id: IdPath, decision: Literal["accept", "decline"]
-) -> JSONBytes:
+    svc: ServicesDep,
+    user: UserDep,
+    intro_id: IdPath,
+    decision: Literal["accept", "decline"],
+    request: Request,
+    key: IdempotencyKey = None,
+) -> Response:
     """Accept or decline a pending intro request addressed to the caller."""
     status = "accepted" if decision == "accept" else "declined"
-    row = await fetch_one(svc.write_pool, "answer_intro", {"status": status, "id": intro_id, "me": user})
-    if row is None:
-        raise ApiError(404, "not_found", "no pending intro request of yours with that id")
-    return JSONBytes({"changed": 1})
+
+    async def run(conn: AsyncConnection[Any]) -> JSONBytes:
+        if await row_on(conn, "answer_intro", {"status": status, "id": intro_id, "me": user}) is None:
+            raise ApiError(404, "not_found", "no pending intro request of yours with that id")
+        return JSONBytes({"changed": 1})
+
+    return await idempotent(svc, request, user, key, None, run)
 
 
-async def _chain_id(svc: ServicesDep, slug: str) -> int:
-    row = await fetch_one(svc.read_pool, "chain_id", {"slug": slug}, read=True)
+async def _chain_id(conn: AsyncConnection[Any], slug: str) -> int:
+    row = await row_on(conn, "chain_id", {"slug": slug})
     if row is None:
         raise ApiError(404, "not_found", "no such chain")
     return int(row[0])
 
 
 @router.put("/api/chains/{slug}/membership", tags=["chains"], response_model=Changed, response_class=JSONBytes)
-async def join_chain(svc: ServicesDep, user: UserDep, slug: Slug) -> JSONBytes:
+async def join_chain(
+    svc: ServicesDep, user: UserDep, slug: Slug, request: Request, key: IdempotencyKey = None
+) -> Response:
     """Join a chain (idempotent)."""
-    rows = await fetch_all(svc.write_pool, "join_chain", {"me": user, "slug": slug})
-    if not rows:
-        await _chain_id(svc, slug)  # 404 when the chain does not exist
-    return JSONBytes({"changed": len(rows)})
+
+    async def run(conn: AsyncConnection[Any]) -> JSONBytes:
+        rows = await rows_on(conn, "join_chain", {"me": user, "slug": slug})
+        if not rows:
+            await _chain_id(conn, slug)  # 404 when the chain does not exist
+        return JSONBytes({"changed": len(rows)})
+
+    return await idempotent(svc, request, user, key, None, run)
 
 
 @router.delete("/api/chains/{slug}/membership", tags=["chains"], response_model=Changed, response_class=JSONBytes)
-async def leave_chain(svc: ServicesDep, user: UserDep, slug: Slug) -> JSONBytes:
+async def leave_chain(
+    svc: ServicesDep, user: UserDep, slug: Slug, request: Request, key: IdempotencyKey = None
+) -> Response:
     """Leave a chain (idempotent)."""
-    chain_id = await _chain_id(svc, slug)
-    rows = await fetch_all(svc.write_pool, "leave_chain", {"chain": chain_id, "me": user})
-    return JSONBytes({"changed": len(rows)})
+
+    async def run(conn: AsyncConnection[Any]) -> JSONBytes:
+        chain_id = await _chain_id(conn, slug)
+        rows = await rows_on(conn, "leave_chain", {"chain": chain_id, "me": user})
+        return JSONBytes({"changed": len(rows)})
+
+    return await idempotent(svc, request, user, key, None, run)
 
 
 @router.post("/api/chains/{slug}/threads", status_code=201, tags=["chains"], response_model=Created,
              response_class=JSONBytes)  # fmt: skip
-async def new_thread(svc: ServicesDep, user: UserDep, slug: Slug, body: NewThread) -> JSONBytes:
+async def new_thread(
+    svc: ServicesDep, user: UserDep, slug: Slug, body: NewThread, request: Request, key: IdempotencyKey = None
+) -> Response:
     """Open a forum thread in a chain: members only (403 otherwise)."""
-    row = await fetch_one(
-        svc.write_pool, "new_thread", {"me": user, "title": body.title, "body": body.body, "slug": slug}
-    )
-    return _created_by_member(row, "no such chain")
+
+    async def run(conn: AsyncConnection[Any]) -> JSONBytes:
+        params = {"me": user, "title": body.title, "body": body.body, "slug": slug}
+        return _created_by_member(await row_on(conn, "new_thread", params), "no such chain")
+
+    return await idempotent(svc, request, user, key, body, run)
 
 
 @router.post("/api/threads/{thread_id}/posts", status_code=201, tags=["chains"], response_model=Created,
              response_class=JSONBytes)  # fmt: skip
-async def new_post(svc: ServicesDep, user: UserDep, thread_id: IdPath, body: NewPost) -> JSONBytes:
+async def new_post(
+    svc: ServicesDep, user: UserDep, thread_id: IdPath, body: NewPost, request: Request, key: IdempotencyKey = None
+) -> Response:
     """Reply in a forum thread: members of its chain only (403 otherwise)."""
-    row = await fetch_one(svc.write_pool, "new_post", {"me": user, "body": body.body, "thread": thread_id})
-    return _created_by_member(row, "no such thread")
+
+    async def run(conn: AsyncConnection[Any]) -> JSONBytes:
+        row = await row_on(conn, "new_post", {"me": user, "body": body.body, "thread": thread_id})
+        return _created_by_member(row, "no such thread")
+
+    return await idempotent(svc, request, user, key, body, run)
 
 
 @router.put("/api/chains/{slug}/projects/{project_id}", tags=["chains"], response_model=Changed,

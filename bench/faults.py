@@ -1,6 +1,6 @@
-"""Real faults for the tests: a redis-server and a Postgres cluster of the test's own, which it may
-kill, restart or stall, and a TCP proxy that can freeze one client's traffic (a process cut off
-from Redis while the others are not)."""
+"""Real faults for the tests and the benches: a redis-server and a Postgres cluster of their own,
+which they may kill, restart or stall, and a TCP proxy that can freeze one client's traffic (a
+process cut off from Redis while the others are not)."""
 
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ class PrivatePostgres:
     """A PostgreSQL cluster of this test's own (Debian's pg_createcluster, trust auth, on a free
     port), that the test may stop and start; dropped at the end."""
 
-    def __init__(self, version: str = "15", replicable: bool = False) -> None:
+    def __init__(self, version: str = "15", replicable: bool = False, durable: bool = False) -> None:
         self.version = version
         self.name = f"t{uuid.uuid4().hex[:10]}"
         self.port = free_port()
@@ -140,20 +140,28 @@ class PrivatePostgres:
             check=True, capture_output=True,
         )  # fmt: skip
         conf = Path(f"/etc/postgresql/{version}/{self.name}/conf.d/90-test.conf")
-        # Durability off, for speed; a primary to take a base backup of keeps full-page writes on.
-        pages = "" if replicable else "full_page_writes = off\n"
-        conf.write_text(f"fsync = off\nsynchronous_commit = off\n{pages}autovacuum = off\n")
+        # Durability off, for speed, unless a crash must keep every commit (`durable`); a primary to
+        # take a base backup of keeps full-page writes on.
+        pages = "" if replicable or durable else "full_page_writes = off\n"
+        speed = "" if durable else "fsync = off\nsynchronous_commit = off\n"
+        conf.write_text(f"{speed}{pages}autovacuum = off\n")
         self.start()
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
 
     def start(self) -> None:
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, "start"],
-                       check=True, capture_output=True)  # fmt: skip
+        self.ctl("start")
 
     def stop(self) -> None:
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, "stop", "-m", "fast"],
+        self.ctl("stop", "-m", "fast")
+
+    def crash(self) -> None:
+        """An immediate shutdown and a start: every backend killed, the WAL replayed on the way up."""
+        self.ctl("restart", "-m", "immediate")
+
+    def ctl(self, *args: str) -> None:
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, *args],
                        check=True, capture_output=True)  # fmt: skip
 
     def drop(self) -> None:
