@@ -260,7 +260,7 @@ class Member(Browsing):
              expected: tuple[int, ...] = ()) -> Any:  # fmt: skip
         """A write expecting `ok`; statuses in `expected` are business outcomes, not failures. A POST
         other than the upvote's toggle carries an Idempotency-Key, as a client that may retry sends it."""
-        headers = self.headers
+        headers = dict(self.headers or {})
         if method == "POST" and not path.endswith("/upvote"):
             headers = {**headers, "Idempotency-Key": uuid.uuid4().hex}
         with self.client.request(method, path, name=name, json=body, headers=headers, catch_response=True) as r:
