@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+import structlog
 from fastapi.testclient import TestClient
 
 from denorm.auth import mint_token
@@ -213,6 +214,33 @@ def test_a_lock_release_that_fails_closes_its_connection_and_so_frees_the_lock(
         assert time.monotonic() < deadline, "the lock outlived its connection"
         time.sleep(0.01)
     conn.execute("SELECT pg_advisory_unlock(upvote_lock_key(3, 5))")
+
+
+def test_a_lock_release_on_a_connection_postgres_dropped_is_a_warning_not_an_error(
+    database_url: str, conn: Connection
+) -> None:
+    """Postgres went away (here: the session terminated) between the answer and the release: the
+    lock went with the session, an expected event, logged as a warning that says so."""
+
+    async def release_on_a_dead_session() -> list[dict[str, Any]]:
+        pool = await open_pool(database_url, "test-release", 1, 1)
+        try:
+            lease = contextlib.AsyncExitStack()
+            held = await lease.enter_async_context(connection(pool))
+            await held.execute("SELECT pg_advisory_lock(upvote_lock_key(3, 6))")
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                         ("denorm-test-release",))  # fmt: skip
+            with structlog.testing.capture_logs() as logs:
+                await _unlock(held, {"u": 3, "p": 6}, lease)  # raises nothing
+            return logs
+        finally:
+            await pool.close()
+
+    logs = asyncio.run(release_on_a_dead_session())
+    assert [(e["log_level"], e["event"]) for e in logs] == [
+        ("warning", "upvote lock not released: the connection is gone, and the lock went with its session")
+    ]
+    assert conn.execute("SELECT pg_try_advisory_lock(upvote_lock_key(3, 6))").fetchone() == (True,)
 
 
 def held_upvote_locks(conn: Connection) -> int:
