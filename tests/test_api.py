@@ -7,7 +7,7 @@ import concurrent.futures
 import contextlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import psycopg
@@ -222,7 +222,7 @@ def test_a_lock_release_on_a_connection_postgres_dropped_is_a_warning_not_an_err
     """Postgres went away (here: the session terminated) between the answer and the release: the
     lock went with the session, an expected event, logged as a warning that says so."""
 
-    async def release_on_a_dead_session() -> list[dict[str, Any]]:
+    async def release_on_a_dead_session() -> list[MutableMapping[str, Any]]:
         pool = await open_pool(database_url, "test-release", 1, 1)
         try:
             lease = contextlib.AsyncExitStack()
