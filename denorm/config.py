@@ -8,6 +8,17 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_JWT_SECRET = "dev-secret-change-me-0123456789abcdef"
+# What API_WITHOUT may name, each with its plain alternative.
+MECHANISMS = {
+    "fastpath": "the hot reads through FastAPI's routing and validation (services/api/fastpath.py)",
+    "front": "the front door and the direct path as ordinary middleware, inside Starlette's (app.py Api)",
+    "gate": "psycopg_pool's own queue for a connection (denorm/pg.py GatedPool)",
+    "pipeline": "each short read on a pooled connection of its own (denorm/pgpipe.py)",
+    "batcher": "each feed's Redis check sent alone (denorm/cache.py Batcher)",
+    "token-cache": "every token verified in full (denorm/auth.py TokenVerifier)",
+    "coalescing": "concurrent identical search misses each computed (services/api/answercache.py)",
+    "refresh-ahead": "a cached search recomputed only once it expired (services/api/answercache.py)",
+}
 
 
 class Settings(BaseSettings):
@@ -66,7 +77,10 @@ class Settings(BaseSettings):
     api_rate_writes_per_address: str = Field(default="200/second", description="writes per client address")
     api_rate_search_misses_per_token: str = Field(default="10/second;300/minute", description="search misses per token")
     api_rate_search_misses_per_address: str = Field(default="100/second", description="search misses per address")
-    api_fast_reads: bool = Field(default=True, description="serve valid hot GET reads without FastAPI's machinery")
+    # The API's mechanisms of its own, each measured against its plain alternative in one run
+    # (bench/mechanisms.py): name any of MECHANISMS here, comma-separated, to run without it, as that
+    # bench does. Empty in production.
+    api_without: str = Field(default="", description="mechanisms to run without, for measurement (MECHANISMS)")
     # The garbage collector's thresholds (gen0 allocations, gen1 and gen2 collections): the
     # interpreter's 700,10,10 made a 37 ms gen1 pause every 3 s and a 138 ms full one every 15 s
     # under 5000 users (docs/performance.md); rarer collections stall less often.
@@ -153,6 +167,19 @@ class Settings(BaseSettings):
 
         parse_many(value)  # a ValueError names what it could not read
         return value
+
+    @field_validator("api_without")
+    @classmethod
+    def _mechanisms(cls, value: str) -> str:
+        unknown = {n.strip() for n in value.split(",") if n.strip()} - MECHANISMS.keys()
+        if unknown:
+            raise ValueError(f"unknown mechanisms {sorted(unknown)}: API_WITHOUT takes {', '.join(MECHANISMS)}")
+        return value
+
+    @property
+    def without(self) -> frozenset[str]:
+        """The mechanisms API_WITHOUT turns off."""
+        return frozenset(n.strip() for n in self.api_without.split(",") if n.strip())
 
     @field_validator("api_cpu_slice_us")
     @classmethod

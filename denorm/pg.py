@@ -183,11 +183,13 @@ async def _warm_up(conn: AsyncConnection[TupleRow]) -> None:
         await conn.execute(query("upvote_warm_up"))
 
 
-async def open_pool(url: str, application: str, min_size: int, max_size: int, timeout_s: float = 30.0) -> GatedPool:
-    """An autocommit pool for the API: OLTP session settings, statements prepared on first use; a
-    wait for a connection longer than `timeout_s` raises PoolTimeout. A connection is checked as it
-    is handed out (`gone`): a dead one is dropped, the pool checks every other idle one in the
-    background, and the request gets a live connection instead."""
+async def open_pool(
+    url: str, application: str, min_size: int, max_size: int, timeout_s: float = 30.0, gated: bool = True
+) -> AsyncConnectionPool[AsyncConnection[TupleRow]]:
+    """An autocommit pool for the API (a GatedPool unless not `gated`): OLTP session settings,
+    statements prepared on first use; a wait for a connection longer than `timeout_s` raises
+    PoolTimeout. A connection is checked as it is handed out (`gone`): a dead one is dropped, the
+    pool checks every other idle one in the background, and the request gets a live one instead."""
     checking: set[asyncio.Task[None]] = set()
 
     async def check(conn: AsyncConnection[Any]) -> None:
@@ -198,7 +200,7 @@ async def open_pool(url: str, application: str, min_size: int, max_size: int, ti
                 task.add_done_callback(checking.discard)
             raise psycopg.OperationalError("the server closed this pooled connection")
 
-    pool = GatedPool(
+    pool = (GatedPool if gated else AsyncConnectionPool)(
         conninfo(url, application, options=session_options(OLTP_SETTINGS)),
         min_size=min_size,
         max_size=max_size,

@@ -175,8 +175,10 @@ class UserCache:
     breaker: Breaker = field(default_factory=Breaker)
     stats: CacheStats = field(default_factory=CacheStats)
 
+    batching: bool = True  # the feed's checks pipelined across requests (Batcher), or each sent alone
+
     def __post_init__(self) -> None:
-        self.batcher = Batcher(self.client)  # the feed's checks, pipelined across requests
+        self.batcher = Batcher(self.client)
 
     def _keys(self, user_id: int) -> list[str]:
         return [set_key(self.prefix, user_id), generation_key(self.prefix, user_id), epoch_key(self.prefix)]
@@ -204,7 +206,8 @@ class UserCache:
         if not self.breaker.allow():
             return None
         try:
-            flags = await self.batcher.execute("SMISMEMBER", self._keys(user_id)[0], LOADED, *project_ids)
+            command = ("SMISMEMBER", self._keys(user_id)[0], LOADED, *project_ids)
+            flags = await (self.batcher.execute(*command) if self.batching else self.client.execute_command(*command))  # type: ignore[no-untyped-call]
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return None

@@ -41,7 +41,7 @@ def pair(seeded_url: str, settings: Settings) -> Iterator[Pair]:
     quiet = settings.model_copy(update={"api_access_log": False, "api_rate_writes_per_token": "1000/second"})
     with (
         TestClient(create_app(quiet)) as direct,
-        TestClient(create_app(quiet.model_copy(update={"api_fast_reads": False}))) as plain,
+        TestClient(create_app(quiet.model_copy(update={"api_without": "fastpath"}))) as plain,
     ):
         yield direct, plain
 
@@ -274,7 +274,7 @@ def test_a_failing_read_answers_the_same_json_500_on_both_paths(
 ) -> None:
     """The direct path runs outside FastAPI's error handling, so it answers unexpected errors itself."""
     direct, _plain = pair
-    quiet = settings.model_copy(update={"api_access_log": False, "api_fast_reads": False})
+    quiet = settings.model_copy(update={"api_access_log": False, "api_without": "fastpath"})
     before = read_counts(direct)
     # FastAPI answers, then re-raises for the server to log: this client must not raise it.
     with (

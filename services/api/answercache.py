@@ -36,8 +36,17 @@ REFRESH_AHEAD = 0.2  # the fraction of an answer's life at its end when a hit re
 
 
 class AnswerCache:
-    def __init__(self, ttl_seconds: float, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ttl_seconds: float,
+        max_entries: int,
+        clock: Callable[[], float] = time.monotonic,
+        coalescing: bool = True,
+        refresh_ahead: bool = True,
+    ) -> None:
         self.ttl = ttl_seconds
+        self.coalescing = coalescing
+        self.refresh_ahead = refresh_ahead
         self.max_entries = max_entries
         self.clock = clock
         self.stats = AnswerCacheStats()
@@ -57,12 +66,12 @@ class AnswerCache:
             if left > 0:
                 self.stats.hits += 1
                 self._entries.move_to_end(key)
-                if left < self.ttl * REFRESH_AHEAD and key not in self._inflight:
+                if self.refresh_ahead and left < self.ttl * REFRESH_AHEAD and key not in self._inflight:
                     self._start(key, compute)
                 return entry[1]
             del self._entries[key]
         pending = self._inflight.get(key)
-        if pending is not None:
+        if pending is not None and self.coalescing:
             self.stats.coalesced += 1
             return await asyncio.shield(pending)
         return await asyncio.shield(self._start(key, compute))
@@ -80,7 +89,7 @@ class AnswerCache:
         try:
             answer = await compute()
         finally:
-            del self._inflight[key]
+            self._inflight.pop(key, None)  # (without coalescing, another computation may have replaced it)
         self._entries[key] = (self.clock() + self.ttl, answer)
         if len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)

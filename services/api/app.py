@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.responses import PlainTextResponse
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from denorm.auth import AuthError, TokenVerifier
 from denorm.cache import open_redis
@@ -52,7 +52,7 @@ class CacheCollector(Collector):
         svc: Services | None = getattr(self.app.state, "services", None)
         if svc is None:
             return
-        stats, search, pipe = svc.cache.stats, svc.search_cache.stats, svc.reads.stats
+        stats, search, pipe = svc.cache.stats, svc.search_cache.stats, svc.reads.stats if svc.reads else None
         for name, value, doc in (
             ("denorm_api_cache_hits", stats.hits, "Feed pages answered from Redis"),
             ("denorm_api_cache_misses", stats.misses, "Feed pages whose user set was not in Redis"),
@@ -60,10 +60,12 @@ class CacheCollector(Collector):
             ("denorm_api_search_cache_hits", search.hits, "Searches answered from the answer cache"),
             ("denorm_api_search_cache_misses", search.misses, "Searches computed in Postgres"),
             ("denorm_api_search_cache_coalesced", search.coalesced, "Searches that waited for an identical one"),
-            ("denorm_api_pipelined_reads", pipe.reads, "Short reads sent through the read pipeline"),
-            ("denorm_api_pipelined_writes", pipe.writes, "Socket writes that carried them (reads per write: batching)"),
-            ("denorm_api_pipeline_reconnects", pipe.reconnects, "Pipeline connections made again after a failure"),
-        ):
+            ("denorm_api_pipelined_reads", pipe.reads if pipe else 0, "Short reads sent through the read pipeline"),
+            ("denorm_api_pipelined_writes", pipe.writes if pipe else 0,
+             "Socket writes that carried them (reads per write: batching)"),
+            ("denorm_api_pipeline_reconnects", pipe.reconnects if pipe else 0,
+             "Pipeline connections made again after a failure"),
+        ):  # fmt: skip
             counter = CounterMetricFamily(name, doc)
             counter.add_metric([], value)
             yield counter
@@ -84,7 +86,7 @@ class CacheCollector(Collector):
             lag.add_metric([], svc.replica.lag_s)
             yield lag
         lanes = GaugeMetricFamily("denorm_api_pipeline_lanes_up", "Pipeline connections up")
-        lanes.add_metric([], svc.reads.up)
+        lanes.add_metric([], svc.reads.up if svc.reads else 0)
         yield lanes
         fast = CounterMetricFamily(
             "denorm_api_read_requests",
@@ -116,6 +118,17 @@ class Api(FastAPI):
         return self.front(stack) if self.front is not None else stack
 
 
+class Layers:
+    """ASGI middleware made of the layers a function wraps around an app: the front door as an
+    ordinary middleware (API_WITHOUT=front), for measurement against `Api`'s placement."""
+
+    def __init__(self, app: ASGIApp, layers: Callable[[ASGIApp], ASGIApp]) -> None:
+        self.stack = layers(app)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.stack(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.check_production_safety()
@@ -129,28 +142,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 )
             except OSError as exc:  # a seccomp profile that refuses sched_setattr: serve with the default
                 log.warning("cpu slice refused", asked_us=settings.api_cpu_slice_us, error=str(exc))
-        wait = settings.db_pool_timeout_ms / 1000
+        wait, without = settings.db_pool_timeout_ms / 1000, settings.without
         write_pool = await open_pool(
-            settings.database_url, "api", settings.db_pool_min_size, settings.db_pool_max_size, wait
-        )
+            settings.database_url, "api", settings.db_pool_min_size, settings.db_pool_max_size, wait,
+            gated="gate" not in without,
+        )  # fmt: skip
         read_pool = await open_pool(
             settings.read_url,
             "api-read",
             min(settings.db_pool_min_size, settings.db_read_pool_max_size),
             settings.db_read_pool_max_size,
             wait,
+            gated="gate" not in without,
         )
-        reads = await open_pipeline(
-            settings.read_url, "api-pipe", pipelined_queries(), settings.api_read_lanes, settings.api_read_timeout_ms
-        )
+        reads = None
+        if "pipeline" not in without:
+            reads = await open_pipeline(
+                settings.read_url, "api-pipe", pipelined_queries(), settings.api_read_lanes,
+                settings.api_read_timeout_ms,
+            )  # fmt: skip
         client = open_redis(settings.redis_url, settings.redis_timeout_ms / 1000)
         breaker = Breaker(settings.redis_breaker_failures, settings.redis_breaker_cooldown_ms / 1000)
-        cache = UserCache(client, settings.redis_key_prefix, settings.redis_set_ttl_seconds, breaker)
-        search_cache = AnswerCache(settings.api_search_cache_seconds, settings.api_search_cache_entries)
-        tokens = TokenVerifier(settings.jwt_secret, test_secret=settings.jwt_test_secret)
+        cache = UserCache(client, settings.redis_key_prefix, settings.redis_set_ttl_seconds, breaker,
+                          batching="batcher" not in without)  # fmt: skip
+        search_cache = AnswerCache(settings.api_search_cache_seconds, settings.api_search_cache_entries,
+                                   coalescing="coalescing" not in without,
+                                   refresh_ahead="refresh-ahead" not in without)  # fmt: skip
+        tokens = TokenVerifier(settings.jwt_secret, test_secret=settings.jwt_test_secret,
+                               max_entries=0 if "token-cache" in without else 10_000)  # fmt: skip
         limits = RateLimits(settings, client, breaker)
         replica = None
         if settings.database_read_url:
+            if reads is None:
+                raise RuntimeError("DATABASE_READ_URL needs the read pipeline: take pipeline out of API_WITHOUT")
             replica = ReplicaReads(
                 reads, settings.database_read_max_lag_ms / 1000, settings.api_read_your_writes_ms,
                 client, settings.redis_key_prefix, breaker,
@@ -171,7 +195,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if replica is not None:
                 await replica.stop()
             await client.aclose()
-            await reads.close()
+            if reads is not None:
+                await reads.close()
             await read_pool.close()
             await write_pool.close()
 
@@ -215,7 +240,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     direct_reads = reads_of(route for router in ROUTERS for route in router.routes)
 
     def front(stack: ASGIApp) -> ASGIApp:
-        if settings.api_fast_reads:
+        if "fastpath" not in settings.without:
             stack = FastReads(stack, direct_reads, services=lambda: getattr(app.state, "services", None), stats=fast)
         # outside both: sees every request
         stack = Front(stack, histogram=histogram, access_log=settings.api_access_log,
@@ -238,7 +263,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         svc: Services | None = getattr(app.state, "services", None)
         return svc.limits if svc is not None else None
 
-    app.front = front
+    if "front" in settings.without:  # the same layers, inside Starlette's and FastAPI's middleware
+        app.add_middleware(Layers, layers=front)
+    else:
+        app.front = front
 
     @app.get("/healthz", tags=["operations"], response_model=Health, response_class=JSONBytes)
     async def healthz() -> JSONBytes:
@@ -267,9 +295,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             body["postgres"] = f"unreachable: {type(exc).__name__}"
             body["schema"] = "unknown"
             status = 503
-        body["read_pipeline"] = f"{svc.reads.up}/{len(svc.reads.lanes)} up"
-        if svc.reads.up == 0:  # the short reads cannot be served
-            status = 503
+        if svc.reads is not None:
+            body["read_pipeline"] = f"{svc.reads.up}/{len(svc.reads.lanes)} up"
+            if svc.reads.up == 0:  # the short reads cannot be served
+                status = 503
         try:
             await svc.cache.client.ping()
         except Exception as exc:  # Redis is optional: report it, stay ready

@@ -156,6 +156,8 @@ async def read(
     """A short read (one row, Postgres's text as bytes): pipelined to DATABASE_READ_URL, or run on
     the primary while that replica lags or has not replayed the caller's last write
     (services/api/replica.py)."""
+    if svc.reads is None:  # API_WITHOUT=pipeline: on the read pool, one read a connection
+        return await _on_pool(svc.read_pool, name, params)
     if svc.replica is None:
         return await read_row(svc.reads, name, params)
     needed = await svc.replica.needed(user)
@@ -167,7 +169,12 @@ async def read(
         except Behind:  # no lane's replica has this caller's last write yet
             pass
     svc.replica.count(False)
-    async with connection(svc.write_pool) as conn:
+    return await _on_pool(svc.write_pool, name, params)
+
+
+async def _on_pool(pool: Pool, name: str, params: dict[str, Any]) -> tuple[bytes | None, ...] | None:
+    """A short read on a pooled connection, its columns as the pipeline gives them (text as bytes)."""
+    async with connection(pool) as conn:
         row = await (await conn.execute(_short_reads()[name], params)).fetchone()
     return None if row is None else tuple(v.encode() if isinstance(v, str) else v for v in row)
 
@@ -184,12 +191,6 @@ def _document(row: tuple[Any, ...] | None, missing: str) -> bytes:
         raise ApiError(404, "not_found", missing or "not found")
     value = row[0]
     return value if isinstance(value, bytes) else str(value).encode()
-
-
-async def json_of(reads: PipelinedReads, name: str, params: dict[str, Any], missing: str = "") -> bytes:
-    """The JSON document a pipelined read built (one row, one text column), untouched: no row is a
-    404 saying `missing`."""
-    return _document(await read_row(reads, name, params), missing)
 
 
 async def json_of_pool(pool: Pool, name: str, params: dict[str, Any], missing: str = "") -> bytes:

@@ -28,7 +28,7 @@ class Services:
     settings: Settings
     write_pool: Pool
     read_pool: Pool
-    reads: PipelinedReads  # the short reads, pipelined on connections of their own (read_url)
+    reads: PipelinedReads | None  # the short reads, pipelined on connections of their own (read_url)
     cache: UserCache
     search_cache: AnswerCache
     tokens: TokenVerifier
