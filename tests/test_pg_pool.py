@@ -71,7 +71,9 @@ def test_a_cancelled_waiter_gives_its_place_back(database_url: str) -> None:
     asyncio.run(scenario())
 
 
-def test_a_connection_left_in_a_transaction_is_rolled_back_and_a_broken_one_replaced(database_url: str) -> None:
+def test_a_connection_left_in_a_transaction_is_rolled_back_and_a_dead_one_replaced(
+    database_url: str,
+) -> None:
     async def scenario() -> None:
         pool = await open_pool(database_url, "test", 1, 1)
         try:
@@ -84,10 +86,9 @@ def test_a_connection_left_in_a_transaction_is_rolled_back_and_a_broken_one_repl
                 pid = conn.info.backend_pid
             with psycopg.connect(database_url, autocommit=True) as admin:
                 admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
-            with pytest.raises(psycopg.OperationalError):
-                async with pool.connection() as conn:
-                    await conn.execute("SELECT 1")
-            async with pool.connection(timeout=5) as conn:  # a fresh connection took its place
+            # The server closed it while it sat idle: the pool sees so as it hands it out (denorm/pg.py
+            # gone), and the request gets a fresh connection in its place instead of an error.
+            async with pool.connection(timeout=5) as conn:
                 assert conn.info.backend_pid != pid
                 await conn.execute("SELECT 1")
         finally:
