@@ -9,7 +9,7 @@ rank by relevance or correct a typo, so its two naive forms, ranked by popularit
 (the first twenty matches), are shown against the read model without an equality check.
 
 The read-model query runs as the API runs it: prepared, with the API's session settings (a generic
-plan, no parallel workers, no JIT; denorm/pg.py). The naive query runs as a naive application
+plan, no parallel workers, no JIT; services/api/pools.py). The naive query runs as a naive application
 would send it: unprepared, with Postgres's defaults. Medians over random parameters:
 
 - "server": time inside Postgres (EXPLAIN ANALYZE with TIMING OFF: planning plus execution), which
@@ -46,11 +46,12 @@ from psycopg.conninfo import conninfo_to_dict
 from bench.scratch import add_dataset_arguments, seeded_database
 from denorm.logs import configure_logging
 from denorm.maintenance import drain
-from denorm.pg import OLTP_SETTINGS, session_options
+from denorm.pg import session_options
 from denorm.seed import SCALES
 from denorm.sql import positional, queries
 from services.api.feed import SORTS, Sort, statements
 from services.api.params import SEARCH_START
+from services.api.pools import OLTP_SETTINGS
 
 MAX_ID = 2**63 - 1
 FEED_LABELS = {"feed_trending": Sort.TRENDING, "feed_top_rated": Sort.TOP_RATED, "feed_newest": Sort.NEWEST}

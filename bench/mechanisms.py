@@ -106,16 +106,46 @@ def system(url: str, redis_url: str, variant: str) -> Iterator[tuple[str, subpro
             proc.wait(timeout=60)
 
 
+SPAWN_RATE = 50  # users started a second
+
+
+def spawn_s(users: int) -> int:
+    """Seconds until every user runs (Locust's start-up included), when its statistics restart."""
+    return users // SPAWN_RATE + 1
+
+
+def locust_env(user_ids: str, directory: Path) -> dict[str, str]:
+    """The suite's settings for a bench: these users, no server-side gates, targets no run misses."""
+    targets = directory / "lenient.toml"
+    targets.write_text("default_ms = 60000\n")
+    return {**os.environ, "LOADTEST_USER_IDS": user_ids, "LOADTEST_SERVER_GATES": "off",
+            "LOADTEST_TARGETS": str(targets), "JWT_SECRET": DEV_JWT_SECRET}  # fmt: skip
+
+
+@contextmanager
+def locust_process(base: str, users: int, out: Path, user_ids: str) -> Iterator[subprocess.Popen[bytes]]:
+    """The suite running against `base` at `users` for as long as the `with` lasts (a load beside
+    what a bench measures)."""
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary", f"--users={users}",
+           f"--spawn-rate={SPAWN_RATE}", "--run-time=24h", f"--host={base}", "--loglevel=WARNING"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=locust_env(user_ids, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 def locust(base: str, users: int, seconds: int, out: Path, user_ids: str) -> dict[str, float]:
     """The suite for `seconds` at `users`; the aggregate row of its statistics."""
-    targets = out.parent / "lenient.toml"
-    targets.write_text("default_ms = 60000\n")
-    env = {**os.environ, "LOADTEST_USER_IDS": user_ids, "LOADTEST_SERVER_GATES": "off",
-           "LOADTEST_TARGETS": str(targets), "JWT_SECRET": DEV_JWT_SECRET}  # fmt: skip
+    env = locust_env(user_ids, out.parent)
+    # The statistics restart once every user runs (--reset-stats): the measured window is the steady
+    # load, not the burst of users starting up (which stalls every route for a moment).
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
-           f"--users={users}", f"--spawn-rate={max(10, users // 5)}", f"--run-time={seconds}s",
-           f"--host={base}", f"--csv={out}", "--loglevel=WARNING", "--stop-timeout=5"]  # fmt: skip
-    subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 120, check=False)
+           f"--users={users}", f"--spawn-rate={SPAWN_RATE}", f"--run-time={spawn_s(users) + seconds}s",
+           "--reset-stats", f"--host={base}", f"--csv={out}", "--loglevel=WARNING", "--stop-timeout=5"]  # fmt: skip
+    subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=spawn_s(users) + seconds + 120, check=False)
     with (out.parent / f"{out.name}_stats.csv").open(newline="") as f:
         row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
     return {"requests": float(row["Request Count"]), "failures": float(row["Failure Count"]),
@@ -131,11 +161,11 @@ def one_round(url: str, redis: PrivateRedis, variant: str, args: argparse.Namesp
             "postgres": Component(lambda: [int(r[0]) for r in conn.execute(BACKENDS)], children=False),
             "redis": Component(lambda: [redis_pid], children=False),
         }, interval=0.5).start()  # fmt: skip
-        started = time.monotonic()
+        steady = time.monotonic() + spawn_s(args.users)  # when the statistics restart
         stats = locust(base, args.users, args.seconds, out / variant.replace(" ", "-"), f"1-{SCALES[args.scale].users}")
-        seconds = time.monotonic() - started
+        seconds = time.monotonic() - steady
         sampler.stop()
-        cores = sampler.means(since=started)
+        cores = sampler.means(since=steady)
         tokens = [mint_token(u, DEV_JWT_SECRET, ttl_seconds=3600) for u in range(1, 1001)]
         feed_rps, _p99 = wrk(base, Route("feed, signed in", ["/api/projects?limit=20"], signed=True), tokens,
                              args.wrk_seconds, args.connections)  # fmt: skip
@@ -198,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         redis = PrivateRedis(Path(tmp))
         redis.start()
         try:
+            one_round(url, redis, ALL_ON, args, Path(tmp))  # warm-up, not counted: caches, plans, the OS
             for n in range(args.rounds):
                 for name in names if n % 2 == 0 else list(reversed(names)):
                     r = one_round(url, redis, name, args, Path(tmp))

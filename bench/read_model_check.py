@@ -2,7 +2,7 @@
 
 Exactness: each ledger-kept read model of the registry (the contract's view, base plus pending
 deltas) must equal its truth (recomputed from the source tables alone), row for row: the
-reconciler's own comparison (denorm/drift.py), one statement, so one snapshot.
+reconciler's own comparison (services/reconciler/drift.py), one statement, so one snapshot.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from denorm.drift import compare
 from denorm.maintenance import fold_all
 from denorm.readmodels import Kind, ReadModel, of_kind
+from services.reconciler.drift import compare
 
 Conn = psycopg.Connection[Any]
 

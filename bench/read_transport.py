@@ -2,8 +2,8 @@
 
 Postgres: the trending feed page (the route's own query) sent by concurrent tasks through the
 pool (GatedPool, psycopg's cursor, one round trip each) and through the pipeline
-(denorm/pgpipe.py). Redis: a feed page's SMISMEMBER (the marker and twenty ids) sent directly with
-redis-py and through the Batcher (denorm/cache.py). Each runs for --seconds with --tasks
+(services/api/pgpipe.py). Redis: a feed page's SMISMEMBER (the marker and twenty ids) sent directly with
+redis-py and through the Batcher (services/api/redis_client.py). Each runs for --seconds with --tasks
 concurrent callers on uvloop, in this one process; the CPU of this process, of the Postgres
 backends and of redis-server is read from /proc.
 
@@ -25,11 +25,11 @@ import uvloop
 
 from bench.api_throughput import backends, cpu_ticks
 from bench.scratch import add_dataset_arguments, seeded_database
-from denorm.cache import Batcher, open_redis
 from denorm.logs import configure_logging
-from denorm.pg import open_pipeline, open_pool
 from services.api.db import pipelined_queries
 from services.api.feed import SORTS, Sort
+from services.api.pools import open_pipeline, open_pool
+from services.api.redis_client import Batcher, open_redis
 
 FEED = SORTS[Sort.TRENDING].statement
 FEED_PARAMS = {"sort": "trending", "limit": 20, "offset": 0, "page": None, "after_key": float("inf"),
@@ -94,7 +94,7 @@ async def run(url: str, redis_url: str, seconds: float, tasks: int) -> None:
 
         first = await via_pool()
         assert first is not None and (await via_pipe()) == (first[0].encode(), first[1].encode())
-        for way, call in (("pool (one round trip each)", via_pool), ("pipeline (denorm/pgpipe.py)", via_pipe)):
+        for way, call in (("pool (one round trip each)", via_pool), ("pipeline (services/api/pgpipe.py)", via_pipe)):
             rate, mine, theirs = await measure(call, tasks, seconds, backends(url))
             print(f"{'postgres':<9}{way:<34}{rate:>10,.0f}{mine:>14.0f}{theirs:>16.0f}")
         print(f"{'':<9}pipeline: {pipe.stats.reads / max(pipe.stats.writes, 1):.1f} reads per socket write")
@@ -115,7 +115,7 @@ async def run(url: str, redis_url: str, seconds: float, tasks: int) -> None:
             return await batcher.execute("SMISMEMBER", key, *MEMBERS)
 
         assert await direct() == await batched()
-        for way, call in (("redis-py, one command each", direct), ("Batcher (denorm/cache.py)", batched)):
+        for way, call in (("redis-py, one command each", direct), ("Batcher (services/api/redis_client.py)", batched)):
             rate, mine, theirs = await measure(call, tasks, seconds, redis_server_pids())
             print(f"{'redis':<9}{way:<34}{rate:>10,.0f}{mine:>14.0f}{theirs:>16.0f}")
         print(f"{'':<9}Batcher: {batcher.commands / max(batcher.batches, 1):.1f} commands per pipeline")

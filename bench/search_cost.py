@@ -2,7 +2,7 @@
 
 On a database seeded at each size (every read model folded and refreshed, then VACUUM ANALYZE),
 each query below runs as the API runs it: the route's statement (`search`, db/readmodels/),
-prepared, with the API's session settings (denorm/pg.py), type "all", twenty results. The server
+prepared, with the API's session settings (services/api/pools.py), type "all", twenty results. The server
 time is planning plus execution inside Postgres (EXPLAIN ANALYZE, TIMING OFF), the median of
 --runs. Beside it, the ranked ILIKE (bench/api_queries.py): what an application without a search
 index runs to answer the same question (no typo correction: a misspelt word finds nothing).
@@ -22,10 +22,11 @@ from bench.api_queries import NAIVE_SEARCH, medians
 from bench.scratch import add_sizes_arguments, sized_database
 from denorm.logs import configure_logging
 from denorm.maintenance import drain
-from denorm.pg import OLTP_SETTINGS, session_options
+from denorm.pg import session_options
 from denorm.sql import queries
 from loadtest.catalog import SEARCH_TYPES, SEARCHES
 from services.api.params import SEARCH_START
+from services.api.pools import OLTP_SETTINGS
 from services.api.routes.reads import doc_type_of
 
 # Common words of every size (a tech, a thing, a first name), misspelt ones, two words, a rarer one.

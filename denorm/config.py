@@ -12,9 +12,9 @@ DEV_JWT_SECRET = "dev-secret-change-me-0123456789abcdef"
 MECHANISMS = {
     "fastpath": "the hot reads through FastAPI's routing and validation (services/api/fastpath.py)",
     "front": "the front door and the direct path as ordinary middleware, inside Starlette's (app.py Api)",
-    "gate": "psycopg_pool's own queue for a connection (denorm/pg.py GatedPool)",
-    "pipeline": "each short read on a pooled connection of its own (denorm/pgpipe.py)",
-    "batcher": "each feed's Redis check sent alone (denorm/cache.py Batcher)",
+    "gate": "psycopg_pool's own queue for a connection (services/api/pools.py GatedPool)",
+    "pipeline": "each short read on a pooled connection of its own (services/api/pgpipe.py)",
+    "batcher": "each feed's Redis check sent alone (services/api/redis_client.py Batcher)",
     "token-cache": "every token verified in full (denorm/auth.py TokenVerifier)",
     "coalescing": "concurrent identical search misses each computed (services/api/answercache.py)",
     "refresh-ahead": "a cached search recomputed only once it expired (services/api/answercache.py)",
@@ -88,7 +88,7 @@ class Settings(BaseSettings):
         default="50000,20,100", pattern=r"^\d+,\d+,\d+$", description="gc.set_threshold for the API process"
     )
     # The short reads (feed, leaderboards, chains, dashboard, conversations) are pipelined over
-    # this many connections of their own (denorm/pgpipe.py); search and writes use the pool.
+    # this many connections of their own (services/api/pgpipe.py); search and writes use the pool.
     api_read_lanes: int = Field(default=2, ge=1, le=32, description="connections that carry the pipelined reads")
     api_read_timeout_ms: int = Field(
         default=5000, ge=10, description="a pipelined read's bound (also its statement_timeout)"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -246,23 +246,6 @@ def _log(
             "first_requested_at": first_requested_at,
         },
     )
-
-
-# Every relation with storage of the database's own schemas: tables, their TOAST, indexes, views.
-_RELATIONS = """
-SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 't', 'i', 'm') AND c.relpersistence <> 't'
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast_)?temp'
-"""
-
-
-def prewarm(conn: Connection, mode: Literal["buffer", "read"]) -> None:
-    """Every table, TOAST table, index and materialized view of the database read into memory
-    (pg_prewarm): into shared_buffers ('buffer') or the OS cache only ('read'), as on a server that
-    has been serving it. psycopg.Error when the extension cannot be created (not installed, or
-    not a superuser)."""
-    conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
-    conn.execute(f"SELECT pg_prewarm(oid, %s) FROM ({_RELATIONS}) r", (mode,))
 
 
 def drain(conn: Connection, worker: str, timing: Timing | None = None) -> list[RefreshResult]:

@@ -55,7 +55,7 @@ def query(name: str) -> bytes:
 def positional(statement: str) -> tuple[str, list[str]]:
     """A named-placeholder statement as server-side SQL for PREPARE: `%(x)s` becomes `$1`, and the
     parameter names in order. (psycopg does this itself for every statement it prepares; the read
-    pipeline, denorm/pgpipe.py, prepares its statements so, untyped, and the plan test and the
+    pipeline, services/api/pgpipe.py, prepares its statements so, untyped, and the plan test and the
     benchmark EXPLAIN them in that same form.)"""
     names: list[str] = []
 

@@ -188,7 +188,7 @@ def warm(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     docs/performance.md): reads then wait on the disk, and every WAL flush waits behind them. So
     every relation is read into shared_buffers when the database fits there (pg_prewarm), else into
     the OS cache, and the run says how much of the database shared_buffers can hold."""
-    from denorm.maintenance import prewarm
+    from loadtest.prewarm import prewarm
 
     row = conn.execute(
         "SELECT pg_database_size(current_database()), pg_size_bytes(current_setting('shared_buffers'))"

@@ -30,6 +30,7 @@ from denorm.config import Settings
 from denorm.maintenance import drain
 from denorm.migrate import ensure_database, migrate
 from denorm.seed import SCALES, seed
+from services.reconciler.redis_sets import glob_escape
 
 # The processes the tests start (the CLI, the API, the refresher) inherit it: the development
 # secret is accepted only where ENVIRONMENT says development or test.
@@ -152,7 +153,7 @@ def delete_keys_with_prefix(client: redis.Redis, prefix: str) -> int:
     """SCAN + DEL every key that starts with ``prefix``; how many were deleted."""
     deleted = 0
     batch: list[bytes] = []
-    for key in client.scan_iter(match=f"{_glob_escape(prefix)}*", count=500):
+    for key in client.scan_iter(match=f"{glob_escape(prefix)}*", count=500):
         batch.append(key)
         if len(batch) >= 500:
             deleted += client.delete(*batch)
@@ -160,10 +161,6 @@ def delete_keys_with_prefix(client: redis.Redis, prefix: str) -> int:
     if batch:
         deleted += client.delete(*batch)
     return deleted
-
-
-def _glob_escape(text: str) -> str:
-    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 @pytest.fixture

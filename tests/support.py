@@ -14,9 +14,9 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from db import SCHEMA_DIR
-from denorm.drift import DriftRow, compare
 from denorm.readmodels import REGISTRY, Kind
 from denorm.sql import split
+from services.reconciler.drift import DriftRow, compare
 
 Connection = psycopg.Connection[TupleRow]
 

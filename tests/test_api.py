@@ -18,12 +18,12 @@ from fastapi.testclient import TestClient
 
 from denorm.auth import mint_token
 from denorm.config import Settings
-from denorm.pg import open_pool
 from denorm.readmodels import REGISTRY
 from loadtest.localproc import free_port
 from services.api.app import create_app
 from services.api.db import connection
 from services.api.errors import ApiError
+from services.api.pools import open_pool
 from services.api.upvotes import _unlock
 from tests.support import admin
 

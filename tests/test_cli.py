@@ -8,7 +8,8 @@ import time
 import jwt
 import pytest
 
-from denorm.auth import AuthError, TokenVerifier, mint_token, verify_token
+from denorm.auth import AuthError, mint_token, verify_token
+from services.api.tokens import TokenVerifier
 from tests.support import cli_env, run_denorm
 
 SECRET = "test-secret-for-the-cli-0123456789abcdef"

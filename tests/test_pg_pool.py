@@ -1,4 +1,4 @@
-"""The API's connection pool (denorm/pg.py GatedPool) on a real Postgres: width, timeouts, resets."""
+"""The API's connection pool (services/api/pools.py GatedPool) on a real Postgres: width, timeouts, resets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from psycopg_pool import PoolTimeout
 
-from denorm.pg import GatedPool, open_pool
+from services.api.pools import GatedPool, open_pool
 
 
 def test_more_requests_than_connections_all_finish_and_never_exceed_the_pool(database_url: str) -> None:
@@ -86,7 +86,7 @@ def test_a_connection_left_in_a_transaction_is_rolled_back_and_a_dead_one_replac
                 pid = conn.info.backend_pid
             with psycopg.connect(database_url, autocommit=True) as admin:
                 admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
-            # The server closed it while it sat idle: the pool sees so as it hands it out (denorm/pg.py
+            # The server closed it while it sat idle: the pool sees so as it hands it out (services/api/pools.py
             # gone), and the request gets a fresh connection in its place instead of an error.
             async with pool.connection(timeout=5) as conn:
                 assert conn.info.backend_pid != pid

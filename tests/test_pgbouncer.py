@@ -19,8 +19,8 @@ from psycopg import sql
 
 from bench.faults import PrivatePgBouncer
 from denorm.config import Settings
-from denorm.pg import OLTP_SETTINGS
 from services.api.app import create_app
+from services.api.pools import OLTP_SETTINGS
 from tests.conftest import TEST_REDIS_URL, AdminConnection
 from tests.support import cli_env, drifted, drop_role, make_role, run_denorm
 from tests.test_api import auth
@@ -43,7 +43,7 @@ def roles(seeded_url: str, admin_conn: AdminConnection) -> Iterator[tuple[str, s
 
 
 def test_the_api_role_carries_the_api_session_settings(roles: tuple[str, str], conn: Connection) -> None:
-    """One definition of the settings (denorm/pg.py); the role file must say the same."""
+    """One definition of the settings (services/api/pools.py); the role file must say the same."""
     api, maintainer = roles
     rows = conn.execute("SELECT r.rolname, s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
                         "WHERE r.rolname = ANY (%s)", ([api, maintainer],)).fetchall()  # fmt: skip
@@ -92,7 +92,7 @@ def test_transaction_mode_of_this_pgbouncer_cannot_carry_the_prepared_reads(
     seeded_url: str, roles: tuple[str, str], redis_prefix: str
 ) -> None:
     """Why the docs ask for session mode with PgBouncer before 1.21: the short reads are prepared
-    once per connection (denorm/pgpipe.py, psycopg's prepare_threshold=0), and in transaction mode
+    once per connection (services/api/pgpipe.py, psycopg's prepare_threshold=0), and in transaction mode
     the next transaction may run on another server connection, which never saw them."""
     version = subprocess.run(["pgbouncer", "--version"], capture_output=True, text=True, check=True).stdout
     major, minor = (int(x) for x in version.split()[1].split(".")[:2])

@@ -1,4 +1,4 @@
-"""The pipelined reads (denorm/pgpipe.py) on a real Postgres: answers reach their own callers, an
+"""The pipelined reads (services/api/pgpipe.py) on a real Postgres: answers reach their own callers, an
 error fails only its read, and a lane that loses its connection comes back by itself."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import errors
 
-from denorm.pg import open_pipeline
-from denorm.pgpipe import Behind, PipelinedReads, Statement, encode
 from loadtest.localproc import free_port
+from services.api.pgpipe import Behind, PipelinedReads, Statement, encode
+from services.api.pools import open_pipeline
 
 QUERIES = {
     "echo": b"SELECT %(a)s::bigint * 2, %(b)s::text || '!', %(a)s::bigint",

@@ -12,10 +12,10 @@ import psycopg
 import pytest
 
 from denorm.ids import MAX_ID
-from denorm.pg import OLTP_SETTINGS
 from denorm.sql import positional, queries
 from services.api import feed
 from services.api.params import SEARCH_START
+from services.api.pools import OLTP_SETTINGS
 from tests.manifests import REPO
 
 # Every named statement, with the feed's one per sort in place of its template.
@@ -124,7 +124,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "upvote_changes_claim": {"limit": 1000},
     "upvote_changes_done": {"ids": [1, 2]},
 }
-# What the API runs (its sessions' settings: denorm/pg.py); the rest is the refresher's and the reconciler's.
+# What the API runs (its sessions' settings: services/api/pools.py); the rest is the refresher's and the reconciler's.
 API = {name for name in PARAMS if name.split(":")[0] in QUERIES} - {
     "fold_begin", "fold_lock", "collect_requests", "claim_due_view", "claim_view", "view_idle",
     "refresh_timeout", "finish_refresh", "log_refresh", "fail_refresh", "next_due_in", "prune_log",
@@ -204,7 +204,7 @@ def generic_plan(conn: psycopg.Connection[Any], query: str, params: dict[str, An
 
 @pytest.mark.parametrize("name", sorted(API - CALLS))
 def test_the_generic_plan_the_api_runs_is_an_index_walk(small_dataset_url: str, name: str) -> None:
-    """The API's sessions force generic plans (denorm/pg.py); a generic plan does not know the values,
+    """The API's sessions force generic plans (services/api/pools.py); a generic plan does not know the values,
     so it must be good for all of them: no whole-table read and no parallel workers."""
     with psycopg.connect(small_dataset_url, autocommit=True) as conn:
         for setting, value in OLTP_SETTINGS.items():

@@ -24,11 +24,11 @@ from denorm.config import Settings
 from denorm.maintenance import fold
 from denorm.migrate import MIGRATION_LOCK_KEY
 from denorm.readmodels import REGISTRY
-from denorm.reconcile_runs import ReconcileCollector, streak
 from denorm.sql import queries, query, sql_files
-from denorm.usercache import LOADED, set_key
+from denorm.upvote_sets import LOADED, set_key
 from loadtest.localproc import free_port
 from services.reconciler.reconcile import Reconciler, Report
+from services.refresher.reconcile_runs import ReconcileCollector, streak
 from tests import workload
 from tests.conftest import TEST_REDIS_URL
 from tests.manifests import REPO

@@ -1,4 +1,4 @@
-"""The API's Redis client (denorm/cache.py open_redis) and its commands batched across concurrent
+"""The API's Redis client (services/api/redis_client.py open_redis) and its commands batched across concurrent
 callers (Batcher), on a real Redis, and on a private one stalled for real."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bench.faults import PrivateRedis
-from denorm.cache import Batcher, open_redis
 from loadtest.localproc import free_port
+from services.api.redis_client import Batcher, open_redis
 from tests.conftest import TEST_REDIS_URL
 
 

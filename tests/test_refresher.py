@@ -11,11 +11,11 @@ import pytest
 
 from denorm import maintenance
 from denorm.config import Settings
-from denorm.drift import compare
 from denorm.maintenance import fold_all
 from denorm.readmodels import Kind, of_kind
 from denorm.seed import SCALES, seed
 from denorm.sql import query
+from services.reconciler.drift import compare
 from services.refresher.worker import Refresher
 from tests.support import settle
 from tests.workload import random_program, run_concurrently

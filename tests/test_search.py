@@ -10,10 +10,11 @@ from urllib.parse import parse_qs
 import psycopg
 import pytest
 
-from denorm.pg import OLTP_SETTINGS, session_options
+from denorm.pg import session_options
 from denorm.seed import SCALES, seed
 from denorm.sql import queries
 from services.api.params import SEARCH_START
+from services.api.pools import OLTP_SETTINGS
 from tests.conftest import scratch_database
 from tests.support import settle
 

@@ -28,8 +28,8 @@ import requests
 from bench.faults import FreezingProxy, PrivateRedis
 from denorm.auth import mint_token
 from denorm.config import Settings
-from denorm.usercache import Breaker
 from loadtest.localproc import free_port, wait_ready
+from services.api.breaker import Breaker
 from services.reconciler.reconcile import Reconciler
 from tests.support import DENORM, cli_env, one
 

@@ -13,15 +13,13 @@ from prometheus_client.registry import Collector
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from denorm.auth import AuthError, TokenVerifier
-from denorm.cache import open_redis
+from denorm.auth import AuthError
 from denorm.config import Settings, get_settings
 from denorm.logs import get_logger
-from denorm.pg import open_pipeline, open_pool
 from denorm.sql import query
-from denorm.usercache import Breaker, UserCache
 from services.api import cpuslice, errors
 from services.api.answercache import AnswerCache
+from services.api.breaker import Breaker
 from services.api.db import pipelined_queries
 from services.api.deps import Services
 from services.api.fastpath import FastReads, FastStats, reads_of
@@ -29,11 +27,15 @@ from services.api.front import Front
 from services.api.gcwatch import GcPauses
 from services.api.looplag import LoopLag
 from services.api.models import Health, Readiness
+from services.api.pools import open_pipeline, open_pool
 from services.api.ports import Ports
 from services.api.ratelimit import RateLimits
+from services.api.redis_client import open_redis
 from services.api.replica import ReplicaReads
 from services.api.responses import JSONBytes
 from services.api.routes import pages, projects, reads, social
+from services.api.tokens import TokenVerifier
+from services.api.usercache import UserCache
 
 log = get_logger("denorm.api")
 # pages last: its /api/users/{username} must not shadow /api/users/dashboard.

@@ -1,4 +1,4 @@
-"""Running the API's SQL: the short reads pipelined (denorm/pgpipe.py), everything else on the pool
+"""Running the API's SQL: the short reads pipelined (services/api/pgpipe.py), everything else on the pool
 with statements prepared by psycopg, and database errors turned into 4xx or 503 answers."""
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import psycopg
 from psycopg import AsyncConnection, errors, pq
 from psycopg_pool import PoolTimeout
 
-from denorm.pgpipe import Behind, PipelinedReads
 from denorm.sql import queries, query
 from services.api import feed
-from services.api.deps import Pool, Services
+from services.api.deps import Services
 from services.api.errors import ApiError
+from services.api.pgpipe import Behind, PipelinedReads
+from services.api.pools import Pool
 
 TUPLES_OK = pq.ExecStatus.TUPLES_OK
 
@@ -194,5 +195,5 @@ def _document(row: tuple[Any, ...] | None, missing: str) -> bytes:
 
 
 async def json_of_pool(pool: Pool, name: str, params: dict[str, Any], missing: str = "") -> bytes:
-    """As json_of, for a read that stays on the pool (a slow one: see denorm/pgpipe.py)."""
+    """As json_of, for a read that stays on the pool (a slow one: see services/api/pgpipe.py)."""
     return _document(await fetch_one(pool, name, params, read=True), missing)

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 from prometheus_client import Histogram
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
-from denorm.auth import AuthError, TokenVerifier
+from denorm.auth import AuthError
 from denorm.config import Settings
-from denorm.pgpipe import PipelinedReads
-from denorm.usercache import UserCache
 from services.api.answercache import AnswerCache
 from services.api.background import Background
 from services.api.errors import ApiError
+from services.api.pgpipe import PipelinedReads
+from services.api.pools import Pool
 from services.api.ratelimit import RateLimits
 from services.api.replica import ReplicaReads
-
-Pool = AsyncConnectionPool[AsyncConnection[Any]]
+from services.api.tokens import TokenVerifier, bearer
+from services.api.usercache import UserCache
 
 
 @dataclass
@@ -43,18 +41,11 @@ async def services(request: Request) -> Services:
     return svc
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if header is None:
-        return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "unauthorized", "the Authorization header must be 'Bearer <token>'")
-    return token.strip()
-
-
 async def optional_user(request: Request, svc: Annotated[Services, Depends(services)]) -> int | None:
-    token = _bearer(request)
+    try:
+        token = bearer(request.headers.get("authorization"))
+    except ValueError as exc:
+        raise ApiError(401, "unauthorized", str(exc)) from exc
     if token is None:
         return None
     try:

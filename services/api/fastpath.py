@@ -37,6 +37,7 @@ from denorm.ids import MAX_ID, parse_id
 from denorm.logs import get_logger
 from services.api.deps import Services, current_user, optional_user
 from services.api.errors import ApiError, error_response
+from services.api.tokens import bearer
 
 log = get_logger("denorm.api")
 Body = Callable[..., Awaitable[bytes]]
@@ -263,12 +264,8 @@ class FastReads:
     def _user(scope: Scope, svc: Services) -> int | None:
         """The caller, or None without a token; any token this path cannot verify goes to FastAPI."""
         header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
-        if header is None:
-            return None
-        scheme, _, token = header.decode("latin-1").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise _Invalid
         try:
-            return svc.tokens(token.strip())
-        except AuthError as exc:
+            token = bearer(None if header is None else header.decode("latin-1"))
+            return None if token is None else svc.tokens(token)
+        except (ValueError, AuthError) as exc:
             raise _Invalid from exc

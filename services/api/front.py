@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from denorm.logs import get_logger
 from services.api import errors
 from services.api.ratelimit import CALLER, RateLimits
+from services.api.tokens import bearer
 
 log = get_logger("denorm.api")
 MAX_BODY_BYTES = 64 * 1024
@@ -39,10 +40,13 @@ class _TooLarge(Exception):
 
 
 def _bearer(scope: Scope) -> str | None:
+    """The request's token, for the rate limits' identity: None without one or with a malformed
+    header (the route answers that one 401)."""
     header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
-    if header is None or header[:7].lower() != b"bearer ":
+    try:
+        return bearer(None if header is None else header.decode("latin-1"))
+    except ValueError:
         return None
-    return header[7:].strip().decode("latin-1") or None
 
 
 async def read_body(receive: Receive) -> tuple[bytes, bool]:

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 
 from denorm.config import Settings
 from denorm.logs import get_logger
-from denorm.usercache import Breaker
+from services.api.breaker import Breaker
 from services.api.errors import ApiError
 
 log = get_logger("denorm.api.ratelimit")

@@ -25,18 +25,15 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import psycopg
 import redis.asyncio as aioredis
 
 from denorm.logs import get_logger
-from denorm.pgpipe import PipelinedReads
 from denorm.sql import query
-from denorm.usercache import Breaker
-
-if TYPE_CHECKING:
-    from services.api.deps import Pool
+from services.api.breaker import Breaker
+from services.api.pgpipe import PipelinedReads
+from services.api.pools import Pool
 
 log = get_logger("denorm.api.replica")
 REPLICA_POLL_S = 0.05

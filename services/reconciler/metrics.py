@@ -1,5 +1,5 @@
 """A run's drift, pushed to a Pushgateway when `RECONCILER_PUSHGATEWAY_URL` is set. (Every run is also
-recorded in `reconcile_runs`, which the refresher serves as metrics: denorm/reconcile_runs.py.)"""
+recorded in `reconcile_runs`, which the refresher serves as metrics: services/refresher/reconcile_runs.py.)"""
 
 from __future__ import annotations
 

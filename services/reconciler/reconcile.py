@@ -3,7 +3,7 @@ drift per read model (rows missing, extra and different) and, with repair, repai
 
 - **Ledger- and fold-kept read models** are walked in key ranges of `RECONCILER_BATCH_SIZE` keys of
   their first key column (one whose key is not a number, the typo vocabulary, is compared whole).
-  A range's truth and model are read in one statement (denorm/drift.py), so memory stays bounded
+  A range's truth and model are read in one statement (services/reconciler/drift.py), so memory stays bounded
   by a range and no lock is held between ranges. The keys a fold-kept model has waiting for the
   next fold are left out: the fold will write them. Read models that share their keys (the
   dashboard and the intro stats) are compared together before either is repaired, so each reports
@@ -38,13 +38,14 @@ import redis
 from psycopg import sql
 
 from denorm import maintenance
+from denorm.cache import open_sync_redis
 from denorm.config import Settings
-from denorm.drift import KINDS, DriftRow, compare
 from denorm.ids import MAX_ID
 from denorm.logs import get_logger
 from denorm.pg import conninfo, session_options
 from denorm.readmodels import REGISTRY, Kind, ReadModel, of_kind
 from denorm.sql import query
+from services.reconciler.drift import DriftRow, Finding, compare
 from services.reconciler.redis_sets import check_upvote_sets
 
 log = get_logger("denorm.reconciler")
@@ -53,38 +54,6 @@ WORKER = "reconciler"
 
 class Busy(Exception):
     """Another reconciler holds the lock."""
-
-
-@dataclass
-class Finding:
-    """What one read model looked like against its truth."""
-
-    examples_kept: int
-    checked: int = 0
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
-    examples: dict[str, list[Any]] = field(default_factory=lambda: {k: [] for k in KINDS})
-    repaired: int = 0
-    unrepaired: int = 0
-    how: str = "compared"  # for a materialized view: compared, or why it was not
-
-    def add(self, kind: str, key: Any) -> None:
-        self.counts[kind] += 1
-        if len(self.examples[kind]) < self.examples_kept:
-            self.examples[kind].append(key)
-
-    @property
-    def drift(self) -> int:
-        return sum(self.counts.values())
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "checked": self.checked,
-            **self.counts,
-            "repaired": self.repaired,
-            "unrepaired": self.unrepaired,
-            "how": self.how,
-            "examples": {k: v for k, v in self.examples.items() if v},
-        }
 
 
 @dataclass
@@ -339,7 +308,7 @@ class Reconciler:
     # --- Redis ----------------------------------------------------------------------------------------
 
     def _redis_sets(self, conn: psycopg.Connection[Any]) -> str:
-        client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        client = open_sync_redis(self.settings.redis_url, timeout_seconds=5)
         try:
             client.ping()
         except redis.RedisError as exc:

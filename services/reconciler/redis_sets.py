@@ -13,20 +13,19 @@ loads it again from Postgres, and deleting a cache entry can never make it wrong
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 import redis
 
 from denorm.config import Settings
 from denorm.sql import query
-from denorm.usercache import LOADED, set_key
-
-if TYPE_CHECKING:
-    from services.reconciler.reconcile import Finding
+from denorm.upvote_sets import LOADED, set_key
+from services.reconciler.drift import Finding
 
 
-def _glob_escape(text: str) -> str:
+def glob_escape(text: str) -> str:
+    """`text` matched literally in a Redis SCAN pattern."""
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
@@ -84,7 +83,7 @@ def check_upvote_sets(
                     finding.repaired += 1
         batch.clear()
 
-    for key in client.scan_iter(match=_glob_escape(prefix.decode()) + "*", count=1000):
+    for key in client.scan_iter(match=glob_escape(prefix.decode()) + "*", count=1000):
         user = _user_of(key, prefix)
         if user is not None:
             batch.append(user)

@@ -3,7 +3,7 @@
 Each statement that changed a user's upvotes left a mark in upvote_set_changes
 (db/readmodels/upvote_sets.sql), whoever wrote it: plain SQL, a bulk statement, a cascade, a
 TRUNCATE, or the API. One drain claims a batch of marks (FOR UPDATE SKIP LOCKED: several
-refreshers share the work), drops those users' sets in Redis (denorm.usercache.drop_sets: the
+refreshers share the work), drops those users' sets in Redis (denorm.upvote_sets.drop_sets: the
 generation bumped, then the set deleted, so a lazy load in flight is refused and the next read
 loads the set again) unless Redis recorded that very change as applied by the API's
 write-through, and deletes the marks in the same transaction. If Redis does not confirm, the
@@ -25,7 +25,7 @@ from denorm.cache import open_sync_redis
 from denorm.config import Settings
 from denorm.logs import get_logger
 from denorm.sql import query
-from denorm.usercache import drop_sets
+from denorm.upvote_sets import drop_sets
 
 log = get_logger("denorm.refresher.invalidator")
 

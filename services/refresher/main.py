@@ -9,8 +9,8 @@ from denorm import maintenance
 from denorm.config import Settings
 from denorm.logs import get_logger
 from denorm.pg import conninfo
-from denorm.reconcile_runs import ReconcileCollector
-from denorm.signals import on_stop_signals
+from services.refresher.reconcile_runs import ReconcileCollector
+from services.refresher.signals import on_stop_signals
 from services.refresher.worker import Refresher
 
 log = get_logger("denorm.refresher")

@@ -39,7 +39,7 @@ from psycopg.errors import error_from_result
 from denorm.logs import get_logger
 from denorm.sql import positional
 
-log = get_logger("denorm.pgpipe")
+log = get_logger("services.api.pgpipe")
 # A lost lane tries again this often: a refused connect while Postgres is down, and back within this
 # of its return.
 RECONNECT_S = 0.25

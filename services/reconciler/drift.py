@@ -10,7 +10,7 @@ truth by design.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import psycopg
@@ -107,3 +107,35 @@ def compare(
     rows = conn.execute(statement(model, compared, other, ranged, pending), {"lo": lo, "hi": hi} if ranged else None)
     width = len(model.key)
     return [DriftRow(tuple(r[:width]), str(r[width])) for r in rows.fetchall()]
+
+
+@dataclass
+class Finding:
+    """What one read model looked like against its truth."""
+
+    examples_kept: int
+    checked: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    examples: dict[str, list[Any]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    repaired: int = 0
+    unrepaired: int = 0
+    how: str = "compared"  # for a materialized view: compared, or why it was not
+
+    def add(self, kind: str, key: Any) -> None:
+        self.counts[kind] += 1
+        if len(self.examples[kind]) < self.examples_kept:
+            self.examples[kind].append(key)
+
+    @property
+    def drift(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "checked": self.checked,
+            **self.counts,
+            "repaired": self.repaired,
+            "unrepaired": self.unrepaired,
+            "how": self.how,
+            "examples": {k: v for k, v in self.examples.items() if v},
+        }
