@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                 for name in names if n % 2 == 0 else list(reversed(names)):
                     r = one_round(url, redis, name, args, Path(tmp))
                     rounds.append(r)
-                    print(f"round {n + 1} {name:<15} {r.requests} requests, {r.cpu_us:.0f} µs/req, "
+                    print(f"round {n + 1} {name:<15} {r.requests} requests, {r.cpu_us:.0f} µs/req (api "
+                          f"{r.api_us:.0f}, pg {r.postgres_us:.0f}, redis {r.redis_us:.0f}), p50 {r.p50_ms:.1f} ms, "
                           f"p95 {r.p95_ms:.0f} ms, feed {r.feed_rps:.0f}/s", flush=True)  # fmt: skip
         finally:
             redis.stop()
