@@ -152,6 +152,16 @@ def locust(base: str, users: int, seconds: int, out: Path, user_ids: str) -> dic
             "p50": float(row["50%"]), "p95": float(row["95%"])}  # fmt: skip
 
 
+def mean_cores(sampler: CpuSampler, since: float) -> dict[str, float]:
+    """Each component's mean cores over the samples from `since`, unrounded (CpuSampler.means
+    rounds to a hundredth of a core: at this load, a step of about a hundred µs per request)."""
+    found: dict[str, list[float]] = {}
+    for t, name, cores in sampler.samples:
+        if t >= since:
+            found.setdefault(name, []).append(cores)
+    return {name: statistics.fmean(values) for name, values in found.items()}
+
+
 def one_round(url: str, redis: PrivateRedis, variant: str, args: argparse.Namespace, out: Path) -> Round:
     with system(url, redis.url, variant) as (base, api), psycopg.connect(url, autocommit=True) as conn:
         assert redis.proc is not None
@@ -165,7 +175,7 @@ def one_round(url: str, redis: PrivateRedis, variant: str, args: argparse.Namesp
         stats = locust(base, args.users, args.seconds, out / variant.replace(" ", "-"), f"1-{SCALES[args.scale].users}")
         seconds = time.monotonic() - steady
         sampler.stop()
-        cores = sampler.means(since=steady)
+        cores = mean_cores(sampler, steady)
         tokens = [mint_token(u, DEV_JWT_SECRET, ttl_seconds=3600) for u in range(1, 1001)]
         feed_rps, _p99 = wrk(base, Route("feed, signed in", ["/api/projects?limit=20"], signed=True), tokens,
                              args.wrk_seconds, args.connections)  # fmt: skip
